@@ -1,0 +1,60 @@
+"""``difftori`` command line: ``rl train|eval``, ``il collect|train|eval``, ``plot``.
+
+Each area registers its own subcommands (``difftori.rl.cli.register``,
+``difftori.il.cli.register``); heavy imports happen inside the command handlers, so
+``difftori --help`` is fast and a missing optional dependency only affects its command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from difftori.utils.plotting import plot_runs
+
+    out = plot_runs(args.runs, args.out, metric=args.metric)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="difftori", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="area", required=True)
+
+    from difftori.il import cli as il_cli
+    from difftori.rl import cli as rl_cli
+
+    rl_cli.register(sub)
+    il_cli.register(sub)
+
+    p = sub.add_parser("plot", help="learning curves of one or many runs (mean and spread over seeds) as PNG")
+    p.add_argument("runs", nargs="+", help="run directories, or folders containing runs")
+    p.add_argument("--out", type=Path, default=Path("curves.png"), help="output PNG path")
+    p.add_argument("--metric", default=None, help="eval.csv column to plot (default: episode_return or success_rate)")
+    p.set_defaults(func=_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as exc:
+        # Expected user-facing failures: one clear line, no traceback (set DIFFTORI_DEBUG=1 for it).
+        import os
+
+        if os.environ.get("DIFFTORI_DEBUG"):
+            raise
+        print(f"difftori: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Demonstration datasets: collection, chunked storage, window sampling, normalizers."""

@@ -1,0 +1,5 @@
+"""Scripted-expert demo collection (placeholder until implemented)."""
+
+
+def register_cli(sub) -> None:
+    pass

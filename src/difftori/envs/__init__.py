@@ -1,0 +1,46 @@
+"""Environments by task name: DeepMind Control (RL) and MetaWorld (IL), as ``gymnasium.Env``.
+
+``make_env(task, **options)`` resolves the name in each suite's registry (optionally
+prefixed ``dmc:`` or ``metaworld:``) and returns an env whose ``task_spec`` attribute is an
+:class:`EnvSpec`. Suites are imported lazily so a missing optional dependency only matters
+when that suite is used, and then the error carries the install hint.
+"""
+
+from __future__ import annotations
+
+from difftori.envs.spec import EnvSpec
+
+__all__ = ["EnvSpec", "make_env", "known_tasks", "UnknownTaskError", "MissingDependencyError"]
+
+
+class UnknownTaskError(ValueError):
+    """The task name is in no registry; the message lists the known ones."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency is missing; the message gives the install hint."""
+
+
+def _suites():
+    from difftori.envs import dmc, metaworld
+
+    return {"dmc": dmc, "metaworld": metaworld}
+
+
+def known_tasks() -> dict[str, list[str]]:
+    """``{suite: [task, ...]}`` of every task name ``make_env`` accepts."""
+    return {name: list(mod.TASKS) for name, mod in _suites().items()}
+
+
+def make_env(task: str, **options):
+    """Create the env for ``task`` with the suite's preset defaults, overridden by ``options``."""
+    suites = _suites()
+    suite_name, _, name = task.rpartition(":")
+    candidates = [suite_name] if suite_name else list(suites)
+    for s in candidates:
+        if s not in suites:
+            raise UnknownTaskError(f"unknown suite prefix {s!r}; use one of {sorted(suites)}")
+        if suites[s].canonical(name) is not None:
+            return suites[s].make(suites[s].canonical(name), **options)
+    lines = "\n".join(f"  {s}: {', '.join(sorted(suites[s].TASKS))}" for s in candidates)
+    raise UnknownTaskError(f"unknown task {task!r}. Known tasks:\n{lines}")

@@ -1,0 +1,1 @@
+"""Imitation learning: BC, IBC, diffusion policy and DiffTORI-IL."""

@@ -1,0 +1,5 @@
+"""IL trainer (placeholder until implemented)."""
+
+
+def register_cli(sub) -> None:
+    pass

@@ -1,0 +1,1 @@
+"""Model-based RL: world model, TD-MPC baseline, DiffTORI agent, trainer."""

@@ -1,0 +1,1 @@
+"""Shared plumbing: typed configs, run directories, metric logging, atomic I/O, devices, seeding."""

@@ -1,0 +1,84 @@
+"""Learning curves of one or many runs: mean and spread over seeds, grouped by task and method."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from difftori.utils.runs import read_csv
+
+__all__ = ["find_runs", "plot_runs"]
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run directories (those holding ``eval.csv``) at or below each path."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"no such run directory: {p}")
+        runs.extend(sorted({c.parent for c in ([p / "eval.csv"] if (p / "eval.csv").exists() else p.rglob("eval.csv"))}))
+    if not runs:
+        raise FileNotFoundError(f"no eval.csv found under {', '.join(map(str, paths))}")
+    return runs
+
+
+def _run_label(run: Path) -> tuple[str, str]:
+    cfg_path = run / "config.json"
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text())
+        task = cfg.get("task", run.parts[-4] if len(run.parts) >= 4 else "task")
+        method = cfg.get("agent") or cfg.get("policy") or cfg.get("method") or run.parts[-3]
+        variant = cfg.get("label")
+        return str(task), f"{method}-{variant}" if variant else str(method)
+    return run.parts[-4], run.parts[-3]
+
+
+def plot_runs(paths: list[str | Path], out: str | Path, metric: str | None = None) -> Path:
+    """Plot ``metric`` (default: ``episode_return`` or ``success_rate``) vs step; one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = defaultdict(lambda: defaultdict(list))
+    chosen = metric
+    for run in find_runs(paths):
+        rows = read_csv(run / "eval.csv")
+        if not rows:
+            continue
+        key = chosen or next((m for m in ("episode_return", "success_rate") if m in rows[0]), None)
+        if key is None or key not in rows[0]:
+            continue
+        chosen = key
+        steps = np.array([float(r["step"]) for r in rows])
+        vals = np.array([float(r[key]) for r in rows])
+        task, method = _run_label(run)
+        groups[task][method].append((steps, vals))
+    if not groups:
+        raise ValueError(f"no run has eval rows with metric {metric!r}")
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
+    for ax, (task, methods) in zip(axes[0], sorted(groups.items())):
+        for method, curves in sorted(methods.items()):
+            grid = np.unique(np.concatenate([s for s, _ in curves]))
+            interp = np.stack([np.interp(grid, s, v, right=np.nan) for s, v in curves])
+            mean = np.nanmean(interp, axis=0)
+            ax.plot(grid, mean, label=f"{method} (n={len(curves)})")
+            if len(curves) > 1:
+                std = np.nanstd(interp, axis=0)
+                ax.fill_between(grid, mean - std, mean + std, alpha=0.25)
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        ax.set_ylabel(chosen)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

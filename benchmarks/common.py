@@ -1,0 +1,257 @@
+"""Shared benchmark pieces: TD-MPC-sized latent world model, DiffTORI RL/IL costs, timing helpers.
+
+Used by ``benchmarks/optim_vs_theseus.py``; the RL/IL benchmarks may import the model builders
+and :func:`interleaved_timings` so every benchmark measures the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import torch
+from torch import nn
+
+from difftori.models.mlp import mlp, orthogonal_init
+
+__all__ = [
+    "RLSizes",
+    "ILSizes",
+    "LatentWorldModel",
+    "ILCostNet",
+    "build_rl_problem",
+    "build_il_problem",
+    "rl_cost",
+    "il_cost",
+    "bare_cost_grad",
+    "sync",
+    "interleaved_timings",
+    "median",
+    "cosine",
+    "run_meta",
+]
+
+
+# --------------------------------------------------------------------------- sizes
+@dataclass(frozen=True)
+class RLSizes:
+    """TD-MPC sizes (state-based TOLD, no encoder: z_0 is a precomputed encoding)."""
+
+    latent: int = 50
+    action: int = 6
+    hidden: int = 512
+    horizon: int = 5
+    gamma: float = 0.99
+
+
+@dataclass(frozen=True)
+class ILSizes:
+    """DiffTORI-IL cost-network sizes (MetaWorld: 64-D features, 64-D CVAE latent, 4x4 actions)."""
+
+    features: int = 64
+    latent: int = 64
+    action: int = 4
+    horizon: int = 4
+    hidden: int = 256
+
+
+# --------------------------------------------------------------------------- models
+class LatentWorldModel(nn.Module):
+    """TD-MPC's latent model parts used by the DiffTORI planning cost: d, R, pi, twin Q.
+
+    Random weights (orthogonal init). Unlike TD-MPC the reward/Q heads are NOT zeroed, otherwise
+    the cost would be constant and every optimizer would trivially stand still.
+    """
+
+    def __init__(self, sizes: RLSizes = RLSizes()):
+        super().__init__()
+        za, h = sizes.latent + sizes.action, sizes.hidden
+        self.sizes = sizes
+        self._dynamics = mlp(za, [h, h], sizes.latent)
+        self._reward = mlp(za, [h, h], 1)
+        self._pi = mlp(sizes.latent, [h, h], sizes.action)
+        self._Q1, self._Q2 = self._q(za, h), self._q(za, h)
+        self.apply(orthogonal_init)
+
+    @staticmethod
+    def _q(in_dim: int, h: int) -> nn.Sequential:
+        return nn.Sequential(nn.Linear(in_dim, h), nn.LayerNorm(h), nn.Tanh(), nn.Linear(h, h), nn.ELU(), nn.Linear(h, 1))
+
+    def next(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self._dynamics(torch.cat([z, a], dim=-1))
+
+    def reward(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self._reward(torch.cat([z, a], dim=-1))
+
+    def pi(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self._pi(z))
+
+    def Q(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([z, a], dim=-1)
+        return self._Q1(x), self._Q2(x)
+
+    def dyn_reward_parameters(self) -> list[nn.Parameter]:
+        """The parameters the DiffTORI policy-gradient loss trains through the optimizer (here: d and R)."""
+        return [*self._dynamics.parameters(), *self._reward.parameters()]
+
+
+class ILCostNet(nn.Module):
+    """DiffTORI-IL cost network C(features, z, U): (64 + 64 + H*A) -> 256 -> 256 -> 1, ELU."""
+
+    def __init__(self, sizes: ILSizes = ILSizes()):
+        super().__init__()
+        self.sizes = sizes
+        self.net = mlp(sizes.features + sizes.latent + sizes.horizon * sizes.action, [sizes.hidden, sizes.hidden], 1)
+
+    def forward(self, feat: torch.Tensor, z: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([feat, z, U.flatten(1)], dim=-1))
+
+
+# --------------------------------------------------------------------------- costs
+def rl_cost(model: LatentWorldModel, z0: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """``-(sum_t gamma^t R(z_t,u_t) + gamma^H min Q(z_H, pi(z_H)))`` per sample; U (B,H,A) clamped to [-1,1]."""
+    gamma = model.sizes.gamma
+    U = U.clamp(-1.0, 1.0)
+    z, G, disc = z0, 0.0, 1.0
+    for t in range(U.shape[1]):
+        u = U[:, t]
+        G = G + disc * model.reward(z, u)
+        z = model.next(z, u)
+        disc *= gamma
+    G = G + disc * torch.min(*model.Q(z, model.pi(z)))
+    return -G.squeeze(-1)
+
+
+def il_cost(net: ILCostNet, feat: torch.Tensor, z: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """IL cost to minimise: ``-C(features, z, clamp(U))`` per sample (the original maximises C)."""
+    return -net(feat, z, U.clamp(-1.0, 1.0)).squeeze(-1)
+
+
+@dataclass
+class Problem:
+    """One benchmark problem: the cost closure, its inputs and the tensors gradients are taken for."""
+
+    cost_fn: Callable[[torch.Tensor], torch.Tensor]
+    U0: torch.Tensor  # (B, H, A)
+    grad_targets: list[torch.Tensor]  # z_0 / features and the network parameters
+    loss_weights: torch.Tensor  # fixed random linear functional of U*: loss = (w * U*).sum()
+    extra: dict
+
+
+def build_rl_problem(batch: int, sizes: RLSizes = RLSizes(), seed: int = 0, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32) -> Problem:
+    """RL planning cost on a random TD-MPC-sized model; z_0 ~ N(0,1); U0 = pi rolled out in the model."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = LatentWorldModel(sizes).to(device=device, dtype=dtype)
+    z0 = torch.randn(batch, sizes.latent, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+    with torch.no_grad():  # DiffTORI initialises U from a rollout of pi in the latent model
+        z, us = z0, []
+        for _ in range(sizes.horizon):
+            us.append(model.pi(z))
+            z = model.next(z, us[-1])
+        U0 = torch.stack(us, dim=1).contiguous()
+    w = torch.randn(U0.shape, generator=g).to(device=device, dtype=dtype)
+    return Problem(
+        cost_fn=lambda U: rl_cost(model, z0, U),
+        U0=U0,
+        grad_targets=[z0, *model.dyn_reward_parameters()],
+        loss_weights=w,
+        extra={"model": model, "z0": z0, "sizes": sizes},
+    )
+
+
+def build_il_problem(batch: int, sizes: ILSizes = ILSizes(), seed: int = 0, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32) -> Problem:
+    """IL cost on a random cost network; features and CVAE latent ~ N(0,1); U0 = small random 'base policy'."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = ILCostNet(sizes).to(device=device, dtype=dtype)
+    feat = torch.randn(batch, sizes.features, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+    z = torch.randn(batch, sizes.latent, generator=g).to(device=device, dtype=dtype)
+    U0 = (0.3 * torch.randn(batch, sizes.horizon, sizes.action, generator=g)).clamp(-1, 1).to(device=device, dtype=dtype)
+    w = torch.randn(U0.shape, generator=g).to(device=device, dtype=dtype)
+    return Problem(
+        cost_fn=lambda U: il_cost(net, feat, z, U),
+        U0=U0,
+        grad_targets=[feat, *net.parameters()],
+        loss_weights=w,
+        extra={"net": net, "feat": feat, "z": z, "sizes": sizes},
+    )
+
+
+# --------------------------------------------------------------------------- floor + timing
+def bare_cost_grad(cost_fn: Callable[[torch.Tensor], torch.Tensor], U0: torch.Tensor, iters: int) -> torch.Tensor:
+    """The physical floor of any first-order solver: ``iters`` x (cost + dcost/dU), nothing else."""
+    U = U0.detach().clone().requires_grad_(True)
+    g = None
+    for _ in range(iters):
+        (g,) = torch.autograd.grad(cost_fn(U).sum(), U)
+    return g
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued kernels so wall-clock timings are honest on CUDA (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_timings(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                        device: torch.device | str = "cpu", skip_warmup: tuple[str, ...] = ()) -> dict[str, list[float]]:
+    """Seconds per call of each fn; repeats are interleaved (a,b,c,b,c,a,...) so load drifts hit all alike.
+
+    ``skip_warmup`` names fns warmed up elsewhere (e.g. an expensive solver warmed with fewer iterations).
+    """
+    for name, fn in fns.items():
+        if name in skip_warmup:
+            continue
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    names = list(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            sync(device)
+            t0 = time.perf_counter()
+            fns[name]()
+            sync(device)
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def cosine(a: torch.Tensor | list[torch.Tensor], b: torch.Tensor | list[torch.Tensor]) -> float:
+    """Cosine similarity of two (lists of) tensors, flattened and concatenated; nan if either is zero."""
+    fa = torch.cat([t.reshape(-1) for t in a]) if isinstance(a, (list, tuple)) else a.reshape(-1)
+    fb = torch.cat([t.reshape(-1) for t in b]) if isinstance(b, (list, tuple)) else b.reshape(-1)
+    fa, fb = fa.double(), fb.double()
+    den = fa.norm() * fb.norm()
+    return float((fa @ fb) / den) if den > 0 else math.nan
+
+
+def run_meta(threads: int, device: torch.device, **extra) -> dict:
+    """Versions, threads and date for a results file."""
+    import numpy
+
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "threads": threads,
+        "device": str(device),
+    }
+    meta.update(extra)
+    return meta

@@ -1,5 +1,316 @@
-"""IL trainer (placeholder until implemented)."""
+"""One trainer for every IL policy (``difftori il train``) and the evaluation command (``difftori il eval``).
+
+The trainer loads the demo windows once (into tensors on the training device), fits the
+normalizer, builds the policy from the registry, and runs AdamW with warm-up + cosine decay.
+It logs ``train.csv`` (loss and policy metrics), evaluates the success rate periodically
+(``eval.csv``), saves atomic resumable checkpoints (policy incl. normalizer, optimizer,
+scheduler, RNG, step) and draws ``plot.png`` at the end. ``--resume RUN_DIR`` continues a
+run from its last checkpoint without losing or duplicating logged rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from difftori.il.base import OBS_KEYS, Policy, policy_obs_shapes
+from difftori.il.config import ILConfig
+from difftori.utils.config import add_dataclass_args, dataclass_from_args, load_config, save_config, to_dict
+
+__all__ = ["train", "evaluate_checkpoint", "load_windows", "register_cli"]
+
+
+# ------------------------------------------------------------------ data ---------------------
+def load_windows(dataset_path: str | Path, obs_type: str, obs_steps: int, action_steps: int) -> dict[str, Any]:
+    """All ``(obs history, action window)`` samples of a demo dataset, stacked into tensors.
+
+    Returns ``{"obs": {key: (N, To, ...)}, "action": (N, Ta, A)}`` with only the entries an
+    ``obs_type`` policy uses. Ten demos fit in memory easily; sampling batches from tensors
+    avoids per-step Python collation.
+    """
+    from difftori.data.dataset import DemoWindowDataset
+
+    ds = DemoWindowDataset(dataset_path, obs_steps=obs_steps, action_steps=action_steps)
+    if len(ds) == 0:
+        raise ValueError(f"dataset {dataset_path} has no windows of {obs_steps} obs + {action_steps} actions")
+    first = ds[0]
+    shapes = policy_obs_shapes(obs_type, {k: tuple(v.shape[1:]) for k, v in first["obs"].items()})
+    items = [ds[i] for i in range(len(ds))]
+    obs = {k: torch.stack([torch.as_tensor(it["obs"][k]) for it in items]) for k in shapes}
+    action = torch.stack([torch.as_tensor(it["action"]) for it in items]).float()
+    return {"obs": obs, "action": action}
+
+
+def fit_normalizer(windows: dict[str, Any]) -> torch.nn.Module:
+    """Normalizer fitted on the actions and the non-image observation entries."""
+    from difftori.il.policies import new_normalizer
+
+    data = {"action": windows["action"].reshape(-1, windows["action"].shape[-1])}
+    for k, v in windows["obs"].items():
+        if v.dtype != torch.uint8:
+            data[k] = v[:, -1].float()  # last frame of every window covers every step once
+    norm = new_normalizer()
+    norm.fit(data)
+    return norm
+
+
+def _batch(windows: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
+    return {"obs": {k: v[idx] for k, v in windows["obs"].items()}, "action": windows["action"][idx]}
+
+
+# ------------------------------------------------------------------ pieces -------------------
+def _lr_lambda(cfg: ILConfig):
+    floor = cfg.lr_min / cfg.lr
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _load_base(cfg: ILConfig, device: torch.device) -> Policy | None:
+    if cfg.policy != "difftori" or cfg.difftori.init != "base":
+        return None
+    from difftori.il.policies import load_policy
+
+    base = load_policy(cfg.base_policy, device=device)
+    if base.obs_steps != cfg.obs_steps or base.action_steps != cfg.action_steps:
+        raise ValueError(
+            f"base policy {cfg.base_policy} uses obs_steps={base.obs_steps}, action_steps={base.action_steps}; "
+            f"this run has {cfg.obs_steps}, {cfg.action_steps}"
+        )
+    return base
+
+
+def _plot(run_dir: Path) -> Path | None:
+    """``plot.png``: training loss and success rate against step."""
+    from difftori.utils.runs import read_csv
+
+    train_rows, eval_rows = read_csv(run_dir / "train.csv"), read_csv(run_dir / "eval.csv")
+    if not train_rows and not eval_rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    if train_rows:
+        axes[0].plot([float(r["step"]) for r in train_rows], [float(r["loss"]) for r in train_rows])
+        axes[0].set_yscale("log")
+    axes[0].set(title="training loss", xlabel="step")
+    if eval_rows:
+        axes[1].plot([float(r["step"]) for r in eval_rows], [float(r["success_rate"]) for r in eval_rows], marker="o")
+    axes[1].set(title="success rate", xlabel="step", ylim=(-0.05, 1.05))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = run_dir / "plot.png"
+    tmp = run_dir / ".plot.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+# ------------------------------------------------------------------ training -----------------
+def train(cfg: ILConfig | None = None, resume: str | Path | None = None, progress: bool = True) -> Path:
+    """Train ``cfg.policy`` (or continue the run in ``resume``); returns the run directory."""
+    from difftori.il.policies import build_policy, policy_from_config
+    from difftori.il.runner import evaluate
+    from difftori.utils.device import resolve_device
+    from difftori.utils.io import load_checkpoint, save_checkpoint
+    from difftori.utils.runs import MetricsLogger, make_run_dir
+    from difftori.utils.seeding import get_rng_state, seed_everything, set_rng_state
+
+    ckpt = None
+    if resume is not None:
+        run_dir = Path(resume)
+        ckpt_path = run_dir / "checkpoints" / "latest.pt"
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoints/latest.pt (not an IL run dir, or no checkpoint yet)")
+        cfg = cfg or load_config(ILConfig, run_dir / "config.json")
+        ckpt = load_checkpoint(ckpt_path)
+    elif cfg is None:
+        raise ValueError("train() needs a config or a run dir to resume")
+    if not cfg.dataset:
+        raise ValueError("no dataset given: pass --dataset PATH (written by `difftori il collect`)")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    windows = load_windows(cfg.dataset, cfg.obs_type, cfg.obs_steps, cfg.action_steps)
+    obs_shapes = {k: tuple(v.shape[2:]) for k, v in windows["obs"].items()}
+    action_dim = windows["action"].shape[-1]
+    if ckpt is not None:
+        policy = build_policy(ckpt["policy_info"])  # the frozen base's weights come with the state_dict
+        policy.set_normalizer(fit_normalizer(windows))
+        policy.load_state_dict(ckpt["policy"])
+    else:
+        policy = policy_from_config(cfg, obs_shapes, action_dim, base=_load_base(cfg, device))
+        policy.set_normalizer(fit_normalizer(windows))
+    policy.to(device).train()
+    windows = {"obs": {k: v.to(device) for k, v in windows["obs"].items()}, "action": windows["action"].to(device)}
+    n = windows["action"].shape[0]
+
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, betas=(0.95, 0.999), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    step = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        step = int(ckpt["step"])
+        save_config(cfg, run_dir / "config.json")  # may extend steps etc.
+        logger = MetricsLogger(run_dir, resume_step=step)
+    else:
+        run_dir = make_run_dir(cfg.run_root, cfg.task, cfg.policy, cfg.seed)
+        save_config(cfg, run_dir / "config.json")
+        logger = MetricsLogger(run_dir)
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            run_dir / "checkpoints" / "latest.pt",
+            {
+                "policy_info": policy.build_info(),
+                "policy": policy.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": get_rng_state(),
+                "step": step,
+                "config": to_dict(cfg),
+            },
+        )
+
+    def run_eval() -> None:
+        if cfg.eval_episodes <= 0:
+            return
+        res = evaluate(policy, cfg.task, cfg.obs_type, episodes=cfg.eval_episodes, seed=100_000 + 1000 * cfg.seed, max_steps=cfg.eval_max_steps)
+        logger.log("eval", step, {k: res[k] for k in ("success_rate", "mean_return", "mean_length", "eval_time_s")})
+
+    from tqdm import tqdm
+
+    sums: dict[str, torch.Tensor] = {}
+    count, t_window = 0, time.time()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.policy} {cfg.task}", unit="step")
+    try:
+        while step < cfg.steps:
+            idx = torch.randint(0, n, (cfg.batch_size,), device=device)  # with replacement
+            loss, metrics = policy.compute_loss(_batch(windows, idx))
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite loss {loss.item()} at step {step}; lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip).detach()
+            optimizer.step()
+            scheduler.step()
+            policy.on_train_step()
+            step += 1
+            bar.update(1)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0) + v
+            count += 1
+            if step % cfg.log_freq == 0 or step == cfg.steps:
+                row = {k: v / count for k, v in sums.items()}
+                row.update(lr=scheduler.get_last_lr()[0], step_time_s=(time.time() - t_window) / count)
+                logged = logger.log("train", step, row)
+                bar.set_postfix(loss=f"{logged['loss']:.4g}")
+                sums, count, t_window = {}, 0, time.time()
+            if (cfg.eval_freq and step % cfg.eval_freq == 0) or step == cfg.steps:
+                run_eval()
+            if step % cfg.checkpoint_freq == 0 or step == cfg.steps:
+                checkpoint()
+    finally:
+        bar.close()
+        logger.close()
+    _plot(run_dir)
+    return run_dir
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    episodes: int = 20,
+    seed: int = 0,
+    video: bool = False,
+    max_steps: int | None = None,
+    task: str | None = None,
+    obs_type: str | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Load a policy checkpoint (or run dir) and evaluate it; task/obs_type default to its training config."""
+    from difftori.il.policies import load_policy, resolve_checkpoint
+    from difftori.il.runner import evaluate
+    from difftori.utils.device import resolve_device
+    from difftori.utils.io import load_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    saved = load_checkpoint(path).get("config", {})
+    task = task or saved.get("task")
+    obs_type = obs_type or saved.get("obs_type")
+    if not task or not obs_type:
+        raise ValueError(f"{path} carries no training config; pass --task and --obs-type")
+    if obs_type not in OBS_KEYS:
+        raise ValueError(f"unknown obs_type {obs_type!r}; use one of {sorted(OBS_KEYS)}")
+    policy = load_policy(path, device=resolve_device(device))
+    out = evaluate(policy, task, obs_type, episodes=episodes, seed=seed, video=video, max_steps=max_steps, video_dir=path.parent.parent / "videos")
+    out.update(checkpoint=str(path), task=task, obs_type=obs_type, policy=policy.name)
+    return out
+
+
+# ------------------------------------------------------------------ CLI ----------------------
+def _train_cmd(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        base = load_config(ILConfig, Path(args.resume) / "config.json")
+        cfg = dataclass_from_args(ILConfig, args, base=base)
+        run_dir = train(cfg, resume=args.resume, progress=not args.no_progress)
+    else:
+        base = load_config(ILConfig, args.config) if args.config else None
+        cfg = dataclass_from_args(ILConfig, args, base=base)
+        run_dir = train(cfg, progress=not args.no_progress)
+    print(f"run dir: {run_dir}")
+    return 0
+
+
+def _eval_cmd(args: argparse.Namespace) -> int:
+    res = evaluate_checkpoint(
+        args.checkpoint, episodes=args.episodes, seed=args.seed, video=args.video, max_steps=args.max_steps,
+        task=args.task, obs_type=args.obs_type, device=args.device,
+    )
+    summary = {k: v for k, v in res.items() if k != "episodes"}
+    if args.out:
+        from difftori.utils.io import atomic_write_json
+
+        atomic_write_json(args.out, res)
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def register_cli(sub) -> None:
-    pass
+    """Add ``difftori il train`` and ``difftori il eval`` to the ``il`` subparsers."""
+    p = sub.add_parser("train", help="train an IL policy (bc, ibc, diffusion, difftori) on a demo dataset")
+    add_dataclass_args(p, ILConfig)
+    p.add_argument("--config", type=Path, default=None, help="start from this config.json (options given override it)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint (options given override its config, e.g. --steps)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_cmd)
+
+    e = sub.add_parser("eval", help="evaluate a trained IL policy checkpoint: success rate over episodes")
+    e.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, or a run dir (uses checkpoints/latest.pt)")
+    e.add_argument("--episodes", type=int, default=20, help="episodes (default: 20)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")
+    e.add_argument("--video", action="store_true", help="save the first episode as a GIF under the run's videos/")
+    e.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode (default: the task's episode length)")
+    e.add_argument("--task", default=None, help="task (default: the checkpoint's training task)")
+    e.add_argument("--obs-type", default=None, choices=sorted(OBS_KEYS), help="modality (default: the checkpoint's)")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    e.add_argument("--out", type=Path, default=None, help="also write the full results (per episode) as JSON here")
+    e.set_defaults(func=_eval_cmd)

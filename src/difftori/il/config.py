@@ -1,0 +1,213 @@
+"""Typed config of one IL training run (``difftori il train``); every field is a CLI override.
+
+Env-derived values (observation shapes, action dimension, episode length) come from the
+dataset / :class:`~difftori.envs.spec.EnvSpec` at run time and are never stored here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from difftori.utils.config import check
+
+__all__ = ["ILConfig", "BCConfig", "IBCConfig", "DiffusionConfig", "DiffTORIConfig", "SolverConfig", "POLICIES", "OBS_TYPES"]
+
+POLICIES = ("bc", "ibc", "diffusion", "difftori")
+OBS_TYPES = ("pointcloud", "image", "state")
+
+
+@dataclass
+class BCConfig:
+    """Feed-forward behaviour cloning."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of the MLP head on the observation features."""
+
+    def __post_init__(self):
+        check(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), f"bc.hidden must be positive widths, got {self.hidden}")
+
+
+@dataclass
+class IBCConfig:
+    """Implicit BC: an energy model trained with InfoNCE, derivative-free optimisation at inference."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of the energy MLP E(features, actions)."""
+    num_negatives: int = 256
+    """Counter-examples per sample, uniform in [-1, 1]."""
+    temperature: float = 1.0
+    """Softmax temperature of the InfoNCE logits (-E / T) and of the DFO resampling."""
+    dfo_samples: int = 1024
+    """Candidate action windows per observation at inference."""
+    dfo_iters: int = 3
+    """Resample-and-perturb rounds of the derivative-free optimiser."""
+    dfo_noise: float = 0.33
+    """Initial std of the perturbation noise (normalised action units)."""
+    dfo_shrink: float = 0.5
+    """Noise std multiplier after each round."""
+
+    def __post_init__(self):
+        check(self.num_negatives >= 1, f"ibc.num_negatives must be >= 1, got {self.num_negatives}")
+        check(self.temperature > 0, f"ibc.temperature must be > 0, got {self.temperature}")
+        check(self.dfo_samples >= 2 and self.dfo_iters >= 0, "ibc.dfo_samples must be >= 2 and ibc.dfo_iters >= 0")
+        check(self.dfo_noise >= 0 and 0 < self.dfo_shrink <= 1, "ibc.dfo_noise must be >= 0 and ibc.dfo_shrink in (0, 1]")
+
+
+@dataclass
+class DiffusionConfig:
+    """Diffusion policy: ConditionalUnet1D, DDPM training (epsilon prediction), DDIM sampling."""
+
+    down_dims: tuple[int, ...] = (128, 256)
+    """Channel widths of the UNet levels."""
+    kernel_size: int = 5
+    """Temporal conv kernel size."""
+    n_groups: int = 8
+    """GroupNorm groups."""
+    step_embed_dim: int = 128
+    """Sinusoidal diffusion-step embedding width."""
+    train_timesteps: int = 100
+    """DDPM noise levels (squaredcos_cap_v2 schedule)."""
+    inference_steps: int = 10
+    """DDIM sampling steps at inference."""
+    ema_power: float = 0.75
+    """EMA warm-up power: decay = 1 - (1 + step)^-power, capped at ema_max_decay."""
+    ema_max_decay: float = 0.9999
+    """Upper bound of the EMA decay."""
+    use_ema: bool = True
+    """Predict with the EMA weights (as diffusion_policy); off = the raw weights."""
+
+    def __post_init__(self):
+        check(len(self.down_dims) >= 1 and all(d > 0 for d in self.down_dims), f"diffusion.down_dims invalid: {self.down_dims}")
+        check(all(d % self.n_groups == 0 for d in self.down_dims), "diffusion.down_dims must be divisible by diffusion.n_groups")
+        check(self.kernel_size % 2 == 1, f"diffusion.kernel_size must be odd, got {self.kernel_size}")
+        check(1 <= self.inference_steps <= self.train_timesteps, "diffusion.inference_steps must be in [1, train_timesteps]")
+        check(0 <= self.ema_max_decay < 1 and self.ema_power > 0, "diffusion.ema_max_decay in [0, 1), ema_power > 0")
+
+
+@dataclass
+class SolverConfig:
+    """The trajectory optimiser inside DiffTORI (``difftori.optim.TrajOptimizer``); defaults = the paper's."""
+
+    method: Literal["gd", "adam", "newton", "gauss_newton", "lm", "lm_scalar"] = "lm_scalar"
+    """Optimiser; lm_scalar is the original (LM on the single residual offset + cost)."""
+    max_iters: int = 100
+    """Solver iterations."""
+    step_size: float = 3e-5
+    """Step size of each update."""
+    damping: float = 0.01
+    """LM / Newton damping."""
+    backward: Literal["unroll", "truncated", "implicit", "none"] = "truncated"
+    """How gradients flow through the solver during training (inference always uses none)."""
+    backward_iters: int = 5
+    """Differentiated iterations for truncated backward (k)."""
+    tol: float = 0.0
+    """Early-stop tolerance on the update size (0 = always run max_iters, as the original)."""
+
+    def __post_init__(self):
+        check(self.max_iters >= 1, f"solver.max_iters must be >= 1, got {self.max_iters}")
+        check(self.step_size > 0 and self.damping >= 0, "solver.step_size must be > 0 and solver.damping >= 0")
+        check(self.backward_iters >= 1, f"solver.backward_iters must be >= 1, got {self.backward_iters}")
+        check(self.tol >= 0, f"solver.tol must be >= 0, got {self.tol}")
+
+
+@dataclass
+class DiffTORIConfig:
+    """DiffTORI-IL: CVAE latent + learned cost, actions = argmin of the cost by trajectory optimisation."""
+
+    hidden: int = 256
+    """Width of the two hidden layers of the CVAE encoder and of the cost network."""
+    z_dim: int = 64
+    """CVAE latent size."""
+    action_loss_weight: float = 3000.0
+    """Weight of MSE(U*, demo actions) in the loss."""
+    kl_weight: float = 10.0
+    """Weight of the KL term (summed over latent dims, averaged over the batch)."""
+    init: Literal["base", "zeros", "noise"] = "base"
+    """U0: the base diffusion policy's prediction, zeros, or uniform noise in [-1, 1]."""
+    init_noise: float = 0.0
+    """Std of Gaussian noise added to U0 during training (the original's expert_noise)."""
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    """Trajectory optimiser settings."""
+
+    def __post_init__(self):
+        check(self.hidden > 0 and self.z_dim > 0, "difftori.hidden and difftori.z_dim must be > 0")
+        check(self.action_loss_weight > 0 and self.kl_weight >= 0, "difftori.action_loss_weight > 0, kl_weight >= 0")
+        check(self.init_noise >= 0, f"difftori.init_noise must be >= 0, got {self.init_noise}")
+
+
+@dataclass
+class ILConfig:
+    """One imitation-learning run: task, policy, data, optimisation, evaluation, outputs."""
+
+    task: str = "door-open"
+    """MetaWorld task (evaluation env; must match the dataset)."""
+    policy: Literal["bc", "ibc", "diffusion", "difftori"] = "diffusion"
+    """Policy class to train."""
+    obs_type: Literal["pointcloud", "image", "state"] = "pointcloud"
+    """Observation modality: point cloud + agent state, image + agent state, or full state."""
+    dataset: str | None = None
+    """Demo dataset path (written by ``difftori il collect``)."""
+    base_policy: str | None = None
+    """DiffTORI only: checkpoint (or run dir) of a trained diffusion policy used to initialise U."""
+    steps: int = 3000
+    """Gradient steps."""
+    batch_size: int = 128
+    """Windows per gradient step."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW), cosine-decayed to lr_min over ``steps``."""
+    lr_min: float = 1e-6
+    """Final learning rate of the cosine schedule."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps."""
+    weight_decay: float = 1e-6
+    """AdamW weight decay."""
+    grad_clip: float | None = None
+    """Gradient-norm clip (None = off)."""
+    encoder_dim: int = 64
+    """Feature size of each modality encoder (PointNet / CNN / state MLP)."""
+    obs_steps: int = 2
+    """Observation frames the policy sees (To)."""
+    action_steps: int = 4
+    """Actions predicted and executed per decision (Ta, receding horizon)."""
+    log_freq: int = 50
+    """Write a train.csv row every this many steps."""
+    eval_freq: int = 1000
+    """Evaluate the success rate every this many steps (0 = only at the end)."""
+    eval_episodes: int = 20
+    """Episodes per evaluation (0 = no evaluation)."""
+    eval_max_steps: int | None = None
+    """Cap on env steps per evaluation episode (None = the task's episode length)."""
+    checkpoint_freq: int = 500
+    """Save a resumable checkpoint every this many steps (and always at the end)."""
+    seed: int = 1
+    """Random seed (training and evaluation)."""
+    device: str = "auto"
+    """auto (CUDA if present, else CPU), cpu or cuda[:N]."""
+    run_root: str = "runs/il"
+    """Root of the run directories (root/task/policy/seed<s>/<time>)."""
+    label: str | None = None
+    """Optional variant label shown in plots."""
+    bc: BCConfig = field(default_factory=BCConfig)
+    """Feed-forward BC settings."""
+    ibc: IBCConfig = field(default_factory=IBCConfig)
+    """Implicit BC settings."""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """Diffusion policy settings."""
+    difftori: DiffTORIConfig = field(default_factory=DiffTORIConfig)
+    """DiffTORI settings (incl. the solver)."""
+
+    def __post_init__(self):
+        check(self.policy in POLICIES, f"policy must be one of {POLICIES}, got {self.policy!r}")
+        check(self.obs_type in OBS_TYPES, f"obs_type must be one of {OBS_TYPES}, got {self.obs_type!r}")
+        check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
+        check(self.lr > 0 and 0 <= self.lr_min <= self.lr, "need lr > 0 and 0 <= lr_min <= lr")
+        check(self.warmup_steps >= 0 and self.weight_decay >= 0, "warmup_steps and weight_decay must be >= 0")
+        check(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        check(self.encoder_dim > 0, f"encoder_dim must be > 0, got {self.encoder_dim}")
+        check(self.obs_steps >= 1 and self.action_steps >= 1, "obs_steps and action_steps must be >= 1")
+        check(self.log_freq >= 1 and self.eval_freq >= 0 and self.checkpoint_freq >= 1, "log_freq, checkpoint_freq >= 1 and eval_freq >= 0")
+        check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
+        check(self.eval_max_steps is None or self.eval_max_steps >= 1, "eval_max_steps must be >= 1 or None")
+        if self.policy == "difftori" and self.difftori.init == "base":
+            check(bool(self.base_policy), "policy difftori with difftori.init=base needs --base-policy (a trained diffusion checkpoint or run dir); or set --difftori.init zeros|noise")

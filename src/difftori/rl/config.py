@@ -1,0 +1,246 @@
+"""Typed configuration of an RL run (TD-MPC and DiffTORI agents on DeepMind Control).
+
+Defaults are the published TD-MPC / DiffTORI settings (METHOD.md). Units: ``steps``,
+``eval_freq`` and ``checkpoint_freq`` count ENV steps (what learning curves report); the
+TD-MPC schedules (``seed_steps``, ``schedule_steps``) and ``difftori.pg_start_step`` count AGENT
+steps (env steps / action repeat), as in the original code. Values that depend on the task or
+the observation type stay ``None`` here and are filled in by :func:`resolve`, which returns a
+separate :class:`Resolved` view (the config itself is never modified with env-derived values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from difftori.envs.spec import EnvSpec
+from difftori.utils.config import check
+
+__all__ = ["RLConfig", "DiffTORIConfig", "Resolved", "resolve"]
+
+
+@dataclass
+class DiffTORIConfig:
+    """DiffTORI-specific settings (consumed by ``difftori.rl.difftori.DiffTORI``)."""
+
+    solver_method: str = "lm_scalar"
+    """Trajectory optimizer method (``lm_scalar`` = the original LM on one residual; or gd, adam, newton, gauss_newton, lm)."""
+    max_iters: Optional[int] = None
+    """Solver iterations; None -> the task's preset (``difftori.envs.dmc.SOLVER_PRESETS``)."""
+    step_size: Optional[float] = None
+    """Solver step size; None -> the task's preset."""
+    damping: Optional[float] = None
+    """Solver (LM) damping; None -> the task's preset."""
+    backward: Literal["truncated", "unroll", "implicit", "none"] = "truncated"
+    """How gradients flow through the solver (original: truncated, last 5 iterations)."""
+    backward_iters: int = 5
+    """Differentiable iterations for ``backward=truncated``."""
+    pg_mode: Literal["episode", "replay"] = "episode"
+    """episode: accumulate the policy-gradient loss over each collected episode and step at its end (original); replay: step on replay batches."""
+    pg_start_step: int = 6000
+    """Agent steps before acting with the optimizer and applying the policy-gradient loss (before: TD-MPC planner)."""
+    pg_lr: float = 1e-3
+    """Adam learning rate of the policy-gradient step."""
+    pg_grad_clip: float = 100.0
+    """Gradient-norm clip of the policy-gradient step."""
+    pg_batch: int = 32
+    """Observations per policy-gradient step in ``pg_mode=replay``."""
+    qs_coef: float = 0.1
+    """Weight of the raw-observation critic Q_s TD loss."""
+
+    def __post_init__(self) -> None:
+        check(self.max_iters is None or self.max_iters >= 1, f"difftori.max_iters must be >= 1, got {self.max_iters}")
+        check(self.step_size is None or self.step_size > 0, f"difftori.step_size must be > 0, got {self.step_size}")
+        check(self.damping is None or self.damping >= 0, f"difftori.damping must be >= 0, got {self.damping}")
+        check(self.backward_iters >= 1, f"difftori.backward_iters must be >= 1, got {self.backward_iters}")
+        check(self.pg_start_step >= 0, f"difftori.pg_start_step must be >= 0, got {self.pg_start_step}")
+        check(self.pg_lr > 0 and self.pg_grad_clip > 0, "difftori.pg_lr and difftori.pg_grad_clip must be > 0")
+        check(self.pg_batch >= 1, f"difftori.pg_batch must be >= 1, got {self.pg_batch}")
+        check(self.qs_coef >= 0, f"difftori.qs_coef must be >= 0, got {self.qs_coef}")
+
+
+@dataclass
+class RLConfig:
+    """Every hyperparameter of an RL run."""
+
+    # --- run -------------------------------------------------------------------------------
+    task: str = "cartpole-swingup"
+    """DMC task, e.g. cartpole-swingup, walker-walk, cup-catch (see ``difftori.envs.dmc.TASKS``)."""
+    agent: Literal["tdmpc", "difftori"] = "difftori"
+    """Agent: tdmpc (the MPPI-planning baseline) or difftori (differentiable trajectory optimization)."""
+    obs_type: Literal["state", "pixels"] = "state"
+    """Observation: state vector or 84x84 RGB pixels (3 stacked frames)."""
+    steps: int = 100_000
+    """Training budget in ENV steps (paper: 1M from pixels)."""
+    seed: int = 1
+    """Random seed (networks, env, replay sampling)."""
+    device: str = "auto"
+    """auto (CUDA if present, else CPU), cpu, cuda, cuda:N."""
+    num_threads: Optional[int] = None
+    """torch CPU threads; None leaves torch's default."""
+    action_repeat: Optional[int] = None
+    """Env steps per agent step; None -> task preset (cartpole 8; hopper, quadruped, reacher 4; else 2)."""
+    episode_length: int = 1000
+    """Episode length in ENV steps."""
+    frame_stack: int = 3
+    """Stacked frames for pixel observations."""
+    img_size: int = 84
+    """Pixel observation size (square)."""
+    eval_freq: int = 20_000
+    """Evaluate every this many ENV steps (at the next episode boundary); also at the end."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
+    checkpoint_freq: int = 20_000
+    """Checkpoint every this many ENV steps (at episode boundaries); also at the end."""
+    run_root: Path = Path("runs")
+    """Root of run directories (ROOT/task/agent/seed<s>/<time>)."""
+    label: Optional[str] = None
+    """Optional variant name shown in plots (agent-label)."""
+    video: bool = False
+    """Save a video of the first episode of each evaluation (mp4 if an ffmpeg backend exists, else gif)."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    # --- TD-MPC learning ---------------------------------------------------------------------
+    batch_size: Optional[int] = None
+    """Replay batch size; None -> 512 (state) / 256 (pixels)."""
+    lr: Optional[float] = None
+    """Adam learning rate of the world model and pi; None -> 1e-3 (state) / 3e-4 (pixels)."""
+    horizon: int = 5
+    """Training horizon of the latent rollout and the maximum planning horizon."""
+    rho: float = 0.5
+    """Temporal weight rho^t of the multi-step losses."""
+    consistency_coef: float = 2.0
+    """Weight of the latent-consistency loss."""
+    reward_coef: float = 0.5
+    """Weight of the reward loss."""
+    value_coef: float = 0.1
+    """Weight of the TD value loss."""
+    discount: float = 0.99
+    """Discount factor."""
+    grad_clip: float = 10.0
+    """Gradient-norm clip of the world-model and pi updates."""
+    tau: float = 0.01
+    """Target-network EMA rate."""
+    target_update_freq: int = 2
+    """Update the target network every this many updates."""
+    per_alpha: float = 0.6
+    """Prioritized replay exponent alpha."""
+    per_beta: float = 0.4
+    """Prioritized replay importance-weight exponent beta."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions (oldest dropped when full)."""
+    seed_steps: int = 5000
+    """AGENT steps of uniformly random actions before planning and updates start."""
+    updates_per_step: float = 1.0
+    """Gradient updates per collected agent step (done at episode ends, as TD-MPC)."""
+    schedule_steps: int = 25_000
+    """AGENT steps over which the planning horizon ramps 1->horizon and exploration std std_init->min_std."""
+    std_init: float = 0.5
+    """Initial exploration / minimum-planner std (linearly decayed to min_std)."""
+    min_std: float = 0.05
+    """Final exploration std; also the std of pi's samples."""
+    max_std: float = 2.0
+    """Initial (and maximum) planner std."""
+    image_pad: int = 4
+    """Random-shift augmentation padding for pixels (0 disables)."""
+
+    # --- TD-MPC planner ----------------------------------------------------------------------
+    iterations: int = 6
+    """Planner (MPPI/CEM) iterations per action."""
+    num_samples: int = 512
+    """Random action sequences per planner iteration."""
+    num_elites: int = 64
+    """Elite sequences refitting the sampling distribution."""
+    mixture_coef: float = 0.05
+    """Fraction of extra sequences sampled from pi (5% -> 25 of 512)."""
+    temperature: float = 0.5
+    """MPPI temperature (score = exp(temperature * (value - max)))."""
+    momentum: float = 0.1
+    """Momentum of the planner mean update."""
+
+    # --- architecture ------------------------------------------------------------------------
+    latent_dim: int = 50
+    """Latent state size."""
+    mlp_dim: int = 512
+    """Hidden width of dynamics, reward, pi and Q."""
+    enc_dim: int = 256
+    """Hidden width of the state encoder."""
+    num_channels: int = 32
+    """Channels of each of the 4 conv layers of the pixel encoder."""
+
+    difftori: DiffTORIConfig = field(default_factory=DiffTORIConfig)
+    """DiffTORI agent settings."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.run_root, str):
+            self.run_root = Path(self.run_root)
+        if isinstance(self.difftori, dict):
+            self.difftori = DiffTORIConfig(**self.difftori)
+        check(bool(self.task), "task must be a non-empty DMC task name")
+        check(self.agent in ("tdmpc", "difftori"), f"agent must be 'tdmpc' or 'difftori', got {self.agent!r}")
+        check(self.obs_type in ("state", "pixels"), f"obs_type must be 'state' or 'pixels', got {self.obs_type!r}")
+        check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.action_repeat is None or self.action_repeat >= 1, f"action_repeat must be >= 1, got {self.action_repeat}")
+        check(self.episode_length >= 1, f"episode_length must be >= 1, got {self.episode_length}")
+        check(self.frame_stack >= 1 and self.img_size >= 16, "frame_stack must be >= 1 and img_size >= 16")
+        check(self.eval_freq >= 1 and self.checkpoint_freq >= 1, "eval_freq and checkpoint_freq must be >= 1")
+        check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
+        check(self.batch_size is None or self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
+        check(0 < self.rho <= 1, f"rho must be in (0, 1], got {self.rho}")
+        check(min(self.consistency_coef, self.reward_coef, self.value_coef) >= 0, "loss coefficients must be >= 0")
+        check(0 < self.discount <= 1, f"discount must be in (0, 1], got {self.discount}")
+        check(self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip}")
+        check(0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}")
+        check(self.target_update_freq >= 1, "target_update_freq must be >= 1")
+        check(self.per_alpha >= 0 and self.per_beta >= 0, "per_alpha and per_beta must be >= 0")
+        check(self.buffer_size >= 1, "buffer_size must be >= 1")
+        check(self.seed_steps >= 0, f"seed_steps must be >= 0, got {self.seed_steps}")
+        check(self.updates_per_step >= 0, "updates_per_step must be >= 0")
+        check(self.schedule_steps >= 1, "schedule_steps must be >= 1")
+        check(0 < self.min_std <= self.max_std, "need 0 < min_std <= max_std")
+        check(self.std_init >= self.min_std, "std_init must be >= min_std")
+        check(self.image_pad >= 0, "image_pad must be >= 0")
+        check(self.iterations >= 1, "iterations must be >= 1")
+        check(self.num_samples >= 1, "num_samples must be >= 1")
+        check(1 <= self.num_elites <= self.num_samples + int(self.mixture_coef * self.num_samples),
+              f"num_elites must be in [1, num_samples + pi samples], got {self.num_elites}")
+        check(0 <= self.mixture_coef <= 1, "mixture_coef must be in [0, 1]")
+        check(self.temperature > 0, "temperature must be > 0")
+        check(0 <= self.momentum < 1, "momentum must be in [0, 1)")
+        check(min(self.latent_dim, self.mlp_dim, self.enc_dim, self.num_channels) >= 1, "network sizes must be >= 1")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Effective values of the config + task preset + env spec (never written back to the config)."""
+
+    action_repeat: int
+    episode_length: int
+    """Agent steps per episode."""
+    batch_size: int
+    lr: float
+    solver_max_iters: int
+    solver_step_size: float
+    solver_damping: float
+
+
+def resolve(cfg: RLConfig, spec: EnvSpec) -> Resolved:
+    """Merge ``cfg`` with the task's presets and the env spec."""
+    from difftori.envs import dmc
+
+    pixels = cfg.obs_type == "pixels"
+    preset = dmc.solver_preset(spec.task) if dmc.canonical(spec.task) else dict(dmc.DEFAULT_SOLVER_PRESET)
+    d = cfg.difftori
+    return Resolved(
+        action_repeat=spec.action_repeat,
+        episode_length=spec.episode_length,
+        batch_size=cfg.batch_size if cfg.batch_size is not None else (256 if pixels else 512),
+        lr=cfg.lr if cfg.lr is not None else (3e-4 if pixels else 1e-3),
+        solver_max_iters=int(d.max_iters if d.max_iters is not None else preset["max_iters"]),
+        solver_step_size=float(d.step_size if d.step_size is not None else preset["step_size"]),
+        solver_damping=float(d.damping if d.damping is not None else preset["damping"]),
+    )

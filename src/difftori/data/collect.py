@@ -11,6 +11,7 @@ evaluate with a different seed to test on unseen initial states.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import numpy as np
 
 from difftori.utils.config import add_dataclass_args, check, dataclass_from_args
 
-__all__ = ["CollectConfig", "CollectReport", "collect_demos", "register_cli"]
+__all__ = ["CollectConfig", "CollectReport", "collect_demos", "default_out", "register_cli"]
 
 
 @dataclass
@@ -108,6 +109,32 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def default_out(task: str, obs_type: str, episodes: int) -> Path:
+    """``data/metaworld_<task>_<obs>_<episodes>.zarr`` (canonical task name)."""
+    from difftori.envs.metaworld import canonical
+
+    return Path("data") / f"metaworld_{canonical(task) or task}_{obs_type}_{episodes}.zarr"
+
+
+def _record_episode(env, expert, obs_keys: list[str], success_steps: int):
+    """Run the expert for one episode: ``(obs {key: (T, ...)}, actions (T, 4), succeeded)``."""
+    obs, _ = env.reset()
+    ep_obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_keys}
+    ep_act: list[np.ndarray] = []
+    n_success = 0
+    while True:
+        action = np.clip(np.asarray(expert.get_action(env.raw_obs), dtype=np.float32), -1.0, 1.0)
+        for k in obs_keys:
+            ep_obs[k].append(obs[k])
+        ep_act.append(action)
+        obs, _, terminated, truncated, info = env.step(action)
+        n_success += int(bool(info.get("success", 0.0)))
+        if n_success >= success_steps or terminated or truncated:
+            break
+    stacked = {k: np.stack(v) for k, v in ep_obs.items()}
+    return stacked, np.stack(ep_act), n_success >= success_steps
+
+
 def collect_demos(
     task: str,
     episodes: int = 10,
@@ -140,14 +167,12 @@ def collect_demos(
     max_tries = 3 * episodes if max_tries is None else int(max_tries)
     if max_tries < episodes:
         raise ValueError(f"max_tries ({max_tries}) must be >= episodes ({episodes})")
-    out = Path(out) if out is not None else Path("data") / f"metaworld_{name}_{obs_type}_{episodes}.zarr"
+    out = Path(out) if out is not None else default_out(name, obs_type, episodes)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
 
     env = mw.make(name, obs_type=obs_type, seed=seed, **env_opts)
     expert = mw.make_expert(name)
-    # MetaWorld's experts warn that their gains exceed the action range; actions are clipped below.
-    warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high", category=UserWarning)
     obs_keys = list(env.task_spec.obs_shapes)
     buffers: dict[str, list[np.ndarray]] = {k: [] for k in obs_keys}
     actions: list[np.ndarray] = []
@@ -156,28 +181,19 @@ def collect_demos(
     start = time.perf_counter()
     bar = tqdm(total=episodes, desc=f"collect {name}", unit="demo", disable=not progress)
     try:
-        while len(lengths) < episodes and tried < max_tries:
-            tried += 1
-            obs, _ = env.reset()
-            ep_obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_keys}
-            ep_act: list[np.ndarray] = []
-            n_success = 0
-            while True:
-                action = np.clip(np.asarray(expert.get_action(env.raw_obs), dtype=np.float32), -1.0, 1.0)
-                for k in obs_keys:
-                    ep_obs[k].append(obs[k])
-                ep_act.append(action)
-                obs, _, terminated, truncated, info = env.step(action)
-                n_success += int(bool(info.get("success", 0.0)))
-                if n_success >= success_steps or terminated or truncated:
-                    break
-            if n_success >= success_steps:
-                for k in obs_keys:
-                    buffers[k].append(np.stack(ep_obs[k]))
-                actions.append(np.stack(ep_act))
-                lengths.append(len(ep_act))
-                bar.update(1)
-            bar.set_postfix(tried=tried)
+        with warnings.catch_warnings():
+            # MetaWorld's experts warn that their gains exceed the action range; actions are clipped.
+            warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
+            while len(lengths) < episodes and tried < max_tries:
+                tried += 1
+                ep_obs, ep_act, ok = _record_episode(env, expert, obs_keys, success_steps)
+                if ok:
+                    for k in obs_keys:
+                        buffers[k].append(ep_obs[k])
+                    actions.append(ep_act)
+                    lengths.append(len(ep_act))
+                    bar.update(1)
+                bar.set_postfix(tried=tried)
     finally:
         bar.close()
         env.close()
@@ -223,11 +239,15 @@ def collect_demos(
 
 def _run(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(CollectConfig, args)
+    out = cfg.out if cfg.out is not None else default_out(cfg.task, cfg.obs, cfg.episodes)
+    if out.exists() and not cfg.overwrite:
+        print(f"difftori: error: {out} already exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
     report = collect_demos(
         cfg.task,
         episodes=cfg.episodes,
         obs_type=cfg.obs,
-        out=cfg.out,
+        out=out,
         seed=cfg.seed,
         max_tries=cfg.max_tries,
         success_steps=cfg.success_steps,

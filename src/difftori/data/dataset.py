@@ -4,7 +4,8 @@ On-disk format (a zarr group, chunked along time)::
 
     attrs: format="difftori-demos", format_version=1, task, obs_type, seed, episodes, tried,
            versions={difftori, metaworld, mujoco, numpy}, obs_keys=[...], action_dim,
-           env_options={...}  (the ``make_env`` options the demos were recorded with)
+           env_options={...}  (the ``make_env`` options the demos were recorded with),
+           checksums={"data/action": crc32, ...}  (of each array's bytes, verified on load)
     data/action      (N, 4)          float32
     data/state       (N, 9)          float32   (always)
     data/pointcloud  (N, 512, 3)     float32   (obs_type "pointcloud")
@@ -18,6 +19,7 @@ Step ``t`` stores the observation seen at ``t`` and the action taken at ``t``.
 from __future__ import annotations
 
 import shutil
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,9 @@ def save_demos(path: str | Path, data: DemoData, overwrite: bool = False) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         root = zarr.open_group(str(tmp), mode="w")
+        arrays = {"data/action": np.asarray(data.action, dtype=np.float32)}
+        arrays.update({f"data/{k}": np.ascontiguousarray(v) for k, v in data.obs.items()})
+        arrays["meta/episode_ends"] = data.episode_ends.astype(np.int64)
         attrs = dict(data.attrs)
         attrs.update(
             format=FORMAT,
@@ -157,13 +162,12 @@ def save_demos(path: str | Path, data: DemoData, overwrite: bool = False) -> Pat
             obs_keys=sorted(data.obs),
             action_dim=data.action_dim,
             episodes=data.n_episodes,
+            checksums={name: _checksum(arr) for name, arr in arrays.items()},
         )
         root.attrs.update(_jsonable(attrs))
-        grp = root.require_group("data")
-        _create_array(grp, "action", np.asarray(data.action, dtype=np.float32))
-        for key, arr in data.obs.items():
-            _create_array(grp, key, arr)
-        _create_array(root.require_group("meta"), "episode_ends", data.episode_ends.astype(np.int64))
+        for name, arr in arrays.items():
+            group, _, leaf = name.partition("/")
+            _create_array(root.require_group(group), leaf, arr)
         old = path.with_name(path.name + ".old")
         if path.exists():
             if old.exists():
@@ -218,6 +222,10 @@ def load_demos(path: str | Path, expect_task: str | None = None, expect_obs_type
             raise DemoFormatError(f"{path}: array {name!r} is missing (the store is incomplete or corrupt)") from None
         except Exception as exc:  # damaged chunks / metadata surface as codec or IO errors
             raise DemoFormatError(f"{path}: array {name!r} cannot be read ({type(exc).__name__}: {exc})") from None
+    sums = attrs.get("checksums") or {}
+    for name, arr in arrays.items():
+        if name in sums and sums[name] != _checksum(arr):
+            raise DemoFormatError(f"{path}: array {name!r} does not match its checksum (truncated or corrupt store)")
     _check_lengths(path, arrays)
     data = DemoData(
         obs={k: arrays[f"data/{k}"] for k in obs_keys},
@@ -230,6 +238,11 @@ def load_demos(path: str | Path, expect_task: str | None = None, expect_obs_type
     if attrs.get("episodes") not in (None, data.n_episodes):
         raise DemoFormatError(f"{path}: attrs say {attrs['episodes']} episodes but meta/episode_ends has {data.n_episodes}")
     return data
+
+
+def _checksum(arr: np.ndarray) -> int:
+    """CRC32 of the array's bytes (missing zarr chunks read back as fill values; this catches them)."""
+    return zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
 
 
 def _check_lengths(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -1,0 +1,521 @@
+"""Batched, differentiable trajectory optimizer: ``U* = argmin_U cost(U)`` for B independent problems.
+
+``U`` has shape (B, H, A) (batch, horizon, action dim); ``cost_fn(U) -> (B,)``. Sample ``i``'s cost
+may depend only on ``U[i]``; every per-sample quantity (step size, damping, accept/reject,
+convergence) is a (B,) vector, so a sample's result never depends on the rest of the batch.
+
+Methods
+    ``gd``            U <- U - step_size * g
+    ``adam``          Adam with per-sample moments (lr = step_size)
+    ``lm_scalar``     the original DiffTORI solver: Levenberg-Marquardt on the single residual
+                      r = offset + cost, closed form (Sherman-Morrison, no factorisation, always accept):
+                      delta = -step_size * J^T r / (damping + ||J||^2), J = dcost/dU.
+    ``newton``        damped Newton with the exact per-sample Hessian (torch.func forward-over-reverse),
+                      Levenberg-style adaptive damping per sample (Nielsen's gain-ratio update: damping
+                      down on accept, up on reject = a trust region), Cholesky via ``cholesky_ex``.
+    ``gauss_newton``  residual problems ``residual_fn(U) -> (B, R)``, cost 0.5||r||^2, J^T J + damping,
+                      fixed damping, every finite step accepted.
+    ``lm``            as gauss_newton with newton's adaptive damping and accept/reject.
+
+Safeguards (never raises on a bad system, never returns NaN where the input was finite)
+    A non-PD damped system (Cholesky ``info > 0``) -> that sample takes a scaled-gradient step
+    ``-g / (damping + ||H||_F)`` and its damping grows 10x. A trial point with non-finite cost or
+    derivatives is rejected (first-order methods also halve that sample's step size). A sample whose
+    cost/gradient is non-finite at the start is not optimised: it returns U0 (clamped to the box)
+    with status NON_FINITE. ``SolverInfo.status`` records which safeguard fired.
+
+Backward modes (``backward=``, constructor default, overridable per ``solve`` call)
+    ``unroll``     graph through every iteration (exact derivative of the computed iterate).
+    ``truncated``  first K-k iterations without graph, the last ``backward_iters`` = k with graph.
+                   Samples are not frozen in the differentiable tail (a converged Newton sample keeps
+                   taking its tiny step), so the tail carries -H^-1 d(grad)/dtheta.
+    ``implicit``   solve without graph, then ONE differentiable Newton step at the detached solution
+                   U* with the detached, damped exact Hessian (``implicit_damping``, default
+                   ``damping``): U_out = U* + (d - d.detach()), d = -(H + damping I)^-1 g(U*, theta).
+                   The value is exactly U*; the gradient is the implicit-function-theorem one.
+                   No gradient flows to U0.
+    ``none``       no graph at all (acting).
+
+Bounds (``bounds=(lo, hi)``; floats or tensors broadcastable to (H, A); ``None`` = unbounded)
+    ``bound_mode="project"`` (default for every method except lm_scalar): iterates are clamped into
+    the box after every step (projected gradient / projected Newton). Active set: a coordinate at a
+    bound whose gradient points outward (at lo with g >= 0, at hi with g <= 0) is held fixed; Newton
+    solves the reduced system on the free coordinates (active rows/columns replaced by identity).
+    Convergence uses the projected gradient (active coordinates zeroed).
+    ``bound_mode="clamp_in_cost"`` (default for lm_scalar, the original DiffTORI): iterates are
+    unconstrained, the cost sees clamp(U), and the returned U_star / best_U are clamp(U).
+    Gradient at the bounds (both modes): active / clamped coordinates of U_star get ZERO gradient
+    (projection and clamp have zero derivative there; the implicit step is zero on the active set).
+    The free coordinates get the gradient of the problem restricted to the free set.
+    In ``clamp_in_cost`` mode a coordinate that leaves the box sees zero gradient and stays there
+    (as in the original).
+
+Convergence: a sample is converged when its (projected) gradient norm <= ``tol`` (or, if
+``step_tol > 0``, an accepted step has norm <= ``step_tol``); converged samples stop changing (masked)
+while the batch continues; with ``early_stop`` the loop ends when every sample is done (checked
+every ``check_every`` iterations: the check is a host sync). Each iteration costs exactly one
+cost+gradient evaluation for gd/adam/lm_scalar (one cost+gradient+Hessian for newton, one
+residual+Jacobian for gauss_newton/lm) at the trial point; the final trial point is evaluated for
+its cost only.
+
+Known limitation: in graph modes (unroll/truncated/implicit) a sample whose cost is non-finite at
+its START point puts NaN into the graph of the shared parameters (0 * NaN in the backward pass of
+batched layers). Non-finite TRIAL points are re-evaluated at the previous point, so they are safe.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+from .derivatives import Evaluator
+from .info import SolverInfo, Status
+
+__all__ = ["TrajOptimizer"]
+
+METHODS = ("gd", "adam", "newton", "gauss_newton", "lm", "lm_scalar")
+BACKWARDS = ("unroll", "truncated", "implicit", "none")
+_FIRST_ORDER = ("gd", "adam", "lm_scalar")
+_RESIDUAL = ("gauss_newton", "lm")
+
+CostFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _State:
+    """Mutable per-sample solver state (plain attributes; (B,)-vectors unless noted)."""
+
+
+def _finite(*ts: torch.Tensor | None) -> torch.Tensor:
+    ok = None
+    for t in ts:
+        if t is None:
+            continue
+        f = torch.isfinite(t) if t.ndim == 1 else torch.isfinite(t).flatten(1).all(1)
+        ok = f if ok is None else ok & f
+    return ok
+
+
+def _active(U: torch.Tensor, g: torch.Tensor, lo, hi) -> torch.Tensor:
+    """Coordinates at (or beyond) a bound whose gradient points outward: held fixed."""
+    return ((U <= lo) & (g >= 0)) | ((U >= hi) & (g <= 0))
+
+
+def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
+
+
+@dataclass
+class TrajOptimizer:
+    """Batched differentiable trajectory optimizer; ``U_star, info = opt.solve(cost_fn, U0)``.
+
+    See the module docstring for methods, backward modes, bounds and safeguards.
+    """
+
+    method: Literal["gd", "adam", "newton", "gauss_newton", "lm", "lm_scalar"] = "newton"
+    """Solver: gd | adam | newton | gauss_newton | lm | lm_scalar (original DiffTORI closed-form LM)."""
+    max_iters: int = 50
+    """Maximum iterations K (each: one trial-point evaluation)."""
+    step_size: float = 1.0
+    """Step size (gd/adam learning rate, lm_scalar step, newton/lm step multiplier)."""
+    damping: float = 1e-3
+    """Damping: lm_scalar's constant; initial adaptive damping for newton/lm; fixed for gauss_newton."""
+    backward: Literal["unroll", "truncated", "implicit", "none"] = "implicit"
+    """How U_star is differentiated: unroll | truncated | implicit | none (no graph, for acting)."""
+    backward_iters: int = 5
+    """Differentiable tail length k for backward=truncated."""
+    bounds: tuple[float, float] | None = (-1.0, 1.0)
+    """Box (lo, hi) for every action coordinate; None for unbounded."""
+    tol: float = 1e-6
+    """Per-sample tolerance on the (projected) gradient norm; 0 disables."""
+    early_stop: bool = True
+    """Stop the batch loop once every sample has converged (off: always run max_iters)."""
+    bound_mode: Literal["auto", "project", "clamp_in_cost"] = "auto"
+    """project: clamp iterates after each step; clamp_in_cost: cost sees clamp(U) (original); auto: clamp_in_cost for lm_scalar, project otherwise."""
+    offset: float = 1000.0
+    """lm_scalar residual offset: r = offset + cost (1000 - G in the original)."""
+    step_tol: float = 0.0
+    """Also converged when an accepted step has norm <= step_tol (0 disables)."""
+    damping_min: float = 1e-9
+    """Lower clamp of the adaptive damping."""
+    damping_max: float = 1e9
+    """Upper clamp of the adaptive damping (reaching it while rejecting = STALLED)."""
+    implicit_damping: float | None = None
+    """Damping of the Hessian in the implicit backward step (None: use `damping`)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam moment decay rates."""
+    adam_eps: float = 1e-8
+    """Adam denominator epsilon."""
+    check_every: int = 0
+    """Early-stop check period in iterations (a host sync); 0 = auto (1 on CPU, 8 on accelerators)."""
+    hessian: Literal["auto", "functorch", "autograd"] = "auto"
+    """Hessian/Jacobian engine: functorch (vmap+jvp), autograd (loop of HVPs), auto (functorch, fall back)."""
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"TrajOptimizer: {msg}")
+
+        need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        need(self.backward in BACKWARDS, f"backward must be one of {BACKWARDS}, got {self.backward!r}")
+        need(isinstance(self.max_iters, int) and self.max_iters >= 0, f"max_iters must be an int >= 0, got {self.max_iters!r}")
+        need(self.backward_iters >= 1, f"backward_iters must be >= 1, got {self.backward_iters}")
+        need(self.step_size > 0, f"step_size must be > 0, got {self.step_size}")
+        need(self.damping >= 0, f"damping must be >= 0, got {self.damping}")
+        need(self.tol >= 0 and self.step_tol >= 0, "tol and step_tol must be >= 0")
+        need(0 < self.damping_min <= self.damping_max, "need 0 < damping_min <= damping_max")
+        need(self.bound_mode in ("auto", "project", "clamp_in_cost"), f"unknown bound_mode {self.bound_mode!r}")
+        need(self.hessian in ("auto", "functorch", "autograd"), f"unknown hessian engine {self.hessian!r}")
+        need(self.check_every >= 0, "check_every must be >= 0")
+        need(self.implicit_damping is None or self.implicit_damping >= 0, "implicit_damping must be >= 0")
+        b1, b2 = self.adam_betas
+        need(0 <= b1 < 1 and 0 <= b2 < 1 and self.adam_eps > 0, "adam_betas must be in [0, 1) and adam_eps > 0")
+        if self.bounds is not None:
+            need(len(self.bounds) == 2, f"bounds must be (lo, hi), got {self.bounds!r}")
+            lo, hi = self.bounds
+            if not (isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor)):
+                need(lo < hi, f"bounds must satisfy lo < hi, got {self.bounds!r}")
+
+    # ------------------------------------------------------------------ public API
+    def solve(self, cost_fn: CostFn | None, U0: torch.Tensor, residual_fn: CostFn | None = None, *,
+              backward: str | None = None) -> tuple[torch.Tensor, SolverInfo]:
+        """Minimise ``cost_fn`` from ``U0`` (B, H, A); return ``(U_star, info)``.
+
+        ``residual_fn(U) -> (B, R)`` is required by gauss_newton / lm (objective 0.5||r||^2; ``cost_fn``
+        is then not used and may be None). ``backward`` overrides the constructor's backward mode.
+        """
+        mode = self.backward if backward is None else backward
+        if mode not in BACKWARDS:
+            raise ValueError(f"backward must be one of {BACKWARDS}, got {mode!r}")
+        if not isinstance(U0, torch.Tensor) or U0.ndim != 3 or not U0.is_floating_point():
+            desc = f"{tuple(U0.shape)} {U0.dtype}" if isinstance(U0, torch.Tensor) else type(U0).__name__
+            raise ValueError(f"U0 must be a floating-point tensor of shape (B, H, A), got {desc}")
+        if U0.numel() == 0:
+            raise ValueError(f"U0 must be non-empty, got shape {tuple(U0.shape)}")
+        if self.method in _RESIDUAL:
+            if residual_fn is None:
+                raise ValueError(f"method {self.method!r} needs residual_fn(U) -> (B, R)")
+        elif residual_fn is not None:
+            raise ValueError(f"residual_fn is only used by gauss_newton / lm, not {self.method!r}; pass cost_fn")
+        elif cost_fn is None:
+            raise ValueError("cost_fn is required")
+
+        B, H, A = U0.shape
+        dev, dt = U0.device, U0.dtype
+        bm = self.bound_mode
+        if bm == "auto":
+            bm = "clamp_in_cost" if self.method == "lm_scalar" else "project"
+        lo = hi = None
+        if self.bounds is not None:
+            lo, hi = (b.to(device=dev, dtype=dt) if isinstance(b, torch.Tensor) else float(b) for b in self.bounds)
+        bounded = lo is not None
+        project = bounded and bm == "project"
+        clamp_cost = bounded and bm == "clamp_in_cost"
+        ev = Evaluator(cost_fn, residual_fn if self.method in _RESIDUAL else None, B,
+                       clamp=(lo, hi) if clamp_cost else None, hessian=self.hessian)
+
+        K = self.max_iters
+        graph_from = {"unroll": 0, "truncated": max(K - self.backward_iters, 0)}.get(mode, K + 1)
+        level = "grad" if self.method in _FIRST_ORDER else ("jac" if self.method in _RESIDUAL else "hess")
+
+        # ---- start point
+        U = U0 if (graph_from == 0 and U0.requires_grad) else U0.detach()
+        if project:
+            U = torch.clamp(U, lo, hi)
+        U0_box = U0.detach().clamp(lo, hi) if bounded else U0.detach()
+        S = _State()
+        S.U = U
+        S.c, S.g, S.M = self._evaluate(ev, U, level, graph_from == 0 and K > 0)
+        with torch.no_grad():
+            S.dead = ~_finite(S.c, S.g, S.M)
+        self._sanitise(S)  # keeps the graph
+        with torch.no_grad():
+            zeros_b = torch.zeros(B, dtype=torch.bool, device=dev)
+            S.conv, S.stalled, S.fallback = zeros_b, zeros_b.clone(), zeros_b.clone()
+            S.done = S.dead.clone()
+            S.lam = torch.full((B,), self.damping, dtype=dt, device=dev)
+            if self.method in ("newton", "lm"):
+                S.lam.clamp_(self.damping_min, self.damping_max)
+            S.nu = torch.full((B,), 2.0, dtype=dt, device=dev)
+            S.lr = torch.ones(B, dtype=dt, device=dev)
+            if self.method == "adam":
+                S.m = torch.zeros_like(U.detach())
+                S.v = torch.zeros_like(U.detach())
+                S.t = torch.zeros(B, dtype=dt, device=dev)
+            S.best_c = torch.where(S.dead, torch.full_like(S.c.detach(), float("inf")), S.c.detach())
+            S.best_U = U.detach().clone()
+            S.iters = torch.zeros(B, dtype=torch.long, device=dev)
+            S.gnorm = torch.full((B,), float("nan"), dtype=dt, device=dev)
+
+        # ---- iterations
+        check_every = self.check_every or (1 if dev.type == "cpu" else 8)
+        step = self._first_order_step if self.method in _FIRST_ORDER else self._second_order_step
+        i = 0
+        while i < K:
+            step_graph = i >= graph_from
+            freeze = not (mode == "truncated" and step_graph)
+            last = i == K - 1
+            trial_graph = (not last) and (i + 1 >= graph_from)
+            # grad mode on whenever a graph is needed: for the step, or for committing a trial with graph
+            with nullcontext() if (step_graph or trial_graph) else torch.no_grad():
+                step(S, ev, "cost" if last else level, trial_graph, freeze, (lo, hi) if bounded else None, project)
+            if freeze and self.early_stop and not last and (i + 1) % check_every == 0:
+                if bool((S.done | S.dead).all()):
+                    if mode != "truncated":
+                        break
+                    if i + 1 < graph_from:  # skip ahead to the differentiable tail
+                        S.c, S.g, S.M = self._evaluate(ev, S.U.detach(), level, True)
+                        self._sanitise(S)
+                        i = graph_from
+                        continue
+            i += 1
+
+        # ---- output
+        with torch.no_grad():
+            status = torch.where(S.conv, int(Status.OK), int(Status.MAX_ITERS))
+            status = torch.where(S.stalled & ~S.conv, int(Status.STALLED), status)
+        if mode == "implicit":
+            U_out = self._implicit(ev, S, (lo, hi) if bounded else None)
+        elif mode == "none":
+            U_out = S.U.detach()
+        else:
+            U_out = S.U
+        with torch.no_grad():
+            status = torch.where(S.fallback, int(Status.FALLBACK), status)
+            status = torch.where(S.dead, int(Status.NON_FINITE), status)
+        best_U = S.best_U
+        if clamp_cost:
+            U_out = torch.clamp(U_out, lo, hi)
+            best_U = torch.clamp(best_U, lo, hi)
+        dead3 = _bcast(S.dead, U_out)
+        U_out = torch.where(dead3, U0_box, U_out)
+        best_U = torch.where(dead3, U0_box, best_U)
+        info = SolverInfo(
+            cost=S.c.detach(), best_cost=S.best_c, best_U=best_U, iterations=S.iters, converged=S.conv.clone(),
+            status=status.long(), grad_norm=S.gnorm, damping=S.lam,
+        )
+        return U_out, info
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _evaluate(ev: Evaluator, U: torch.Tensor, level: str, graph: bool):
+        if level == "cost":
+            return ev.cost(U), None, None
+        if level == "grad":
+            c, g = ev.cost_grad(U, graph)
+            return c, g, None
+        if level == "hess":
+            return ev.cost_grad_hess(U, graph)
+        return ev.residual_jac(U, graph)
+
+    @staticmethod
+    def _sanitise(S: _State) -> None:
+        """Zero gradients / identity Hessians of dead samples so they cannot produce NaN steps."""
+        S.g = torch.where(_bcast(S.dead, S.g), torch.zeros((), dtype=S.g.dtype, device=S.g.device), S.g)
+        if S.M is not None:
+            eye = torch.eye(S.M.shape[-1], dtype=S.M.dtype, device=S.M.device)
+            S.M = torch.where(_bcast(S.dead, S.M), eye, S.M)
+
+    def _converged(self, S: _State, gnorm: torch.Tensor, freeze: bool) -> torch.Tensor:
+        """Update convergence flags; return the (B,) mask of samples that take a step this iteration."""
+        S.gnorm = gnorm
+        conv = (gnorm <= self.tol) & ~S.dead
+        S.conv = S.conv | conv
+        S.done = S.done | conv
+        return ~S.done if freeze else ~S.dead
+
+    def _safe_trial(self, ev, S, U_try, bad, level):
+        """Graph mode: re-evaluate rejected non-finite trials at the current point (keeps NaN out of the graph)."""
+        if level == "cost" or not bool(bad.any()):
+            return None
+        U_safe = torch.where(_bcast(bad, U_try), S.U.detach(), U_try)
+        return self._evaluate(ev, U_safe, level, True)
+
+    def _record(self, S, acc, c_t, U_try, moving):
+        better = acc & (c_t.detach() < S.best_c)
+        S.best_c = torch.where(better, c_t.detach(), S.best_c)
+        S.best_U = torch.where(_bcast(better, S.best_U), U_try.detach(), S.best_U)
+        S.iters = S.iters + moving
+
+    # ------------------------------------------------------------------ first order
+    def _first_order_step(self, S, ev, level, trial_graph, freeze, box, project):
+        U, g, c = S.U, S.g, S.c
+        with torch.no_grad():
+            pg = g.masked_fill(_active(U, g, *box), 0.0) if box is not None else g
+            moving = self._converged(S, torch.linalg.vector_norm(pg.flatten(1), dim=1), freeze)
+        if self.method == "gd":
+            d = g * (-self.step_size * S.lr)[:, None, None]
+        elif self.method == "lm_scalar":
+            coef = -self.step_size * S.lr * (self.offset + c) / (self.damping + (g * g).sum((1, 2)))
+            d = g * coef[:, None, None]
+        else:  # adam
+            b1, b2 = self.adam_betas
+            m_new = b1 * S.m + (1 - b1) * g
+            v_new = b2 * S.v + (1 - b2) * (g * g)
+            t_new = S.t + 1
+            mhat = m_new / (1 - b1 ** t_new)[:, None, None]
+            vhat = v_new / (1 - b2 ** t_new)[:, None, None]
+            d = mhat / (vhat.clamp_min(self.adam_eps ** 2).sqrt() + self.adam_eps) * (-self.step_size * S.lr)[:, None, None]
+        U_try = U + d
+        if project:
+            U_try = torch.clamp(U_try, *box)
+        mov3 = moving[:, None, None]
+        U_try = torch.where(mov3, U_try, U)
+
+        c_t, g_t, _ = self._evaluate(ev, U_try, level, trial_graph)
+        with torch.no_grad():
+            ok = _finite(c_t, g_t)
+            rej = moving & ~ok
+            acc = moving & ok
+            redo = self._safe_trial(ev, S, U_try, rej, level) if trial_graph else None
+        if redo is not None:
+            c_t, g_t, _ = redo
+        acc3 = acc[:, None, None]
+        S.U = torch.where(acc3, U_try, U)
+        S.c = torch.where(acc, c_t, c)
+        if g_t is not None:
+            S.g = torch.where(acc3, g_t, g)
+        if self.method == "adam":
+            S.m = torch.where(acc3, m_new, S.m)
+            S.v = torch.where(acc3, v_new, S.v)
+            S.t = torch.where(acc, t_new, S.t)
+        with torch.no_grad():
+            if self.step_tol > 0:
+                small = acc & (torch.linalg.vector_norm((S.U - U).flatten(1), dim=1) <= self.step_tol)
+                S.conv = S.conv | small
+                S.done = S.done | small
+            S.lr = torch.where(rej, 0.5 * S.lr, S.lr)
+            S.fallback = S.fallback | rej
+            self._record(S, acc, c_t, U_try, moving)
+
+    # ------------------------------------------------------------------ second order
+    def _second_order_step(self, S, ev, level, trial_graph, freeze, box, project):
+        U, g, M, c = S.U, S.g, S.M, S.c
+        B, H, A = U.shape
+        n = H * A
+        eye = torch.eye(n, dtype=U.dtype, device=U.device)
+        adaptive = self.method != "gauss_newton"
+        graph_on = torch.is_grad_enabled()
+        with torch.no_grad():
+            if box is not None:
+                act = _active(U.detach(), g.detach().reshape(B, H, A), *box).reshape(B, n)
+                fr = (~act).to(U.dtype)
+            else:
+                fr = torch.ones(B, n, dtype=U.dtype, device=U.device)
+            moving = self._converged(S, torch.linalg.vector_norm(g.detach() * fr, dim=1), freeze)
+            frozen_tail = S.conv if not freeze else torch.zeros_like(S.conv)  # converged, stepping in the tail
+        pg = g * fr
+        Mr = M * (fr[:, :, None] * fr[:, None, :]) + torch.diag_embed(1.0 - fr)
+        A_ = Mr + S.lam[:, None, None] * eye
+        with torch.no_grad():
+            L, info = torch.linalg.cholesky_ex(A_.detach())
+            ok = info == 0
+            ok3 = ok[:, None, None]
+            if not graph_on:
+                L = torch.where(ok3, L, eye)
+            scale = S.lam + torch.linalg.matrix_norm(Mr.detach())
+        if graph_on:  # differentiable factorisation of a matrix known to be PD
+            L, _ = torch.linalg.cholesky_ex(torch.where(ok3, A_, eye))
+        d_newton = -torch.cholesky_solve(pg.unsqueeze(-1), L).squeeze(-1)
+        d = torch.where(ok[:, None], d_newton, -pg / scale[:, None]) * (self.step_size * fr)
+        Uf = U.reshape(B, n)
+        U_try = Uf + d
+        if project:
+            U_try = torch.clamp(U_try.reshape(B, H, A), *box).reshape(B, n)
+        U_try = torch.where(moving[:, None], U_try, Uf).reshape(B, H, A)
+
+        c_t, g_t, M_t = self._evaluate(ev, U_try, level, trial_graph)
+        with torch.no_grad():
+            fin = _finite(c_t, g_t, M_t)
+            dd = (U_try.detach() - U.detach()).reshape(B, n)
+            gd_, Md = g.detach(), M.detach()
+            pred = -((gd_ * dd).sum(1) + 0.5 * (dd * torch.bmm(Md, dd.unsqueeze(-1)).squeeze(-1)).sum(1))
+            actual = c.detach() - c_t.detach()
+            if adaptive:
+                # Decrease, or (round-off regime: change below cost precision) a smaller projected gradient.
+                noise = 8.0 * torch.finfo(U.dtype).eps * (c.detach().abs() + c_t.detach().abs())
+                flat = (actual > -noise) & (actual <= noise)
+                if g_t is not None:
+                    gt_ = g_t.detach()
+                    if box is not None:
+                        gt_ = gt_.masked_fill(_active(U_try.detach(), gt_.reshape(B, H, A), *box).reshape(B, n), 0.0)
+                    flat = flat & (torch.linalg.vector_norm(gt_, dim=1) < S.gnorm)
+                else:
+                    flat = torch.zeros_like(flat)
+                good = fin & ((actual > 0) | flat | frozen_tail)
+            else:
+                good = fin
+            acc = moving & good
+            rej = moving & ~good
+            redo = self._safe_trial(ev, S, U_try, moving & ~fin, level) if trial_graph else None
+        if redo is not None:
+            c_t, g_t, M_t = redo
+        S.U = torch.where(acc[:, None, None], U_try, U)
+        S.c = torch.where(acc, c_t, c)
+        if g_t is not None:
+            S.g = torch.where(acc[:, None], g_t, g)
+            S.M = torch.where(acc[:, None, None], M_t, M)
+        with torch.no_grad():
+            lam, nu = S.lam, S.nu
+            if adaptive:
+                rho = actual / pred.clamp_min(torch.finfo(U.dtype).tiny)
+                shrink = (1.0 - (2.0 * rho - 1.0) ** 3).clamp(min=1.0 / 3.0, max=1.0)
+                new_lam = torch.where(acc, lam * shrink, lam * nu)
+                new_nu = torch.where(acc, torch.full_like(nu, 2.0), (2.0 * nu).clamp(max=2.0 ** 20))
+            else:
+                new_lam, new_nu = lam, nu
+            new_lam = torch.where(ok, new_lam, torch.maximum(new_lam, 10.0 * lam.clamp_min(self.damping_min)))
+            upd = moving & ~frozen_tail
+            S.lam = torch.where(upd, new_lam.clamp(self.damping_min if adaptive else 0.0, self.damping_max), lam)
+            S.nu = torch.where(upd, new_nu, nu)
+            S.fallback = S.fallback | (moving & (~ok | ~fin))
+            if adaptive:
+                st = rej & (S.lam >= self.damping_max)
+                S.stalled = S.stalled | st
+                if freeze:
+                    S.done = S.done | st
+            if self.step_tol > 0:
+                small = acc & (torch.linalg.vector_norm(dd, dim=1) <= self.step_tol)
+                S.conv = S.conv | small
+                S.done = S.done | small
+            self._record(S, acc, c_t, U_try, moving)
+
+    # ------------------------------------------------------------------ implicit backward
+    def _implicit(self, ev: Evaluator, S: _State, box) -> torch.Tensor:
+        """One differentiable Newton step at the detached solution (value unchanged; IFT gradient)."""
+        Ud = S.U.detach()
+        B, H, A = Ud.shape
+        n = H * A
+        with torch.no_grad():
+            _, g0, Mh = ev.cost_grad_hess(Ud, graph=False)
+            fin = _finite(g0, Mh) & ~S.dead
+            g0 = torch.where(fin[:, None], g0, 0.0)
+            eye = torch.eye(n, dtype=Ud.dtype, device=Ud.device)
+            Mh = torch.where(fin[:, None, None], Mh, eye)
+            if box is not None:
+                fr = (~_active(Ud, g0.reshape(B, H, A), *box)).reshape(B, n).to(Ud.dtype)
+            else:
+                fr = torch.ones(B, n, dtype=Ud.dtype, device=Ud.device)
+            Mr = Mh * (fr[:, :, None] * fr[:, None, :]) + torch.diag_embed(1.0 - fr)
+            base = self.damping if self.implicit_damping is None else self.implicit_damping
+            lam = torch.full((B,), base, dtype=Ud.dtype, device=Ud.device)
+            L, info = torch.linalg.cholesky_ex(Mr + lam[:, None, None] * eye)
+            raised = torch.zeros(B, dtype=torch.bool, device=Ud.device)
+            for _ in range(12):  # one-off per solve: a few host syncs are fine here
+                bad = info != 0
+                if not bool(bad.any()):
+                    break
+                raised |= bad
+                lam = torch.where(bad, torch.maximum(100.0 * lam, torch.full_like(lam, 1e-6)), lam)
+                L, info = torch.linalg.cholesky_ex(Mr + lam[:, None, None] * eye)
+            ok = info == 0
+            L = torch.where(ok[:, None, None], L, eye)
+            scale = lam + torch.linalg.matrix_norm(Mr)
+            S.fallback = S.fallback | (raised & fin)
+        _, g = ev.cost_grad(Ud, graph=True)
+        pg = g.reshape(B, n) * fr
+        d = torch.where(ok[:, None], -torch.cholesky_solve(pg.unsqueeze(-1), L).squeeze(-1), -pg / scale[:, None])
+        d = torch.where(fin[:, None], d * fr, torch.zeros((), dtype=d.dtype, device=d.device))
+        return Ud + (d - d.detach()).reshape(B, H, A)

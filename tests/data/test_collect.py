@@ -24,7 +24,7 @@ def test_collect_writes_successful_replayable_demos(tmp_path):
     assert all(length < 200 for length in report.episode_lengths)  # ended early, after success
 
     # Replaying the stored actions from the same seed reproduces the observations and the success.
-    env = mw.make("reach", seed=5, **data.env_options)
+    env = mw.make("reach", obs_type=data.obs_type, seed=5, **data.env_options)
     try:
         assert env.task_spec.obs_shapes == data.obs_shapes
         for start, end in data.episode_bounds():

@@ -200,8 +200,7 @@ def collect_demos(
     if not lengths:
         raise RuntimeError(f"the scripted expert for {name} succeeded in none of {tried} episodes; nothing written")
 
-    opts = {  # the env's effective options, so evaluation can rebuild the same env
-        "obs_type": obs_type,
+    opts = {  # the env's effective options (besides obs_type), so evaluation can rebuild the same env
         "episode_length": env.episode_length,
         "img_size": env.img_size,
         "num_points": env.num_points,
@@ -258,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     if not report.complete:
-        print(f"difftori: warning: only {report.kept} of {report.requested} demos collected (raise --max-tries)")
+        print(f"difftori: warning: only {report.kept} of {report.requested} demos collected (raise --max-tries)", file=sys.stderr)
         return 1
     return 0
 

@@ -4,7 +4,7 @@ On-disk format (a zarr group, chunked along time)::
 
     attrs: format="difftori-demos", format_version=1, task, obs_type, seed, episodes, tried,
            versions={difftori, metaworld, mujoco, numpy}, obs_keys=[...], action_dim,
-           env_options={...}  (the ``make_env`` options the demos were recorded with),
+           env_options={...}  (``make_env`` options besides obs_type the demos were recorded with),
            checksums={"data/action": crc32, ...}  (of each array's bytes, verified on load)
     data/action      (N, 4)          float32
     data/state       (N, 9)          float32   (always)
@@ -103,7 +103,7 @@ class DemoData:
 
     @property
     def env_options(self) -> dict[str, Any]:
-        """``make_env`` options the demos were recorded with (use them for evaluation envs)."""
+        """``make_env`` options (besides ``obs_type``) the demos were recorded with; reuse them for evaluation."""
         return dict(self.attrs.get("env_options", {}))
 
     def episode_bounds(self) -> list[tuple[int, int]]:

@@ -160,15 +160,15 @@ class TDMPC:
         """Extra per-sample losses ``{name: (B, 1)}`` (already weighted) added to the model loss; none here."""
         return {}
 
-    def update_pi(self, zs: list[torch.Tensor]) -> torch.Tensor:
-        """pi maximises min Q over the (detached) rolled-out latents, weighted by rho^t."""
+    def update_pi(self, zs: torch.Tensor) -> torch.Tensor:
+        """pi maximises min Q over the detached rolled-out latents ``zs (H+1, B, L)``, weighted by rho^t."""
         self.pi_optim.zero_grad(set_to_none=True)
         self.model.track_q_grad(False)
         try:
-            loss = torch.zeros((), device=self.device)
-            for t, z in enumerate(zs):
-                a = self.model.pi(z, self.cfg.min_std)
-                loss = loss - torch.min(*self.model.Q(z, a)).mean() * self.cfg.rho**t
+            a = self.model.pi(zs, self.cfg.min_std)
+            q = torch.min(*self.model.Q(zs, a)).mean(dim=(1, 2))  # (H+1,)
+            rho = self.cfg.rho ** torch.arange(len(zs), device=zs.device, dtype=q.dtype)
+            loss = -(q * rho).sum()
             loss.backward()
             nn.utils.clip_grad_norm_(self.model.pi_parameters(), self.cfg.grad_clip)
             self.pi_optim.step()
@@ -182,8 +182,12 @@ class TDMPC:
         batch = buffer.sample(self.res.batch_size, self.device)
         self.model.train()
         self.optim.zero_grad(set_to_none=True)
-        obs = self.aug(batch.obs)
-        z = self.model.encode(obs)
+        h, b = batch.next_obs.shape[:2]
+        with torch.no_grad():  # targets for all steps at once (fewer, larger matmuls)
+            next_obs = self.aug(batch.next_obs.flatten(0, 1))
+            next_z = self.model_target.encode(next_obs).view(h, b, -1)
+            target = self.td_target(next_obs, batch.reward.flatten(0, 1)).view(h, b, 1)
+        z = self.model.encode(self.aug(batch.obs))
         zs = [z.detach()]
         consistency = reward_loss = value_loss = priority = 0.0
         for t in range(c.horizon):
@@ -191,16 +195,12 @@ class TDMPC:
             q1, q2 = self.model.Q(z, a)
             r_pred = self.model.reward(z, a)
             z = self.model.next(z, a)
-            with torch.no_grad():
-                next_obs = self.aug(batch.next_obs[t])
-                next_z = self.model_target.encode(next_obs)
-                target = self.td_target(next_obs, batch.reward[t])
             zs.append(z.detach())
             rho = c.rho**t
-            consistency = consistency + rho * ((z - next_z) ** 2).mean(dim=1, keepdim=True)
+            consistency = consistency + rho * ((z - next_z[t]) ** 2).mean(dim=1, keepdim=True)
             reward_loss = reward_loss + rho * (r_pred - batch.reward[t]) ** 2
-            value_loss = value_loss + rho * ((q1 - target) ** 2 + (q2 - target) ** 2)
-            priority = priority + rho * ((q1 - target).abs() + (q2 - target).abs())
+            value_loss = value_loss + rho * ((q1 - target[t]) ** 2 + (q2 - target[t]) ** 2)
+            priority = priority + rho * ((q1 - target[t]).abs() + (q2 - target[t]).abs())
         total = (
             c.consistency_coef * consistency.clamp(max=1e4)
             + c.reward_coef * reward_loss.clamp(max=1e4)
@@ -214,7 +214,7 @@ class TDMPC:
         grad_norm = nn.utils.clip_grad_norm_(self.model.model_parameters(), c.grad_clip)
         self.optim.step()
         buffer.update_priorities(batch.idxs, priority.clamp(max=1e4).detach().squeeze(1))
-        pi_loss = self.update_pi(zs)
+        pi_loss = self.update_pi(torch.stack(zs))
         self.num_updates += 1
         if self.num_updates % c.target_update_freq == 0:
             ema_(self.model, self.model_target, c.tau)

@@ -86,6 +86,18 @@ class Evaluator:
         with torch.no_grad():
             return self._check(self.cost_fn(self._in(U)), "cost_fn", 1)
 
+    def cost_many(self, Um: torch.Tensor) -> torch.Tensor:
+        """(m, B) objective of m candidate batches (m, B, H, A), no graph: one vmapped call (or a loop)."""
+        if self.use_functorch and Um.shape[0] > 1:
+            try:
+                with torch.no_grad():
+                    return torch.func.vmap(lambda u: self._check(self.cost_fn(self._in(u)), "cost_fn", 1))(Um)
+            except _FUNCTORCH_ERRORS:
+                if self.strict_functorch:
+                    raise
+                self.use_functorch = False
+        return torch.stack([self.cost(u) for u in Um])
+
     def cost_grad(self, U: torch.Tensor, graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Objective (B,) and gradient (B, H, A): one forward + one backward pass."""
         if graph:

@@ -103,6 +103,15 @@ def _active(U: torch.Tensor, g: torch.Tensor, lo, hi) -> torch.Tensor:
     return ((U <= lo) & (g >= 0)) | ((U >= hi) & (g <= 0))
 
 
+def _min_eigenvalue(M: torch.Tensor) -> torch.Tensor:
+    """(B,) smallest eigenvalue of symmetric (B, n, n); Gershgorin lower bound if eigvalsh fails."""
+    try:
+        return torch.linalg.eigvalsh(M)[:, 0]
+    except torch.linalg.LinAlgError:
+        d = torch.diagonal(M, dim1=1, dim2=2)
+        return (d - (M.abs().sum(-1) - d.abs())).min(dim=1).values
+
+
 def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
 
@@ -148,6 +157,8 @@ class TrajOptimizer:
     """Adam moment decay rates."""
     adam_eps: float = 1e-8
     """Adam denominator epsilon."""
+    n_ladder: int = 6
+    """newton/lm: dampings tried per iteration (lam * 4^-2 ... lam * 4^(n_ladder-3)), evaluated in one batched call."""
     check_every: int = 0
     """Early-stop check period in iterations (a host sync); 0 = auto (1 on CPU, 8 on accelerators)."""
     hessian: Literal["auto", "functorch", "autograd"] = "auto"
@@ -169,6 +180,7 @@ class TrajOptimizer:
         need(self.bound_mode in ("auto", "project", "clamp_in_cost"), f"unknown bound_mode {self.bound_mode!r}")
         need(self.hessian in ("auto", "functorch", "autograd"), f"unknown hessian engine {self.hessian!r}")
         need(self.check_every >= 0, "check_every must be >= 0")
+        need(isinstance(self.n_ladder, int) and self.n_ladder >= 1, f"n_ladder must be an int >= 1, got {self.n_ladder!r}")
         need(self.implicit_damping is None or self.implicit_damping >= 0, "implicit_damping must be >= 0")
         b1, b2 = self.adam_betas
         need(0 <= b1 < 1 and 0 <= b2 < 1 and self.adam_eps > 0, "adam_betas must be in [0, 1) and adam_eps > 0")
@@ -238,7 +250,6 @@ class TrajOptimizer:
             S.lam = torch.full((B,), self.damping, dtype=dt, device=dev)
             if self.method in ("newton", "lm"):
                 S.lam.clamp_(self.damping_min, self.damping_max)
-            S.nu = torch.full((B,), 2.0, dtype=dt, device=dev)
             S.lr = torch.ones(B, dtype=dt, device=dev)
             if self.method == "adam":
                 S.m = torch.zeros_like(U.detach())
@@ -392,85 +403,109 @@ class TrajOptimizer:
 
     # ------------------------------------------------------------------ second order
     def _second_order_step(self, S, ev, level, trial_graph, freeze, box, project):
+        """Damped Newton / GN / LM step with per-sample damping, chosen from a ladder of candidates.
+
+        newton/lm: the damping is shifted past the most negative eigenvalue of the (reduced) model
+        matrix (``eigvalsh``; negative curvature marks the sample FALLBACK), then ``n_ladder``
+        dampings ``shift + lam * 4^j`` are factorised (``cholesky_ex``) and their trial points
+        evaluated in ONE batched cost-only call; each sample takes its lowest-cost candidate if it
+        decreases the cost (accept: lam <- chosen), else stays (reject: lam grows 256x). The
+        derivatives are then evaluated once, at the accepted points. gauss_newton: one candidate
+        with fixed damping, every finite step accepted.
+        """
         U, g, M, c = S.U, S.g, S.M, S.c
         B, H, A = U.shape
         n = H * A
-        eye = torch.eye(n, dtype=U.dtype, device=U.device)
+        dt, dev = U.dtype, U.device
+        eye = torch.eye(n, dtype=dt, device=dev)
         adaptive = self.method != "gauss_newton"
         graph_on = torch.is_grad_enabled()
         with torch.no_grad():
+            Ud = U.detach()
             if box is not None:
-                act = _active(U.detach(), g.detach().reshape(B, H, A), *box).reshape(B, n)
-                fr = (~act).to(U.dtype)
+                fr = (~_active(Ud, g.detach().reshape(B, H, A), *box).reshape(B, n)).to(dt)
             else:
-                fr = torch.ones(B, n, dtype=U.dtype, device=U.device)
+                fr = torch.ones(B, n, dtype=dt, device=dev)
             moving = self._converged(S, torch.linalg.vector_norm(g.detach() * fr, dim=1), freeze)
-            frozen_tail = S.conv if not freeze else torch.zeros_like(S.conv)  # converged, stepping in the tail
-        pg = g * fr
-        Mr = M * (fr[:, :, None] * fr[:, None, :]) + torch.diag_embed(1.0 - fr)
-        A_ = Mr + S.lam[:, None, None] * eye
-        with torch.no_grad():
-            L, info = torch.linalg.cholesky_ex(A_.detach())
-            ok = info == 0
-            ok3 = ok[:, None, None]
-            if not graph_on:
-                L = torch.where(ok3, L, eye)
-            scale = S.lam + torch.linalg.matrix_norm(Mr.detach())
-        if graph_on:  # differentiable factorisation of a matrix known to be PD
-            L, _ = torch.linalg.cholesky_ex(torch.where(ok3, A_, eye))
-        d_newton = -torch.cholesky_solve(pg.unsqueeze(-1), L).squeeze(-1)
-        d = torch.where(ok[:, None], d_newton, -pg / scale[:, None]) * (self.step_size * fr)
-        Uf = U.reshape(B, n)
-        U_try = Uf + d
-        if project:
-            U_try = torch.clamp(U_try.reshape(B, H, A), *box).reshape(B, n)
-        U_try = torch.where(moving[:, None], U_try, Uf).reshape(B, H, A)
-
-        c_t, g_t, M_t = self._evaluate(ev, U_try, level, trial_graph)
-        with torch.no_grad():
-            fin = _finite(c_t, g_t, M_t)
-            dd = (U_try.detach() - U.detach()).reshape(B, n)
-            gd_, Md = g.detach(), M.detach()
-            pred = -((gd_ * dd).sum(1) + 0.5 * (dd * torch.bmm(Md, dd.unsqueeze(-1)).squeeze(-1)).sum(1))
-            actual = c.detach() - c_t.detach()
+            frozen_tail = S.conv if not freeze else torch.zeros_like(S.conv)
+            pg = g.detach() * fr
+            Mr = M.detach() * (fr[:, :, None] * fr[:, None, :]) + torch.diag_embed(1.0 - fr)
+            shift = torch.zeros(B, dtype=dt, device=dev)
+            if self.method == "newton":  # shift past negative curvature so every candidate is PD
+                ev_min = _min_eigenvalue(Mr)
+                neg = ev_min <= 0
+                shift = torch.where(neg, -ev_min + 1e-6 * torch.linalg.matrix_norm(Mr) + self.damping_min, shift)
+                S.fallback = S.fallback | (moving & neg)
+            ladder = self._ladder(dt, dev) if adaptive else torch.ones(1, dtype=dt, device=dev)
+            lams = shift[None] + S.lam[None] * ladder[:, None]  # (m, B)
+            m = lams.shape[0]
+            L, info = torch.linalg.cholesky_ex(Mr[None] + lams[..., None, None] * eye)
+            okm = info == 0
+            L = torch.where(okm[..., None, None], L, eye)
+            D = -torch.cholesky_solve(pg[None].expand(m, B, n).unsqueeze(-1), L).squeeze(-1)
+            D_fb = -pg[None] / (lams + torch.linalg.matrix_norm(Mr)[None])[..., None]
+            D = torch.where(okm[..., None], D, D_fb) * (self.step_size * fr)
+            Uc = Ud.reshape(1, B, n) + D
+            if project:
+                Uc = torch.clamp(Uc.reshape(m, B, H, A), *box).reshape(m, B, n)
+            Uc = torch.where(moving[None, :, None], Uc, Ud.reshape(1, B, n))
+            cm = ev.cost_many(Uc.reshape(m, B, H, A)) if m > 1 else ev.cost(Uc.reshape(B, H, A))[None]
+            cm = torch.where(torch.isfinite(cm), cm, torch.full_like(cm, float("inf")))
+            c_best, j = cm.min(dim=0)
+            dd = Uc[j, torch.arange(B, device=dev)] - Ud.reshape(B, n)
+            ok_j = okm.gather(0, j[None])[0]
+            lam_j = lams.gather(0, j[None])[0]
+            fin = torch.isfinite(c_best)
             if adaptive:
-                # Decrease, or (round-off regime: change below cost precision) a smaller projected gradient.
-                noise = 8.0 * torch.finfo(U.dtype).eps * (c.detach().abs() + c_t.detach().abs())
-                flat = (actual > -noise) & (actual <= noise)
-                if g_t is not None:
-                    gt_ = g_t.detach()
-                    if box is not None:
-                        gt_ = gt_.masked_fill(_active(U_try.detach(), gt_.reshape(B, H, A), *box).reshape(B, n), 0.0)
-                    flat = flat & (torch.linalg.vector_norm(gt_, dim=1) < S.gnorm)
-                else:
-                    flat = torch.zeros_like(flat)
-                good = fin & ((actual > 0) | flat | frozen_tail)
+                pred = -((g.detach() * dd).sum(1) + 0.5 * (dd * torch.bmm(M.detach(), dd.unsqueeze(-1)).squeeze(-1)).sum(1))
+                noise = 8.0 * torch.finfo(dt).eps * (c.detach().abs() + c_best.abs())
+                decrease = c_best < c.detach()
+                flat = (c_best <= c.detach() + noise) & (pred.abs() <= noise)  # round-off regime
+                good = fin & (decrease | flat | frozen_tail)
             else:
                 good = fin
             acc = moving & good
             rej = moving & ~good
-            redo = self._safe_trial(ev, S, U_try, moving & ~fin, level) if trial_graph else None
-        if redo is not None:
-            c_t, g_t, M_t = redo
-        S.U = torch.where(acc[:, None, None], U_try, U)
-        S.c = torch.where(acc, c_t, c)
-        if g_t is not None:
-            S.g = torch.where(acc[:, None], g_t, g)
-            S.M = torch.where(acc[:, None, None], M_t, M)
+            S.fallback = S.fallback | (moving & (~ok_j | ~fin))
+        if graph_on:  # differentiable step for the chosen damping (the choice itself is piecewise constant)
+            Mg = M * (fr[:, :, None] * fr[:, None, :]) + torch.diag_embed(1.0 - fr)
+            Lg, _ = torch.linalg.cholesky_ex(torch.where(ok_j[:, None, None], Mg + lam_j[:, None, None] * eye, eye))
+            pgg = g * fr
+            d = torch.where(ok_j[:, None], -torch.cholesky_solve(pgg.unsqueeze(-1), Lg).squeeze(-1),
+                            -pgg / (lam_j + torch.linalg.matrix_norm(Mr))[:, None].detach())
+            U_new = U.reshape(B, n) + d * (self.step_size * fr)
+            if project:
+                U_new = torch.clamp(U_new.reshape(B, H, A), *box)
+            U_new = U_new.reshape(B, H, A)
+        else:
+            U_new = (Ud.reshape(B, n) + dd).reshape(B, H, A)
+        S.U = torch.where(acc[:, None, None], U_new, U)
+
+        if level == "cost":  # last iteration: the candidate cost is all we need
+            S.c = torch.where(acc, c_best, c)
+        elif bool(acc.any()):
+            c_n, g_n, M_n = self._evaluate(ev, S.U, level, trial_graph)
+            with torch.no_grad():
+                bad = acc & ~_finite(c_n, g_n, M_n)  # finite cost but non-finite derivatives: undo
+            if bool(bad.any()):
+                acc, rej = acc & ~bad, rej | bad
+                S.fallback = S.fallback | bad
+                S.U = torch.where(acc[:, None, None], S.U, U)
+                c_n, g_n, M_n = self._evaluate(ev, torch.where(bad[:, None, None], U.detach(), S.U), level, trial_graph)
+            S.c = torch.where(acc, c_n, c)
+            S.g = torch.where(acc[:, None], g_n, g)
+            S.M = torch.where(acc[:, None, None], M_n, M)
+        elif trial_graph and not g.requires_grad:  # entering the differentiable tail: derivatives need a graph
+            S.c, S.g, S.M = self._evaluate(ev, S.U, level, True)
         with torch.no_grad():
-            lam, nu = S.lam, S.nu
+            lam = S.lam
             if adaptive:
-                rho = actual / pred.clamp_min(torch.finfo(U.dtype).tiny)
-                shrink = (1.0 - (2.0 * rho - 1.0) ** 3).clamp(min=1.0 / 3.0, max=1.0)
-                new_lam = torch.where(acc, lam * shrink, lam * nu)
-                new_nu = torch.where(acc, torch.full_like(nu, 2.0), (2.0 * nu).clamp(max=2.0 ** 20))
+                chosen = torch.where(ok_j, ladder.gather(0, j) * lam, lam)
+                new_lam = torch.where(acc, chosen, lam * float(self._LADDER_BASE ** 4))
             else:
-                new_lam, new_nu = lam, nu
-            new_lam = torch.where(ok, new_lam, torch.maximum(new_lam, 10.0 * lam.clamp_min(self.damping_min)))
+                new_lam = torch.where(ok_j, lam, torch.maximum(10.0 * lam, torch.full_like(lam, self.damping_min)))
             upd = moving & ~frozen_tail
             S.lam = torch.where(upd, new_lam.clamp(self.damping_min if adaptive else 0.0, self.damping_max), lam)
-            S.nu = torch.where(upd, new_nu, nu)
-            S.fallback = S.fallback | (moving & (~ok | ~fin))
             if adaptive:
                 st = rej & (S.lam >= self.damping_max)
                 S.stalled = S.stalled | st
@@ -480,7 +515,13 @@ class TrajOptimizer:
                 small = acc & (torch.linalg.vector_norm(dd, dim=1) <= self.step_tol)
                 S.conv = S.conv | small
                 S.done = S.done | small
-            self._record(S, acc, c_t, U_try, moving)
+            self._record(S, acc, c_best, S.U, moving)
+
+    _LADDER_BASE = 4.0
+
+    def _ladder(self, dt, dev) -> torch.Tensor:
+        """Damping multipliers tried per iteration: 4^-2 ... 4^(n_ladder-3)."""
+        return self._LADDER_BASE ** torch.arange(-2, self.n_ladder - 2, dtype=dt, device=dev)
 
     # ------------------------------------------------------------------ implicit backward
     def _implicit(self, ev: Evaluator, S: _State, box) -> torch.Tensor:

@@ -34,7 +34,7 @@ DEMO_PRESET: dict = dict(
     num_samples=64,
     num_elites=8,
     iterations=3,
-    num_threads=2,
+    num_threads=1,
 )
 """Small, CPU-friendly settings of ``difftori rl demo`` (chosen by measurement; see the README)."""
 

@@ -1,0 +1,68 @@
+"""`difftori rl train|eval|demo` smoke runs with tiny budgets, and their error paths."""
+
+import json
+
+import pytest
+import torch
+
+from difftori.cli import main
+
+TINY = [
+    "--latent-dim", "8", "--mlp-dim", "32", "--enc-dim", "16", "--batch-size", "16", "--horizon", "3",
+    "--num-samples", "16", "--num-elites", "4", "--iterations", "2", "--device", "cpu", "--progress", "false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_train_eval_and_resume_cli(tmp_path, capsys):
+    argv = ["rl", "train", "--agent", "tdmpc", "--task", "cartpole-balance", "--steps", "200", "--seed-steps", "12",
+            "--episode-length", "96", "--eval-freq", "100", "--eval-episodes", "1", "--video", "--seed", "3",
+            "--run-root", str(tmp_path), *TINY]
+    assert main(argv) == 0
+    (run,) = [p.parent for p in tmp_path.rglob("config.json")]
+    assert run.relative_to(tmp_path).parts[:3] == ("cartpole-balance", "tdmpc", "seed3")
+    for name in ("train.csv", "eval.csv", "final.json", "plot.png", "checkpoints/last.pt"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "config.json").read_text())["seed_steps"] == 12
+    assert list((run / "videos").glob("eval_*.*"))
+    final = json.loads((run / "final.json").read_text())
+    assert final["step"] == 288 and len(final["returns"]) == 1  # 3 episodes of 96 env steps
+
+    capsys.readouterr()
+    assert main(["rl", "eval", "--checkpoint", str(run), "--episodes", "2", "--video"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["task"] == "cartpole-balance" and len(out["returns"]) == 2 and "video" in out
+
+    # Extend the finished run by one episode.
+    assert main(["rl", "train", "--resume", str(run), "--steps", "300"]) == 0
+    assert json.loads((run / "final.json").read_text())["step"] == 384
+    # Changing anything but --steps on resume is refused.
+    assert main(["rl", "train", "--resume", str(run), "--seed", "4"]) == 2
+    assert "cannot change ['seed']" in capsys.readouterr().err
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["rl", "train", "--agent", "tdmpc", "--task", "cartpole-flip", "--run-root", str(tmp_path)]) == 2
+    assert "unknown DMC task 'cartpole-flip'" in capsys.readouterr().err
+    assert main(["rl", "train", "--agent", "tdmpc", "--horizon", "0", "--run-root", str(tmp_path)]) == 2
+    assert "horizon must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["rl", "train", "--agent", "sac"])
+    assert main(["rl", "eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("config.json"))  # nothing half-created
+
+
+def test_demo_cli_writes_random_vs_trained(tmp_path, capsys):
+    assert main(["rl", "demo", "--agent", "tdmpc", "--steps", "400", "--run-root", str(tmp_path)]) == 0
+    (demo,) = list(tmp_path.rglob("demo.json"))
+    res = json.loads(demo.read_text())
+    assert res["agent"] == "tdmpc" and res["task"] == "cartpole-balance"
+    assert res["random_return"] >= 0 and res["trained_return"] >= 0 and res["steps"] >= 400

@@ -247,6 +247,7 @@ class TrajOptimizer:
             zeros_b = torch.zeros(B, dtype=torch.bool, device=dev)
             S.conv, S.stalled, S.fallback = zeros_b, zeros_b.clone(), zeros_b.clone()
             S.done = S.dead.clone()
+            S.live = ~S.dead
             S.lam = torch.full((B,), self.damping, dtype=dt, device=dev)
             if self.method in ("newton", "lm"):
                 S.lam.clamp_(self.damping_min, self.damping_max)
@@ -332,10 +333,10 @@ class TrajOptimizer:
     def _converged(self, S: _State, gnorm: torch.Tensor, freeze: bool) -> torch.Tensor:
         """Update convergence flags; return the (B,) mask of samples that take a step this iteration."""
         S.gnorm = gnorm
-        conv = (gnorm <= self.tol) & ~S.dead
+        conv = (gnorm <= self.tol) & S.live
         S.conv = S.conv | conv
         S.done = S.done | conv
-        return ~S.done if freeze else ~S.dead
+        return ~S.done if freeze else S.live
 
     def _safe_trial(self, ev, S, U_try, bad, level):
         """Graph mode: re-evaluate rejected non-finite trials at the current point (keeps NaN out of the graph)."""
@@ -352,14 +353,20 @@ class TrajOptimizer:
 
     # ------------------------------------------------------------------ first order
     def _first_order_step(self, S, ev, level, trial_graph, freeze, box, project):
+        """gd / adam / lm_scalar: one cost+gradient evaluation at the trial point; few, fused bookkeeping ops."""
         U, g, c = S.U, S.g, S.c
+        graph_on = torch.is_grad_enabled()
         with torch.no_grad():
-            pg = g.masked_fill(_active(U, g, *box), 0.0) if box is not None else g
-            moving = self._converged(S, torch.linalg.vector_norm(pg.flatten(1), dim=1), freeze)
+            if self.tol > 0:
+                # projected gradient (project mode); with clamp_in_cost the gradient outside the box is already 0
+                pg = g.masked_fill(_active(U, g, *box), 0.0) if project else g
+                moving = self._converged(S, torch.linalg.vector_norm(pg.flatten(1), dim=1), freeze)
+            else:
+                moving = ~S.done if freeze else ~S.dead
         if self.method == "gd":
             d = g * (-self.step_size * S.lr)[:, None, None]
         elif self.method == "lm_scalar":
-            coef = -self.step_size * S.lr * (self.offset + c) / (self.damping + (g * g).sum((1, 2)))
+            coef = (self.offset + c) * (-self.step_size * S.lr) / (self.damping + (g * g).sum((1, 2)))
             d = g * coef[:, None, None]
         else:  # adam
             b1, b2 = self.adam_betas
@@ -372,15 +379,17 @@ class TrajOptimizer:
         U_try = U + d
         if project:
             U_try = torch.clamp(U_try, *box)
-        mov3 = moving[:, None, None]
-        U_try = torch.where(mov3, U_try, U)
+        if graph_on or trial_graph:  # keep non-moving samples at finite points (NaN-free graphs)
+            U_try = torch.where(moving[:, None, None], U_try, U)
 
         c_t, g_t, _ = self._evaluate(ev, U_try, level, trial_graph)
         with torch.no_grad():
-            ok = _finite(c_t, g_t)
-            rej = moving & ~ok
+            # one fused finiteness test: NaN/inf anywhere in g_t makes the sum non-finite
+            ok = torch.isfinite(c_t if g_t is None else c_t + g_t.sum((1, 2)))
             acc = moving & ok
-            redo = self._safe_trial(ev, S, U_try, rej, level) if trial_graph else None
+            rej = moving ^ acc
+            any_rej = True if U.device.type != "cpu" else bool(rej.any())  # the check is free on CPU
+            redo = self._safe_trial(ev, S, U_try, rej, level) if (trial_graph and any_rej) else None
         if redo is not None:
             c_t, g_t, _ = redo
         acc3 = acc[:, None, None]
@@ -397,8 +406,9 @@ class TrajOptimizer:
                 small = acc & (torch.linalg.vector_norm((S.U - U).flatten(1), dim=1) <= self.step_tol)
                 S.conv = S.conv | small
                 S.done = S.done | small
-            S.lr = torch.where(rej, 0.5 * S.lr, S.lr)
-            S.fallback = S.fallback | rej
+            if any_rej:
+                S.lr = torch.where(rej, 0.5 * S.lr, S.lr)
+                S.fallback = S.fallback | rej
             self._record(S, acc, c_t, U_try, moving)
 
     # ------------------------------------------------------------------ second order

@@ -10,16 +10,20 @@ Methods
     ``lm_scalar``     the original DiffTORI solver: Levenberg-Marquardt on the single residual
                       r = offset + cost, closed form (Sherman-Morrison, no factorisation, always accept):
                       delta = -step_size * J^T r / (damping + ||J||^2), J = dcost/dU.
-    ``newton``        damped Newton with the exact per-sample Hessian (torch.func forward-over-reverse),
-                      Levenberg-style adaptive damping per sample (Nielsen's gain-ratio update: damping
-                      down on accept, up on reject = a trust region), Cholesky via ``cholesky_ex``.
+    ``newton``        damped Newton with the exact per-sample Hessian (torch.func forward-over-reverse).
+                      Per iteration and sample: the damping is shifted past the most negative eigenvalue
+                      (``eigvalsh``), ``n_ladder`` dampings ``shift + lam * 4^j`` (j = -2, ...) are
+                      factorised with ``cholesky_ex`` and their trial points evaluated in ONE batched
+                      (vmapped) cost-only call; the sample takes its lowest-cost candidate if it lowers
+                      the cost (accept: lam <- chosen damping, i.e. down) or stays (reject: lam x256).
     ``gauss_newton``  residual problems ``residual_fn(U) -> (B, R)``, cost 0.5||r||^2, J^T J + damping,
                       fixed damping, every finite step accepted.
-    ``lm``            as gauss_newton with newton's adaptive damping and accept/reject.
+    ``lm``            as gauss_newton with newton's damping ladder and accept/reject (J^T J is PSD: no shift).
 
 Safeguards (never raises on a bad system, never returns NaN where the input was finite)
-    A non-PD damped system (Cholesky ``info > 0``) -> that sample takes a scaled-gradient step
-    ``-g / (damping + ||H||_F)`` and its damping grows 10x. A trial point with non-finite cost or
+    Negative curvature -> the damping is shifted to make the system PD (status FALLBACK). A system
+    that still fails to factorise (Cholesky ``info > 0``) -> that sample takes a scaled-gradient step
+    ``-g / (damping + ||H||_F)`` (and for gauss_newton its damping grows 10x). A trial point with non-finite cost or
     derivatives is rejected (first-order methods also halve that sample's step size). A sample whose
     cost/gradient is non-finite at the start is not optimised: it returns U0 (clamped to the box)
     with status NON_FINITE. ``SolverInfo.status`` records which safeguard fired.
@@ -56,7 +60,10 @@ while the batch continues; with ``early_stop`` the loop ends when every sample i
 every ``check_every`` iterations: the check is a host sync). Each iteration costs exactly one
 cost+gradient evaluation for gd/adam/lm_scalar (one cost+gradient+Hessian for newton, one
 residual+Jacobian for gauss_newton/lm) at the trial point; the final trial point is evaluated for
-its cost only.
+its cost only. newton/lm: one batched cost-only call for the candidates plus one
+cost+gradient+Hessian (or residual+Jacobian) evaluation at the accepted points per iteration.
+In unroll mode the chosen damping is piecewise constant, so the derivative is exact except that
+the negative-curvature shift (a function of the Hessian's eigenvalues) is treated as a constant.
 
 Known limitation: in graph modes (unroll/truncated/implicit) a sample whose cost is non-finite at
 its START point puts NaN into the graph of the shared parameters (0 * NaN in the backward pass of

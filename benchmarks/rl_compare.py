@@ -1,0 +1,416 @@
+"""DiffTORI vs TD-MPC on DeepMind Control: tasks x seeds x variants through the normal trainer.
+
+Each run is ``difftori rl train`` in its own subprocess (up to ``--jobs`` at once, ``--threads``
+torch threads each), in ``RUN_ROOT/<variant>/<task>/<agent>/seed<s>/<time>``. Variants:
+``tdmpc`` (MPPI planner baseline), ``difftori-episode`` (original: PG accumulated per episode),
+``difftori-replay`` (batched PG on replay). Finished runs are reused and interrupted ones resumed
+(``--fresh`` starts over), so an interrupted benchmark continues where it stopped.
+
+Outputs in ``--out-dir`` (default ``benchmarks/results``): ``rl_compare.csv`` (every evaluation:
+task, variant, seed, env step, return), ``rl_compare.png`` (curves, mean and spread over seeds),
+``rl_compare.md`` (final returns beside METHOD.md's reference TD-MPC numbers and a random policy,
+wall-clock ms per env step, crash / NaN flags) and ``rl_compare.json`` (the same + config).
+
+Presets: ``paper`` = the published sizes and schedules (GPU scale); ``cpu`` = small networks
+(MLP 64, latent 32, batch 64, 64 planner samples) with the seed phase, DiffTORI start and the
+schedules scaled to the budget (``--seed-frac`` etc.), so a run of a few 10k env steps fits a CPU.
+
+    python benchmarks/rl_compare.py --tasks cartpole-swingup reacher-easy --seeds 1 2 --steps 20000 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+
+from difftori.envs import dmc
+from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args, to_dict
+from difftori.utils.io import atomic_write_json, atomic_write_text
+from difftori.utils.runs import read_csv
+
+__all__ = ["CompareConfig", "VARIANTS", "REFERENCE_TDMPC", "run_args", "run", "main"]
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tdmpc": {"agent": "tdmpc"},
+    "difftori-episode": {"agent": "difftori", "label": "episode", "difftori.pg_mode": "episode"},
+    "difftori-replay": {"agent": "difftori", "label": "replay", "difftori.pg_mode": "replay"},
+}
+"""Variant name -> trainer options."""
+
+REFERENCE_TDMPC: dict[str, tuple[int, int]] = {
+    "cartpole-swingup-sparse": (558, 564), "cheetah-run": (824, 830), "cup-catch": (984, 980),
+    "finger-spin": (714, 826), "finger-turn-easy": (904, 917), "finger-turn-hard": (610, 873),
+    "hopper-stand": (916, 954), "pendulum-swingup": (585, 615), "quadruped-run": (856, 894),
+    "quadruped-walk": (915, 951), "reacher-easy": (987, 984), "reacher-hard": (962, 970),
+    "walker-run": (820, 824), "walker-stand": (994, 992), "walker-walk": (978, 978),
+}
+"""METHOD.md: TD-MPC returns from state (3 seeds) at 500k / 1M env steps."""
+
+CPU_PRESET: dict[str, Any] = dict(
+    mlp_dim=64, enc_dim=64, latent_dim=32, batch_size=64, num_samples=64, num_elites=8, iterations=3,
+)
+"""Network / planner sizes of the ``cpu`` preset (as the RL demo preset)."""
+
+
+@dataclass
+class CompareConfig:
+    """Settings of one comparison."""
+
+    tasks: tuple[str, ...] = ("cartpole-swingup", "reacher-easy")
+    """DMC tasks."""
+    seeds: tuple[int, ...] = (1, 2)
+    """Seeds per task and variant."""
+    variants: tuple[str, ...] = ("tdmpc", "difftori-episode", "difftori-replay")
+    """Agents / variants: tdmpc, difftori-episode, difftori-replay."""
+    steps: int = 20_000
+    """ENV steps per run."""
+    preset: Literal["cpu", "paper"] = "cpu"
+    """cpu: small networks, schedules scaled to the budget; paper: published settings."""
+    seed_frac: float = 0.1
+    """cpu preset: random-action seed phase as a fraction of the budget (paper: 5000 agent steps)."""
+    pg_start_frac: float = 0.15
+    """cpu preset: DiffTORI acting / PG start as a fraction of the budget (paper: 6000 agent steps)."""
+    schedule_frac: float = 0.5
+    """cpu preset: horizon / exploration schedule length as a fraction of the budget (paper: 25000 agent steps)."""
+    eval_freq: Optional[int] = None
+    """Evaluate every this many env steps; None -> steps / 4."""
+    eval_episodes: int = 5
+    """Episodes per evaluation."""
+    episode_length: int = 1000
+    """Env steps per episode."""
+    jobs: int = 2
+    """Runs in parallel."""
+    threads: int = 1
+    """torch threads per run."""
+    timeout_s: Optional[float] = None
+    """Kill a run after this many seconds (it is then flagged 'timeout'; rerun to resume it)."""
+    run_root: Path = Path("runs/rl_compare")
+    """Where the runs go."""
+    out_dir: Path = Path("benchmarks/results")
+    """Where rl_compare.{csv,png,md,json} go."""
+    fresh: bool = False
+    """Start every run over instead of reusing finished / resuming interrupted ones."""
+    random_episodes: int = 5
+    """Episodes of the random-policy reference per task (0 skips it)."""
+    extra: str = ""
+    """Extra ``difftori rl train`` options for every run (one shell-quoted string), e.g. --extra "--difftori.max-iters 50"."""
+
+    def __post_init__(self) -> None:
+        self.run_root, self.out_dir = Path(self.run_root), Path(self.out_dir)
+        self.tasks, self.seeds, self.variants = tuple(self.tasks), tuple(self.seeds), tuple(self.variants)
+        check(len(self.tasks) > 0 and len(self.seeds) > 0 and len(self.variants) > 0, "need at least one task, seed and variant")
+        for t in self.tasks:
+            check(dmc.canonical(t) is not None, f"unknown DMC task {t!r}; known: {', '.join(sorted(dmc.TASKS))}")
+        self.tasks = tuple(dmc.canonical(t) for t in self.tasks)
+        for v in self.variants:
+            check(v in VARIANTS, f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+        check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.preset in ("cpu", "paper"), f"preset must be cpu or paper, got {self.preset!r}")
+        check(0 <= self.seed_frac <= self.pg_start_frac <= 1, "need 0 <= seed_frac <= pg_start_frac <= 1")
+        check(0 < self.schedule_frac <= 1, "schedule_frac must be in (0, 1]")
+        check(self.eval_freq is None or self.eval_freq >= 1, "eval_freq must be >= 1")
+        check(self.eval_episodes >= 1, "eval_episodes must be >= 1 (the comparison needs evaluations)")
+        check(self.jobs >= 1 and self.threads >= 1, "jobs and threads must be >= 1")
+        check(self.timeout_s is None or self.timeout_s > 0, "timeout_s must be > 0")
+
+
+# ----------------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    task: str
+    variant: str
+    seed: int
+    root: Path
+    log: Path
+    proc: Optional[subprocess.Popen] = None
+    started: float = 0.0
+    wall_s: float = 0.0
+    returncode: Optional[int] = None
+    timed_out: bool = False
+    reused: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.variant}/seed{self.seed}"
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def run_args(cfg: CompareConfig, task: str, variant: str, seed: int, run_root: Path) -> list[str]:
+    """``difftori rl train`` options of one run."""
+    ar = dmc.action_repeat_for(task)
+    opts: dict[str, Any] = {
+        "task": task, "seed": seed, "steps": cfg.steps, "episode_length": cfg.episode_length,
+        "eval_freq": cfg.eval_freq or max(cfg.steps // 4, 1), "eval_episodes": cfg.eval_episodes,
+        "checkpoint_freq": max(cfg.steps // 4, 1), "num_threads": cfg.threads, "run_root": str(run_root),
+        "progress": "false",
+    }
+    if cfg.preset == "cpu":
+        agent_steps = max(cfg.steps // ar, 1)
+        opts.update(CPU_PRESET)
+        opts.update({
+            "seed_steps": int(cfg.seed_frac * agent_steps),
+            "difftori.pg_start_step": int(cfg.pg_start_frac * agent_steps),
+            "schedule_steps": max(int(cfg.schedule_frac * agent_steps), 1),
+        })
+    opts.update(VARIANTS[variant])
+    args = ["rl", "train"]
+    for k, v in opts.items():
+        args += [_flag(k), str(v)]
+    return args + shlex.split(cfg.extra)
+
+
+def _find_run_dir(root: Path) -> Optional[Path]:
+    """The newest run directory (holding config.json) under ``root``."""
+    dirs = sorted((p.parent for p in root.rglob("config.json")), key=lambda p: p.name)
+    return dirs[-1] if dirs else None
+
+
+def _command(cfg: CompareConfig, r: Run) -> Optional[list[str]]:
+    """Command for ``r`` (resume if interrupted), or None if a finished run can be reused."""
+    base = [sys.executable, "-m", "difftori.cli"]
+    run_dir = None if cfg.fresh else _find_run_dir(r.root)
+    if run_dir is not None:
+        final = run_dir / "final.json"
+        if final.exists() and json.loads(final.read_text()).get("step", 0) >= cfg.steps:
+            return None
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            return base + ["rl", "train", "--resume", str(run_dir), "--steps", str(cfg.steps), "--progress", "false"]
+    return base + run_args(cfg, r.task, r.variant, r.seed, r.root)
+
+
+def launch_all(cfg: CompareConfig, runs: list[Run]) -> None:
+    """Run everything, at most ``jobs`` subprocesses at a time (a crash never stops the others)."""
+    pending = list(runs)
+    active: list[Run] = []
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
+    env.setdefault("MUJOCO_GL", "egl")
+    while pending or active:
+        while pending and len(active) < cfg.jobs:
+            r = pending.pop(0)
+            cmd = _command(cfg, r)
+            if cmd is None:
+                r.reused, r.returncode = True, 0
+                print(f"[rl_compare] reuse   {r.name}", flush=True)
+                continue
+            r.root.mkdir(parents=True, exist_ok=True)
+            r.log.parent.mkdir(parents=True, exist_ok=True)
+            fh = r.log.open("a")
+            fh.write(f"$ {' '.join(cmd)}\n")
+            fh.flush()
+            r.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            r.started = time.perf_counter()
+            active.append(r)
+            print(f"[rl_compare] start   {r.name}", flush=True)
+        time.sleep(1.0)
+        for r in list(active):
+            elapsed = time.perf_counter() - r.started
+            if r.proc.poll() is None and cfg.timeout_s is not None and elapsed > cfg.timeout_s:
+                r.proc.terminate()
+                try:
+                    r.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    r.proc.kill()
+                    r.proc.wait()
+                r.timed_out = True
+            if r.proc.poll() is not None:
+                r.returncode, r.wall_s = r.proc.returncode, elapsed
+                active.remove(r)
+                state = "timeout" if r.timed_out else ("done" if r.returncode == 0 else f"CRASH rc={r.returncode}")
+                print(f"[rl_compare] {state:7s} {r.name} ({elapsed:.0f} s)", flush=True)
+
+
+# ----------------------------------------------------------------------------------- results
+def _finite_floats(rows: list[dict[str, str]]) -> bool:
+    """True if every numeric cell is finite (empty cells are fine)."""
+    for row in rows:
+        for v in row.values():
+            if v in (None, ""):
+                continue
+            try:
+                x = float(v)
+            except ValueError:
+                continue
+            if not math.isfinite(x):
+                return False
+    return True
+
+
+def summarise_run(cfg: CompareConfig, r: Run) -> dict[str, Any]:
+    """Final return, timings and flags of one run (from its run directory)."""
+    run_dir = _find_run_dir(r.root)
+    out: dict[str, Any] = {"task": r.task, "variant": r.variant, "seed": r.seed, "run_dir": str(run_dir) if run_dir else None,
+                           "flags": []}
+    if r.timed_out:
+        out["flags"].append("timeout")
+    elif r.returncode not in (0, None):
+        out["flags"].append(f"crash(rc={r.returncode})")
+    if run_dir is None:
+        out["flags"].append("no-run-dir")
+        return out
+    train, evals = read_csv(run_dir / "train.csv"), read_csv(run_dir / "eval.csv")
+    final_path = run_dir / "final.json"
+    final = json.loads(final_path.read_text()) if final_path.exists() else {}
+    if not final:
+        out["flags"].append("unfinished")
+    if not (_finite_floats(train) and _finite_floats(evals)):
+        out["flags"].append("nan")
+    skipped = [float(t["pg_skipped_total"]) for t in train if t.get("pg_skipped_total") not in (None, "")]
+    if skipped and skipped[-1] > 0:
+        out["flags"].append(f"pg_skipped={int(skipped[-1])}")
+    ar = dmc.action_repeat_for(r.task)
+    config = json.loads((run_dir / "config.json").read_text())
+    pg_start_env = int(config.get("difftori", {}).get("pg_start_step", 0)) * ar
+    seed_env = int(config.get("seed_steps", 0)) * ar
+
+    def ms_per_step(rows: list[dict[str, str]]) -> float:
+        sps = [float(t["env_steps_per_s"]) for t in rows if t.get("env_steps_per_s") not in (None, "")]
+        sps = [s for s in sps if s > 0]
+        return float(1000.0 * np.mean([1.0 / s for s in sps])) if sps else float("nan")
+
+    # Agent phase: after DiffTORI starts (difftori) / after the seed phase (tdmpc); episode start = step - length.
+    start = pg_start_env if config.get("agent") == "difftori" else seed_env
+    agent_rows = [t for t in train if float(t["step"]) - float(t.get("episode_length", 0)) * ar >= start]
+    out.update({
+        "eval_steps": [int(float(e["step"])) for e in evals],
+        "eval_returns": [float(e["episode_return"]) for e in evals],
+        "final_return": final.get("episode_return", float("nan")),
+        "final_step": final.get("step"),
+        "train_time_s": final.get("train_time_s"),
+        "ms_per_env_step": ms_per_step(agent_rows),
+        "ms_per_env_step_all": ms_per_step(train),
+        "wall_s": r.wall_s,
+    })
+    for key in ("solver_iters", "solver_converged", "pg_saturated", "pg_grad_norm"):
+        vals = [float(t[key]) for t in train if t.get(key) not in (None, "")]
+        if vals:
+            out[key] = float(np.mean(vals))
+    return out
+
+
+def random_returns(cfg: CompareConfig) -> dict[str, float]:
+    """Mean return of uniformly random actions per task (the trainer's evaluation seeds)."""
+    if cfg.random_episodes <= 0:
+        return {}
+    from difftori.rl.config import RLConfig
+    from difftori.rl.trainer import random_policy_return
+
+    return {t: random_policy_return(RLConfig(task=t, episode_length=cfg.episode_length), episodes=cfg.random_episodes,
+                                    seed=cfg.seeds[0])["episode_return"] for t in cfg.tasks}
+
+
+def _fmt(x: Any, nd: int = 1) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{nd}f}"
+
+
+def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str, float], meta: dict[str, Any]) -> str:
+    """The comparison table (final return mean +- std over seeds; reference TD-MPC; ms per env step; flags)."""
+    lines = [
+        "# DiffTORI vs TD-MPC (DeepMind Control, state observations)",
+        "",
+        f"Budget: **{cfg.steps} env steps** per run, preset `{cfg.preset}`, seeds {list(cfg.seeds)}, "
+        f"{cfg.eval_episodes} eval episodes; {meta['jobs']} runs in parallel x {cfg.threads} torch thread(s) on "
+        f"{meta['cpu_count']} CPU cores ({meta['machine']}); total wall clock {meta['wall_s'] / 60:.1f} min. "
+        "Reference TD-MPC numbers are METHOD.md's (paper sizes, 500k / 1M env steps); they are NOT comparable in budget.",
+        "",
+        "| task | variant | final return (mean +- std) | per seed | random policy | TD-MPC ref 500k / 1M | ms / env step (agent phase) | solver iters | converged | PG first action saturated | flags |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task in cfg.tasks:
+        ref = REFERENCE_TDMPC.get(task)
+        for v in cfg.variants:
+            rows = [s for s in summaries if s["task"] == task and s["variant"] == v]
+            finals = [s["final_return"] for s in rows if s.get("final_return") is not None and math.isfinite(s["final_return"])]
+            mean = f"{np.mean(finals):.1f} +- {np.std(finals):.1f} (n={len(finals)})" if finals else "-"
+            per_seed = ", ".join(_fmt(s.get("final_return")) for s in rows)
+            ms = [s["ms_per_env_step"] for s in rows if s.get("ms_per_env_step") is not None and math.isfinite(s["ms_per_env_step"])]
+            flags = sorted({f for s in rows for f in s["flags"]})
+
+            def avg(key: str, nd: int = 2) -> str:
+                xs = [s[key] for s in rows if key in s]
+                return _fmt(float(np.mean(xs)), nd) if xs else "-"
+
+            lines.append(
+                f"| {task} | {v} | {mean} | {per_seed} | {_fmt(rand.get(task))} | "
+                f"{f'{ref[0]} / {ref[1]}' if ref else '- (not in the paper)'} | {_fmt(float(np.mean(ms)), 1) if ms else '-'} | "
+                f"{avg('solver_iters', 1)} | {avg('solver_converged')} | {avg('pg_saturated')} | {', '.join(flags) or 'ok'} |"
+            )
+    lines += ["", "Columns: `ms / env step` = wall clock of collection + updates (+ PG step) per env step, averaged over "
+              "episodes after the seed phase (TD-MPC) / after DiffTORI starts acting (DiffTORI), without evaluation. "
+              "`solver iters` / `converged` = mean LM iterations and converged fraction of DiffTORI's acting solves; "
+              "`PG first action saturated` = fraction of first-action coordinates of U* at the [-1, 1] bounds, where "
+              "the policy gradient is exactly zero. Flags: crash, timeout, nan (non-finite value in train/eval logs), "
+              "pg_skipped=N (non-finite PG steps skipped), unfinished.", ""]
+    return "\n".join(lines)
+
+
+def run(cfg: CompareConfig) -> dict[str, Any]:
+    """Run (or reuse) every run, then write the CSV, plot, Markdown table and JSON summary."""
+    t0 = time.perf_counter()
+    runs = [
+        Run(task=t, variant=v, seed=s, root=cfg.run_root / v / t / f"seed{s}", log=cfg.run_root / "logs" / f"{t}_{v}_seed{s}.log")
+        for t in cfg.tasks for s in cfg.seeds for v in cfg.variants
+    ]
+    launch_all(cfg, runs)
+    summaries = [summarise_run(cfg, r) for r in runs]
+    rand = random_returns(cfg)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    csv_lines = ["task,variant,seed,step,episode_return"]
+    for s in summaries:
+        for st, ret in zip(s.get("eval_steps", []), s.get("eval_returns", [])):
+            csv_lines.append(f"{s['task']},{s['variant']},{s['seed']},{st},{ret}")
+    atomic_write_text(cfg.out_dir / "rl_compare.csv", "\n".join(csv_lines) + "\n")
+    run_dirs = [Path(s["run_dir"]) for s in summaries if s.get("run_dir") and s.get("eval_steps")]
+    if run_dirs:
+        from difftori.utils.plotting import plot_runs
+
+        plot_runs(run_dirs, cfg.out_dir / "rl_compare.png")
+    import torch
+
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+        "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "jobs": cfg.jobs, "wall_s": time.perf_counter() - t0,
+    }
+    atomic_write_text(cfg.out_dir / "rl_compare.md", markdown(cfg, summaries, rand, meta))
+    result = {"meta": meta, "config": to_dict(cfg), "random_return": rand, "runs": summaries}
+    atomic_write_json(cfg.out_dir / "rl_compare.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_dataclass_args(parser, CompareConfig)
+    args = parser.parse_args(argv)
+    try:
+        cfg = dataclass_from_args(CompareConfig, args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    res = run(cfg)
+    print((cfg.out_dir / "rl_compare.md").read_text())
+    bad = [f"{s['task']}/{s['variant']}/seed{s['seed']}: {', '.join(s['flags'])}" for s in res["runs"]
+           if any(not f.startswith("pg_skipped") for f in s["flags"])]
+    if bad:
+        print("FLAGGED RUNS:\n  " + "\n  ".join(bad), file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

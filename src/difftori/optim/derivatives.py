@@ -3,9 +3,12 @@
 All functions take ``U`` of shape (B, H, A) and a batched function whose sample ``i`` depends only on
 ``U[i]``. Then the Hessian of ``sum_i cost_i`` is block diagonal, so ``n = H*A`` Hessian-vector
 products with basis tangents broadcast over the batch give all B Hessians at once. We compute them
-forward-over-reverse with ``torch.func.vmap(torch.func.jvp(torch.func.grad(...)))`` (one batched
-pass) and fall back to a loop of double-backward autograd HVPs if the function is not
-functorch-compatible (e.g. in-place ops under vmap).
+reverse-over-reverse: ``torch.func.vjp(torch.func.grad(...))`` gives the value, gradient and an HVP
+function in one forward+backward pass, and ``vmap`` of that HVP over the n basis cotangents gives the
+Hessian rows in one batched double-backward (on the TD-MPC-sized RL cost, 1 thread: 5.6 bare
+cost+grad evaluations at B=1 and 33 at B=256, vs 12.7 and 42 for forward-over-reverse
+``vmap(jvp(grad))``). We fall back to a loop of double-backward autograd HVPs if the function is
+not functorch-compatible (e.g. in-place ops under vmap).
 
 ``graph=True`` keeps the autograd graph (outputs differentiable w.r.t. ``U`` and everything the
 function closes over); ``graph=False`` returns detached tensors and records nothing.
@@ -139,15 +142,14 @@ class Evaluator:
 
         gfn = torch.func.grad(f, has_aux=True)
         Up = U if graph else U.detach()
-
-        def col(t):
-            return torch.func.jvp(gfn, (Up,), (t,), has_aux=True)
-
         ctx = torch.enable_grad() if graph else torch.no_grad()
         with ctx:
-            g, Hc, c = torch.func.vmap(col, out_dims=(None, 0, None))(self._basis_for(U))
-            # Hc[k, b] = H_b e_k (column k); H is symmetric, symmetrise away round-off.
-            M = Hc.reshape(n, B, n).permute(1, 2, 0)
+            # reverse-over-reverse: one forward+backward for (c, g), then n batched HVPs (rows of H)
+            # through the saved backward graph.
+            g, hvp, c = torch.func.vjp(gfn, Up, has_aux=True)
+            (Hr,) = torch.func.vmap(hvp)(self._basis_for(U))
+            # Hr[k, b] = e_k^T H_b (row k); H is symmetric, symmetrise away round-off.
+            M = Hr.reshape(n, B, n).transpose(0, 1)
             M = 0.5 * (M + M.transpose(1, 2))
         return c, g.reshape(B, n), M
 

@@ -76,17 +76,16 @@ class DiffTORI(TDMPC):
 
     @contextlib.contextmanager
     def _frozen_pi_qs(self) -> Iterator[None]:
-        """pi and Q_s take no gradient from the PG loss (original: requires_grad=False)."""
-        mods = [self.model._pi, *self.model.obs_critic_modules()]
-        flags = [[p.requires_grad for p in m.parameters()] for m in mods]
-        for m in mods:
-            m.requires_grad_(False)
+        """pi and Q_s take no gradient from the PG loss (original: requires_grad=False while it is built)."""
+        params = self.model.pi_parameters() + [p for m in self.model.obs_critic_modules() for p in m.parameters()]
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
         try:
             yield
         finally:
-            for m, fl in zip(mods, flags):
-                for p, f in zip(m.parameters(), fl):
-                    p.requires_grad_(f)
+            for p, f in zip(params, flags):
+                p.requires_grad_(f)
 
     # -- trajectory optimization ---------------------------------------------------------------
     def predicted_return(self, z0: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -113,11 +112,9 @@ class DiffTORI(TDMPC):
 
     def solve(self, obs: torch.Tensor, step: int, eval_mode: bool, backward: str) -> tuple[torch.Tensor, SolverInfo]:
         """Solve for a batch of observations; ``U*`` is differentiable unless ``backward == "none"``."""
-        horizon = self.plan_horizon(step)
-        with torch.no_grad():
-            U0 = self.initial_plan(self.model.encode(obs), horizon, eval_mode)
         with torch.set_grad_enabled(backward != "none"):
             z0 = self.model.encode(obs)
+        U0 = self.initial_plan(z0.detach(), self.plan_horizon(step), eval_mode)
 
         def cost(U: torch.Tensor) -> torch.Tensor:
             return -self.predicted_return(z0, U)

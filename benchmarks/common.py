@@ -202,11 +202,14 @@ def sync(device: torch.device | str) -> None:
 
 
 def interleaved_timings(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                        device: torch.device | str = "cpu", skip_warmup: tuple[str, ...] = ()) -> dict[str, list[float]]:
+                        device: torch.device | str = "cpu", skip_warmup: tuple[str, ...] = (),
+                        max_repeats: dict[str, int] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each fn; repeats are interleaved (a,b,c,b,c,a,...) so load drifts hit all alike.
 
-    ``skip_warmup`` names fns warmed up elsewhere (e.g. an expensive solver warmed with fewer iterations).
+    ``skip_warmup`` names fns warmed up elsewhere (e.g. an expensive solver warmed with fewer iterations);
+    ``max_repeats`` caps the repeats of slow fns (they run in the first rounds only).
     """
+    caps = max_repeats or {}
     for name, fn in fns.items():
         if name in skip_warmup:
             continue
@@ -218,6 +221,8 @@ def interleaved_timings(fns: dict[str, Callable[[], object]], repeats: int, warm
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
+            if len(out[name]) >= caps.get(name, repeats):
+                continue
             sync(device)
             t0 = time.perf_counter()
             fns[name]()

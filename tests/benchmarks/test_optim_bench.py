@@ -20,7 +20,8 @@ from difftori.utils.config import ConfigError  # noqa: E402
 
 TINY = dict(
     no_theseus=True, threads=1, repeats=1, repeats_slow=1, warmup_iters=5, rl_batches=(1, 3), rl_iters=8,
-    rl_hidden=16, il_batch=4, il_iters=8, packed_iters=8, il_hidden=16, newton_ref_iters=8, newton_max_iters=4,
+    rl_hidden=16, il_batch=4, il_iters=8, packed_iters=8, il_hidden=16, newton_batches=(1, 3), newton_ref_iters=8,
+    newton_max_iters=4,
 )
 
 
@@ -36,6 +37,7 @@ def test_tiny_run_writes_valid_results(tmp_path):
                      "newton_vs_lm_scalar_b1", "newton_vs_lm_scalar_b3"]
     for c in data["cases"]:
         assert set(bench.REQUIRED_CASE_KEYS) <= set(c), c["name"]
+        assert c["wall_s"] > 0
         assert c["theseus_ms"] is None and c["speedup"] is None and c["grad_cosine"] is None
         if c["kind"] in ("rl", "il"):
             for key in ("ours_ms", "bare_ms", "ours_ms_per_iter", "bare_ms_per_iter", "overhead_vs_bare"):

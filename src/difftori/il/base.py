@@ -104,7 +104,8 @@ class Policy(nn.Module):
                 raise ValueError(f"{self.name}: observation entries have different batch sizes")
             batch = x.shape[0]
             picked[k] = x if x.dtype == torch.uint8 else x.float()
-        out = norm.normalize_obs(picked)
+        floats = {k: v for k, v in picked.items() if v.dtype != torch.uint8}  # images: scaled by their encoder
+        out = norm.normalize_obs(floats) if floats else {}
         return {k: out[k] if k in out else picked[k] for k in picked}
 
     def normalize_action(self, action: torch.Tensor) -> torch.Tensor:

@@ -23,40 +23,45 @@ from difftori.il.base import OBS_KEYS, Policy, policy_obs_shapes
 from difftori.il.config import ILConfig
 from difftori.utils.config import add_dataclass_args, dataclass_from_args, load_config, save_config, to_dict
 
-__all__ = ["train", "evaluate_checkpoint", "load_windows", "register_cli"]
+__all__ = ["train", "evaluate_checkpoint", "load_windows", "fit_normalizer", "register_cli", "EVAL_SEED_BASE"]
+
+EVAL_SEED_BASE = 100_000
+"""Evaluation episodes use env seeds from here on, away from the demo-collection seeds."""
 
 
 # ------------------------------------------------------------------ data ---------------------
-def load_windows(dataset_path: str | Path, obs_type: str, obs_steps: int, action_steps: int) -> dict[str, Any]:
+def load_windows(
+    source, obs_type: str, obs_steps: int, action_steps: int, task: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
     """All ``(obs history, action window)`` samples of a demo dataset, stacked into tensors.
 
-    Returns ``{"obs": {key: (N, To, ...)}, "action": (N, Ta, A)}`` with only the entries an
-    ``obs_type`` policy uses. Ten demos fit in memory easily; sampling batches from tensors
-    avoids per-step Python collation.
+    ``source`` is a dataset path or an in-memory ``DemoData`` (checked against ``task`` and
+    ``obs_type`` when loaded from a path). Returns ``(windows, stats, env_options)``:
+    ``windows = {"obs": {key: (N, To, ...)}, "action": (N, Ta, A)}`` with only the entries an
+    ``obs_type`` policy uses, ``stats`` (every step once) to fit the normalizer, and the env
+    options the demos were recorded with (evaluation rebuilds the same env). Ten demos fit in
+    memory easily; sampling batches from tensors avoids per-step Python collation.
     """
-    from difftori.data.dataset import DemoWindowDataset
+    from difftori.data.dataset import DemoData, DemoWindowDataset, load_demos
 
-    ds = DemoWindowDataset(dataset_path, obs_steps=obs_steps, action_steps=action_steps)
+    data = source if isinstance(source, DemoData) else load_demos(source, expect_task=task, expect_obs_type=obs_type)
+    ds = DemoWindowDataset(data, obs_steps=obs_steps, action_steps=action_steps)
     if len(ds) == 0:
-        raise ValueError(f"dataset {dataset_path} has no windows of {obs_steps} obs + {action_steps} actions")
-    first = ds[0]
-    shapes = policy_obs_shapes(obs_type, {k: tuple(v.shape[1:]) for k, v in first["obs"].items()})
+        raise ValueError(f"dataset {source} has no steps")
+    shapes = policy_obs_shapes(obs_type, {k: tuple(v.shape[1:]) for k, v in ds[0]["obs"].items()})
     items = [ds[i] for i in range(len(ds))]
-    obs = {k: torch.stack([torch.as_tensor(it["obs"][k]) for it in items]) for k in shapes}
-    action = torch.stack([torch.as_tensor(it["action"]) for it in items]).float()
-    return {"obs": obs, "action": action}
+    obs = {k: torch.stack([it["obs"][k] for it in items]) for k in shapes}
+    action = torch.stack([it["action"] for it in items]).float()
+    stats = {k: v for k, v in ds.stats_data().items() if k == "action" or k in shapes}
+    return {"obs": obs, "action": action}, stats, data.env_options
 
 
-def fit_normalizer(windows: dict[str, Any]) -> torch.nn.Module:
-    """Normalizer fitted on the actions and the non-image observation entries."""
+def fit_normalizer(stats: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Normalizer fitted on the actions and the non-image observation entries (images are scaled by the encoder)."""
     from difftori.il.policies import new_normalizer
 
-    data = {"action": windows["action"].reshape(-1, windows["action"].shape[-1])}
-    for k, v in windows["obs"].items():
-        if v.dtype != torch.uint8:
-            data[k] = v[:, -1].float()  # last frame of every window covers every step once
     norm = new_normalizer()
-    norm.fit(data)
+    norm.fit({k: v for k, v in stats.items() if v.dtype != torch.uint8})
     return norm
 
 
@@ -147,16 +152,16 @@ def train(cfg: ILConfig | None = None, resume: str | Path | None = None, progres
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
-    windows = load_windows(cfg.dataset, cfg.obs_type, cfg.obs_steps, cfg.action_steps)
+    windows, stats, env_options = load_windows(cfg.dataset, cfg.obs_type, cfg.obs_steps, cfg.action_steps, task=cfg.task)
     obs_shapes = {k: tuple(v.shape[2:]) for k, v in windows["obs"].items()}
     action_dim = windows["action"].shape[-1]
     if ckpt is not None:
         policy = build_policy(ckpt["policy_info"])  # the frozen base's weights come with the state_dict
-        policy.set_normalizer(fit_normalizer(windows))
+        policy.set_normalizer(fit_normalizer(stats))
         policy.load_state_dict(ckpt["policy"])
     else:
         policy = policy_from_config(cfg, obs_shapes, action_dim, base=_load_base(cfg, device))
-        policy.set_normalizer(fit_normalizer(windows))
+        policy.set_normalizer(fit_normalizer(stats))
     policy.to(device).train()
     windows = {"obs": {k: v.to(device) for k, v in windows["obs"].items()}, "action": windows["action"].to(device)}
     n = windows["action"].shape[0]
@@ -187,13 +192,17 @@ def train(cfg: ILConfig | None = None, resume: str | Path | None = None, progres
                 "rng": get_rng_state(),
                 "step": step,
                 "config": to_dict(cfg),
+                "env_options": env_options,
             },
         )
 
     def run_eval() -> None:
         if cfg.eval_episodes <= 0:
             return
-        res = evaluate(policy, cfg.task, cfg.obs_type, episodes=cfg.eval_episodes, seed=100_000 + 1000 * cfg.seed, max_steps=cfg.eval_max_steps)
+        res = evaluate(
+            policy, cfg.task, cfg.obs_type, episodes=cfg.eval_episodes, seed=EVAL_SEED_BASE + 1000 * cfg.seed,
+            max_steps=cfg.eval_max_steps, env_options=env_options,
+        )
         logger.log("eval", step, {k: res[k] for k in ("success_rate", "mean_return", "mean_length", "eval_time_s")})
 
     from tqdm import tqdm
@@ -239,7 +248,7 @@ def train(cfg: ILConfig | None = None, resume: str | Path | None = None, progres
 def evaluate_checkpoint(
     checkpoint: str | Path,
     episodes: int = 20,
-    seed: int = 0,
+    seed: int = EVAL_SEED_BASE,
     video: bool = False,
     max_steps: int | None = None,
     task: str | None = None,
@@ -253,7 +262,8 @@ def evaluate_checkpoint(
     from difftori.utils.io import load_checkpoint
 
     path = resolve_checkpoint(checkpoint)
-    saved = load_checkpoint(path).get("config", {})
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("config", {})
     task = task or saved.get("task")
     obs_type = obs_type or saved.get("obs_type")
     if not task or not obs_type:
@@ -261,7 +271,11 @@ def evaluate_checkpoint(
     if obs_type not in OBS_KEYS:
         raise ValueError(f"unknown obs_type {obs_type!r}; use one of {sorted(OBS_KEYS)}")
     policy = load_policy(path, device=resolve_device(device))
-    out = evaluate(policy, task, obs_type, episodes=episodes, seed=seed, video=video, max_steps=max_steps, video_dir=path.parent.parent / "videos")
+    env_options = ckpt.get("env_options") or {}
+    out = evaluate(
+        policy, task, obs_type, episodes=episodes, seed=seed, video=video, max_steps=max_steps,
+        video_dir=path.parent.parent / "videos", env_options=env_options,
+    )
     out.update(checkpoint=str(path), task=task, obs_type=obs_type, policy=policy.name)
     return out
 
@@ -306,7 +320,7 @@ def register_cli(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a trained IL policy checkpoint: success rate over episodes")
     e.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, or a run dir (uses checkpoints/latest.pt)")
     e.add_argument("--episodes", type=int, default=20, help="episodes (default: 20)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")
+    e.add_argument("--seed", type=int, default=EVAL_SEED_BASE, help=f"env seed of the first episode (default: {EVAL_SEED_BASE})")
     e.add_argument("--video", action="store_true", help="save the first episode as a GIF under the run's videos/")
     e.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode (default: the task's episode length)")
     e.add_argument("--task", default=None, help="task (default: the checkpoint's training task)")

@@ -273,3 +273,23 @@ def test_invalid_inputs_raise_clear_errors():
         TrajOptimizer(method="lm").solve(cost, U0)
     with pytest.raises(ValueError, match="residual_fn"):
         TrajOptimizer(method="gd").solve(cost, U0, residual_fn=lambda U: U.flatten(1))
+
+
+def _kink_cost(U):
+    """|x0 - x1| kink (a max of two planes, like a twin-Q min in the cost) plus a smooth valley."""
+    x = U.flatten(1)
+    return torch.maximum(10 * (x[:, 0] - x[:, 1]), 10 * (x[:, 1] - x[:, 0])) + (x[:, 0] + x[:, 1] - 1.5) ** 2
+
+
+def test_newton_nonmonotone_option_on_a_kink():
+    U0 = torch.tensor([[[0.01, 0.0]], [[0.3, -0.2]]], dtype=torch.float64)
+    c0 = _kink_cost(U0)
+    for K in (1, 2, 3, 5):  # monotone: every accepted step lowers the cost
+        _, info = TrajOptimizer(method="newton", max_iters=K, nonmonotone=0, tol=0.0, backward="none").solve(_kink_cost, U0)
+        assert torch.all(info.cost <= c0) and torch.equal(info.cost, info.best_cost)
+    U, info = TrajOptimizer(method="newton", max_iters=10, nonmonotone=4, tol=0.0, early_stop=False,
+                            backward="none").solve(_kink_cost, U0)
+    assert torch.isfinite(U).all() and torch.all(info.best_cost < c0)
+    torch.testing.assert_close(_kink_cost(info.best_U), info.best_cost)
+    with pytest.raises(ValueError, match="nonmonotone"):
+        TrajOptimizer(method="newton", nonmonotone=-1)

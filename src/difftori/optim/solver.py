@@ -16,6 +16,8 @@ Methods
                       factorised with ``cholesky_ex`` and their trial points evaluated in ONE batched
                       (vmapped) cost-only call; the sample takes its lowest-cost candidate if it lowers
                       the cost (accept: lam <- chosen damping, i.e. down) or stays (reject: lam x256).
+                      If no candidate lowers the cost (a kink, e.g. the twin-Q min), the lowest-cost finite
+                      candidate is still taken, at most ``nonmonotone`` times in a row (0 = monotone).
     ``gauss_newton``  residual problems ``residual_fn(U) -> (B, R)``, cost 0.5||r||^2, J^T J + damping,
                       fixed damping, every finite step accepted.
     ``lm``            as gauss_newton with newton's damping ladder and accept/reject (J^T J is PSD: no shift).
@@ -164,6 +166,10 @@ class TrajOptimizer:
     """Adam moment decay rates."""
     adam_eps: float = 1e-8
     """Adam denominator epsilon."""
+    nonmonotone: int = 4
+    """newton: when no ladder candidate lowers the cost, still take the lowest-cost finite candidate, at most
+    this many times in a row (0 = monotone). Escapes kinks such as a twin-Q min where every second-order
+    model predicts a decrease that does not exist; the returned best_U is the best point seen."""
     n_ladder: int = 6
     """newton/lm: dampings tried per iteration (lam * 4^-2 ... lam * 4^(n_ladder-3)), evaluated in one batched call."""
     check_every: int = 0
@@ -187,6 +193,7 @@ class TrajOptimizer:
         need(self.bound_mode in ("auto", "project", "clamp_in_cost"), f"unknown bound_mode {self.bound_mode!r}")
         need(self.hessian in ("auto", "functorch", "autograd"), f"unknown hessian engine {self.hessian!r}")
         need(self.check_every >= 0, "check_every must be >= 0")
+        need(isinstance(self.nonmonotone, int) and self.nonmonotone >= 0, f"nonmonotone must be an int >= 0, got {self.nonmonotone!r}")
         need(isinstance(self.n_ladder, int) and self.n_ladder >= 1, f"n_ladder must be an int >= 1, got {self.n_ladder!r}")
         need(self.implicit_damping is None or self.implicit_damping >= 0, "implicit_damping must be >= 0")
         b1, b2 = self.adam_betas
@@ -256,6 +263,7 @@ class TrajOptimizer:
             S.done = S.dead.clone()
             S.live = ~S.dead
             S.lam = torch.full((B,), self.damping, dtype=dt, device=dev)
+            S.nm = torch.zeros(B, dtype=torch.long, device=dev)  # consecutive non-decreasing newton steps
             if self.method in ("newton", "lm"):
                 S.lam.clamp_(self.damping_min, self.damping_max)
             S.lr = torch.ones(B, dtype=dt, device=dev)
@@ -479,6 +487,12 @@ class TrajOptimizer:
                 decrease = c_best < c.detach()
                 flat = (c_best <= c.detach() + noise) & (pred.abs() <= noise)  # round-off regime
                 good = fin & (decrease | flat | frozen_tail)
+                if self.method == "newton" and self.nonmonotone > 0:
+                    # at a kink (e.g. a twin-Q min) no candidate decreases the cost; step across it anyway,
+                    # at most `nonmonotone` times in a row (best_U keeps the best point seen)
+                    up = fin & ~good & (S.nm < self.nonmonotone)
+                    S.nm = torch.where(moving & up, S.nm + 1, torch.where(moving & decrease, 0, S.nm))
+                    good = good | up
             else:
                 good = fin
             acc = moving & good

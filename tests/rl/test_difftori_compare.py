@@ -41,16 +41,16 @@ def test_run_args_scale_schedules_and_select_variant():
     assert "--seed-steps" not in paper and "--mlp-dim" not in paper and "--agent" in paper
 
 
-def test_tiny_comparison_end_to_end(tmp_path):
+def test_tiny_comparison_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "out"
     cfg = bench.CompareConfig(
         tasks=("cartpole-swingup",), seeds=(1,), variants=("tdmpc", "difftori-episode"), steps=160, episode_length=80,
-        eval_episodes=1, jobs=2, run_root=tmp_path / "runs", out_dir=out, random_episodes=1, extra=TINY,
+        eval_freq=160, eval_episodes=1, jobs=2, run_root=tmp_path / "runs", out_dir=out, random_episodes=1, extra=TINY,
     )
     res = bench.run(cfg)
     assert [(r["variant"], r["flags"]) for r in res["runs"]] == [("tdmpc", []), ("difftori-episode", [])]
     rows = list(csv.DictReader((out / "rl_compare.csv").open()))
-    assert {r["variant"] for r in rows} == {"tdmpc", "difftori-episode"} and all(int(r["step"]) > 0 for r in rows)
+    assert {r["variant"] for r in rows} == {"tdmpc", "difftori-episode"} and all(int(r["step"]) == 160 for r in rows)
     assert (out / "rl_compare.png").stat().st_size > 0
     table = (out / "rl_compare.md").read_text()
     assert "| cartpole-swingup | difftori-episode |" in table and "not in the paper" in table
@@ -60,15 +60,25 @@ def test_tiny_comparison_end_to_end(tmp_path):
     # A second invocation reuses the finished runs; a run that cannot start is flagged, not fatal.
     again = bench.run(bench.CompareConfig(**{**cfg.__dict__, "variants": ("tdmpc",)}))
     assert again["runs"][0]["flags"] == []
-    broken = bench.CompareConfig(**{**cfg.__dict__, "variants": ("difftori-replay",), "extra": TINY + " --horizon 0"})
+    # A run that fails is flagged (and main exits 1) without stopping the others.
+    real_command = bench._command
+
+    def failing(cfg_, r):
+        if r.variant == "difftori-replay":
+            return [sys.executable, "-c", "import sys; sys.exit(3)"]
+        return real_command(cfg_, r)
+
+    monkeypatch.setattr(bench, "_command", failing)
+    broken = bench.CompareConfig(**{**cfg.__dict__, "variants": ("tdmpc", "difftori-replay")})
     assert bench.main(_argv(broken)) == 1
-    flags = json.loads((out / "rl_compare.json").read_text())["runs"][0]["flags"]
-    assert any(f.startswith("crash") for f in flags)
+    runs = json.loads((out / "rl_compare.json").read_text())["runs"]
+    assert runs[0]["flags"] == [] and "crash(rc=3)" in runs[1]["flags"]
 
 
 def _argv(cfg: bench.CompareConfig) -> list[str]:
     return [
         "--tasks", *cfg.tasks, "--seeds", *map(str, cfg.seeds), "--variants", *cfg.variants, "--steps", str(cfg.steps),
         "--episode-length", str(cfg.episode_length), "--eval-episodes", str(cfg.eval_episodes), "--jobs", str(cfg.jobs),
-        "--run-root", str(cfg.run_root), "--out-dir", str(cfg.out_dir), "--random-episodes", "0", "--extra", cfg.extra,
+        "--eval-freq", str(cfg.eval_freq), "--run-root", str(cfg.run_root), "--out-dir", str(cfg.out_dir),
+        "--random-episodes", "0", "--extra", cfg.extra,
     ]

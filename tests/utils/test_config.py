@@ -37,7 +37,7 @@ class Outer:
     task: str = "cartpole-swingup"
     """Task name."""
     lr: float = 1e-3
-    """Learning rate."""
+    """Learning rate (5% warm-up)."""
     video: bool = False
     """Record videos."""
     bounds: tuple[float, float] = (-1.0, 1.0)
@@ -57,7 +57,7 @@ def _parse(argv):
 def test_docstrings_become_help():
     p, _ = _parse([])
     text = p.format_help()
-    assert "Learning rate." in text and "Which solver to use." in text
+    assert "Learning rate (5% warm-up)." in text and "Which solver to use." in text
     assert field_docs(Outer)["video"] == "Record videos."
 
 

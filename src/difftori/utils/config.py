@@ -120,7 +120,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         help_text = docs.get(f.name, "")
         help_text = f"{help_text} (default: {default!r})" if help_text else f"(default: {default!r})"
         base, optional = _unwrap_optional(tp)
-        kwargs: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
+        # argparse %-formats help strings: a literal "%" in a docstring must be escaped
+        kwargs: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         origin = get_origin(base)
         if origin is Literal:
             choices = list(get_args(base))

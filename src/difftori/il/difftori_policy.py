@@ -52,6 +52,7 @@ class DiffTORIPolicy(Policy):
         self.base = base
         if base is not None:
             base.requires_grad_(False).eval()
+            base.zero_grad(set_to_none=True)  # drop stale gradients from its own training
             if (base.action_dim, base.action_steps) != (action_dim, action_steps):
                 raise ValueError(
                     f"base policy predicts ({base.action_steps}, {base.action_dim}) action windows, DiffTORI needs ({action_steps}, {action_dim})"

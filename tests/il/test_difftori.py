@@ -1,0 +1,143 @@
+"""DiffTORI-IL: captures multimodal demos where BC averages; faithful solver wiring; base policy; round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from difftori.il.config import ILConfig
+from difftori.il.policies import load_policy, policy_from_config
+from difftori.utils.config import from_dict
+from difftori.utils.io import save_checkpoint
+from tests.il.conftest import fitted_normalizer, linear_state_data
+from tests.il.test_policies import fit
+
+# A DiffTORI configuration that trains fast from U0 = 0: 10 unrolled gradient-descent steps.
+FAST_SOLVER = {"method": "gd", "max_iters": 10, "step_size": 0.1, "backward": "unroll"}
+# One bit of mode information: a small latent with a stronger KL pull keeps both modes reachable from N(0, I).
+TOY = {"init": "zeros", "z_dim": 4, "kl_weight": 20.0, "solver": FAST_SOLVER}
+
+
+def bimodal_data(n: int = 256, seed: int = 0):
+    """One observation; each demo's whole action window is +0.8 or -0.8 with probability 1/2."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.linspace(-1, 1, 5).expand(n, 2, 5).clone()
+    sign = (torch.rand(n, generator=g) < 0.5).float() * 2 - 1
+    return {"obs": {"full_state": obs}, "action": sign.view(-1, 1, 1) * 0.8 * torch.ones(n, 4, 4)}
+
+
+def build(name: str, data, base=None, **kw):
+    if base is not None:
+        kw.setdefault("base_policy", "in-memory")  # the config only records where the base came from
+    cfg = from_dict(ILConfig, dict(policy=name, obs_type="state", **kw))
+    pol = policy_from_config(cfg, {k: tuple(v.shape[2:]) for k, v in data["obs"].items()}, 4, base=base)
+    # action range [-1, 1] -> identity scaling, so the modes are at +-0.8 in normalised units too (inside the box)
+    pol.set_normalizer(fitted_normalizer(data, action_range=1.0))
+    return pol
+
+
+def test_difftori_samples_modes_where_bc_averages():
+    data = bimodal_data()
+    dt = build("difftori", data, difftori=TOY)
+    losses = fit(dt, data, 500, lr=1e-3)
+    assert sum(losses[-20:]) / 20 < 0.05 * sum(losses[:5]) / 5
+    bc = build("bc", data)
+    fit(bc, data, 200, lr=1e-3)
+
+    one_obs = {"full_state": data["obs"]["full_state"][:1].expand(200, -1, -1)}
+    dt.eval()
+    a = dt.predict_action(one_obs)  # z ~ N(0, I), U0 = 0
+    near_pos = (a - 0.8).abs().amax((1, 2)) < 0.3
+    near_neg = (a + 0.8).abs().amax((1, 2)) < 0.3
+    frac = (near_pos | near_neg).float().mean().item()
+    assert frac >= 0.8, f"only {frac:.0%} of DiffTORI samples within 0.3 of a mode"
+    assert near_pos.float().mean() >= 0.2 and near_neg.float().mean() >= 0.2, "DiffTORI collapsed onto one mode"
+    # a random (untrained) DiffTORI does not do this
+    fresh = build("difftori", data, difftori=TOY).eval()
+    b = fresh.predict_action(one_obs)
+    assert (((b - 0.8).abs().amax((1, 2)) < 0.3) | ((b + 0.8).abs().amax((1, 2)) < 0.3)).float().mean() < 0.5
+
+    bc.eval()
+    mean_bc = bc.predict_action(one_obs).mean().item()
+    assert abs(mean_bc) < 0.2, f"BC should average the modes, predicted {mean_bc:.2f}"
+
+
+def test_faithful_solver_one_batched_solve_and_gradients(monkeypatch):
+    data = linear_state_data(n=64)
+    pol = build("difftori", data, difftori={"init": "noise"})
+    s = pol.cfg.solver
+    assert (s.method, s.max_iters, s.step_size, s.damping, s.backward, s.backward_iters) == ("lm_scalar", 100, 3e-5, 0.01, "truncated", 5)
+    calls = []
+    solver = pol.solver(training=True)
+    real = type(solver).solve
+
+    def spy(self, cost_fn, U0, *a, **k):
+        calls.append(U0.shape)
+        out = real(self, cost_fn, U0, *a, **k)
+        assert cost_fn(U0).shape == (U0.shape[0],)
+        return out
+
+    monkeypatch.setattr(type(solver), "solve", spy)
+    batch = {"obs": {k: v[:32] for k, v in data["obs"].items()}, "action": data["action"][:32]}
+    loss, metrics = pol.compute_loss(batch)
+    assert calls == [torch.Size([32, 4, 4])], "the whole batch must be one batched solve"
+    assert set(metrics) >= {"loss", "action_mse", "kl", "init_mse"} and all(not v.requires_grad for v in metrics.values())
+    loss.backward()
+    for part in (pol.encoder, pol.cvae_encoder, pol.cost_net):
+        grads = [p.grad for p in part.parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, f"no gradient reached {part}"
+    assert pol.solver(training=False).backward == "none"
+
+
+def test_base_policy_initialisation_is_frozen_and_saved(tmp_path):
+    data = linear_state_data(n=64)
+    base = build("diffusion", data, diffusion={"down_dims": (16, 32), "step_embed_dim": 16})
+    fit(base, data, 3)
+    base.eval()
+    pol = build("difftori", data, base=base)
+    assert pol.cfg.init == "base"
+    assert all(not p.requires_grad for p in pol.base.parameters())
+    trainable = {id(p) for p in pol.trainable_parameters()}
+    assert not any(id(p) in trainable for p in base.parameters())
+    assert any(k.startswith("base.") for k in pol.state_dict())
+    obs = {k: v[:8] for k, v in data["obs"].items()}
+    torch.manual_seed(3)
+    u0 = pol.initial_actions(obs, 8, training=False)
+    torch.manual_seed(3)
+    expect = pol.normalize_action(base.predict_action(obs)).clamp(-1, 1)
+    torch.testing.assert_close(u0, expect)
+    pol.train()
+    assert not pol.base.training, "the frozen base policy must stay in eval mode"
+    loss, _ = pol.compute_loss({"obs": obs, "action": data["action"][:8]})
+    loss.backward()
+    assert all(p.grad is None for p in base.parameters())
+    with pytest.raises(ValueError, match="needs --base-policy"):
+        build("difftori", data)
+    with pytest.raises(ValueError, match="needs a base policy"):
+        policy_from_config(from_dict(ILConfig, {"policy": "difftori", "obs_type": "state", "base_policy": "x"}), {"full_state": (39,)}, 4)
+
+
+@pytest.mark.parametrize("name", ["bc", "ibc", "diffusion", "difftori"])
+def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, name):
+    data = linear_state_data(n=64)
+    small = {"diffusion": {"down_dims": (16, 32), "step_embed_dim": 16}, "ibc": {"dfo_samples": 64}}
+    base = None
+    if name == "difftori":
+        base = build("diffusion", data, **{"diffusion": small["diffusion"]})
+        fit(base, data, 2)
+    kw = {name: small[name]} if name in small else {}
+    if name == "difftori":
+        kw = {"difftori": {"solver": {"max_iters": 5}}}
+    pol = build(name, data, base=base, **kw)
+    fit(pol, data, 3)
+    pol.eval()
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"policy_info": pol.build_info(), "policy": pol.state_dict()})
+    loaded = load_policy(path)
+    obs = {k: v[:5] for k, v in data["obs"].items()}
+    torch.manual_seed(7)
+    a = pol.predict_action(obs)
+    torch.manual_seed(7)
+    b = loaded.predict_action(obs)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert type(loaded) is type(pol) and loaded.build_info() == pol.build_info()

@@ -1,0 +1,48 @@
+"""Observation encoders: output shapes, permutation invariance of PointNet, clear shape errors."""
+
+import pytest
+import torch
+
+from difftori.models.encoders import ImageEncoder, ObsEncoder, PointNetEncoder, StateEncoder, encoder_for_shape
+
+
+def test_pointnet_shape_and_permutation_invariance():
+    enc = PointNetEncoder(out_dim=64)
+    pts = torch.randn(3, 512, 3)
+    out = enc(pts)
+    assert out.shape == (3, 64)
+    perm = torch.randperm(512)
+    torch.testing.assert_close(enc(pts[:, perm]), out)
+    # LayerNorm on the output: zero mean, unit variance per sample
+    torch.testing.assert_close(out.mean(-1), torch.zeros(3), atol=1e-5, rtol=0)
+
+
+def test_image_encoder_uint8_and_float():
+    enc = ImageEncoder((3, 84, 84), out_dim=64)
+    img = torch.randint(0, 256, (2, 3, 84, 84), dtype=torch.uint8)
+    assert enc(img).shape == (2, 64)
+    torch.testing.assert_close(enc(img), enc(img.float() / 255.0 - 0.5))
+
+
+def test_obs_encoder_combines_modalities_over_frames():
+    enc = ObsEncoder({"pointcloud": (128, 3), "state": (9,)}, obs_steps=2, out_dim=64)
+    assert isinstance(enc.encoders["pointcloud"], PointNetEncoder) and isinstance(enc.encoders["state"], StateEncoder)
+    assert enc.feature_dim == 2 * (64 + 64)
+    obs = {"pointcloud": torch.randn(5, 2, 128, 3), "state": torch.randn(5, 2, 9)}
+    feat = enc(obs)
+    assert feat.shape == (5, 256)
+    # frames are encoded separately: changing the older frame changes only its half
+    obs2 = {k: v.clone() for k, v in obs.items()}
+    obs2["state"][:, 0] += 1.0
+    diff = (enc(obs2) - feat).abs().reshape(5, 2, 128).sum(-1)
+    assert (diff[:, 0] > 0).all() and (diff[:, 1] == 0).all()
+
+
+def test_shape_errors_are_clear():
+    enc = ObsEncoder({"state": (9,)}, obs_steps=2)
+    with pytest.raises(ValueError, match="expected \\(B, 2, 9\\)"):
+        enc({"state": torch.randn(4, 3, 9)})
+    with pytest.raises(KeyError, match="missing key 'state'"):
+        enc({"pointcloud": torch.randn(4, 2, 9)})
+    with pytest.raises(ValueError, match="no encoder for observation shape"):
+        encoder_for_shape((4, 5))

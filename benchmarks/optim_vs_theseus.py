@@ -149,7 +149,7 @@ class BenchConfig:
 
 
 QUICK = BenchConfig(
-    quick=True, repeats=2, repeats_slow=1, packed_repeats=1, rl_iters=10, il_iters=20, packed_iters=8,
+    quick=True, repeats=2, repeats_slow=1, packed_repeats=1, warmup_iters=5, rl_iters=10, il_iters=20, packed_iters=6,
     newton_ref_iters=30, newton_max_iters=2,
 )
 

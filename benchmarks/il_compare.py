@@ -38,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
     p.add_argument("--run-root", type=Path, default=None, help="run dirs (default: <out>/il_runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 is best on a busy machine)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     return p.parse_args(argv)
 
@@ -66,6 +67,10 @@ def _write(out: Path, rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from difftori.data.collect import collect_demos
     from difftori.il.config import ILConfig
     from difftori.il.train import train

@@ -1,4 +1,4 @@
-"""Test-wide settings: headless MuJoCo, few threads (CI has 2 cores), deterministic seeds."""
+"""Test-wide settings: headless MuJoCo, one torch thread (CI has 2 shared cores), deterministic seeds."""
 
 import os
 
@@ -8,7 +8,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # robust on a shared 2-core runner; small-batch solves are fastest on one thread
 
 
 @pytest.fixture(autouse=True)

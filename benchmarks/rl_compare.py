@@ -3,8 +3,10 @@
 Each run is ``difftori rl train`` in its own subprocess (up to ``--jobs`` at once, ``--threads``
 torch threads each), in ``RUN_ROOT/<variant>/<task>/<agent>/seed<s>/<time>``. Variants:
 ``tdmpc`` (MPPI planner baseline), ``difftori-episode`` (original: PG accumulated per episode),
-``difftori-replay`` (batched PG on replay). Finished runs are reused and interrupted ones resumed
-(``--fresh`` starts over), so an interrupted benchmark continues where it stopped.
+``difftori-replay`` (batched PG on replay), both with the library's default DiffTORI settings, and
+``difftori-faithful`` (the original: episode PG, pi-rollout init, clamp inside the cost). Finished runs are reused and interrupted ones resumed
+(``--fresh`` starts over), so an interrupted benchmark continues where it stopped; a run directory
+whose recorded options (``args.json``) differ from the current ones is never reused (a new run starts).
 
 Outputs in ``--out-dir`` (default ``benchmarks/results``): ``rl_compare.csv`` (every evaluation:
 task, variant, seed, env step, return), ``rl_compare.png`` (curves, mean and spread over seeds),
@@ -47,6 +49,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tdmpc": {"agent": "tdmpc"},
     "difftori-episode": {"agent": "difftori", "label": "episode", "difftori.pg_mode": "episode"},
     "difftori-replay": {"agent": "difftori", "label": "replay", "difftori.pg_mode": "replay"},
+    "difftori-faithful": {"agent": "difftori", "label": "faithful", "difftori.pg_mode": "episode",
+                          "difftori.init": "pi", "difftori.bound_mode": "clamp_in_cost"},
 }
 """Variant name -> trainer options."""
 
@@ -184,14 +188,19 @@ def _find_run_dir(root: Path) -> Optional[Path]:
 def _command(cfg: CompareConfig, r: Run) -> Optional[list[str]]:
     """Command for ``r`` (resume if interrupted), or None if a finished run can be reused."""
     base = [sys.executable, "-m", "difftori.cli"]
-    run_dir = None if cfg.fresh else _find_run_dir(r.root)
+    args_file = r.root / "args.json"
+    args = run_args(cfg, r.task, r.variant, r.seed, r.root)
+    same = args_file.exists() and json.loads(args_file.read_text()) == args
+    run_dir = None if (cfg.fresh or not same) else _find_run_dir(r.root)
     if run_dir is not None:
         final = run_dir / "final.json"
         if final.exists() and json.loads(final.read_text()).get("step", 0) >= cfg.steps:
             return None
         if (run_dir / "checkpoints" / "last.pt").exists():
             return base + ["rl", "train", "--resume", str(run_dir), "--steps", str(cfg.steps), "--progress", "false"]
-    return base + run_args(cfg, r.task, r.variant, r.seed, r.root)
+    r.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args_file, args)
+    return base + args
 
 
 def launch_all(cfg: CompareConfig, runs: list[Run]) -> None:
@@ -296,7 +305,7 @@ def summarise_run(cfg: CompareConfig, r: Run) -> dict[str, Any]:
         "ms_per_env_step_all": ms_per_step(train),
         "wall_s": r.wall_s,
     })
-    for key in ("solver_iters", "solver_converged", "pg_saturated", "pg_grad_norm"):
+    for key in ("solver_iters", "solver_converged", "act_saturated", "pg_saturated", "pg_grad_norm"):
         vals = [float(t[key]) for t in train if t.get(key) not in (None, "")]
         if vals:
             out[key] = float(np.mean(vals))
@@ -330,8 +339,8 @@ def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str
         f"{meta['cpu_count']} CPU cores ({meta['machine']}); total wall clock {meta['wall_s'] / 60:.1f} min. "
         "Reference TD-MPC numbers are METHOD.md's (paper sizes, 500k / 1M env steps); they are NOT comparable in budget.",
         "",
-        "| task | variant | final return (mean +- std) | per seed | random policy | TD-MPC ref 500k / 1M | ms / env step (agent phase) | solver iters | converged | PG first action saturated | flags |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | variant | final return (mean +- std) | per seed | random policy | TD-MPC ref 500k / 1M | ms / env step (agent phase) | solver iters | converged | acting first action saturated | PG first action saturated | flags |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task in cfg.tasks:
         ref = REFERENCE_TDMPC.get(task)
@@ -350,13 +359,13 @@ def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str
             lines.append(
                 f"| {task} | {v} | {mean} | {per_seed} | {_fmt(rand.get(task))} | "
                 f"{f'{ref[0]} / {ref[1]}' if ref else '- (not in the paper)'} | {_fmt(float(np.mean(ms)), 1) if ms else '-'} | "
-                f"{avg('solver_iters', 1)} | {avg('solver_converged')} | {avg('pg_saturated')} | {', '.join(flags) or 'ok'} |"
+                f"{avg('solver_iters', 1)} | {avg('solver_converged')} | {avg('act_saturated')} | {avg('pg_saturated')} | {', '.join(flags) or 'ok'} |"
             )
     lines += ["", "Columns: `ms / env step` = wall clock of collection + updates (+ PG step) per env step, averaged over "
               "episodes after the seed phase (TD-MPC) / after DiffTORI starts acting (DiffTORI), without evaluation. "
               "`solver iters` / `converged` = mean LM iterations and converged fraction of DiffTORI's acting solves; "
-              "`PG first action saturated` = fraction of first-action coordinates of U* at the [-1, 1] bounds, where "
-              "the policy gradient is exactly zero. Flags: crash, timeout, nan (non-finite value in train/eval logs), "
+              "`acting` / `PG first action saturated` = fraction of first-action coordinates of the acting solve's / the PG "
+              "solve's U* at the [-1, 1] bounds, where the policy gradient is exactly zero. Flags: crash, timeout, nan (non-finite value in train/eval logs), "
               "pg_skipped=N (non-finite PG steps skipped), unfinished.", ""]
     return "\n".join(lines)
 

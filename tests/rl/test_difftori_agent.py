@@ -93,7 +93,7 @@ def frozen_modules(agent: DiffTORI):
 # -- acting ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("obs_type", ["state", "pixels"])
 def test_act_in_bounds_and_executes_best_solution(obs_type):
-    agent = make_agent(obs_type)
+    agent = make_agent(obs_type, init="pi")  # deterministic init (planner init samples MPPI; tested below)
     rng = np.random.default_rng(1)
     obs = random_obs(agent.spec, rng)
     for eval_mode in (False, True):
@@ -101,7 +101,7 @@ def test_act_in_bounds_and_executes_best_solution(obs_type):
         assert a.shape == (2,) and a.dtype == np.float32
         assert np.all(np.abs(a) <= 1.0) and np.all(np.isfinite(a))
     assert len(agent._stats["solver_iters"]) == 1  # only training solves are logged
-    # Eval mode is deterministic and executes the best iterate of the solve, which beats pi's rollout.
+    # With init=pi, eval mode is deterministic and executes the best iterate of the solve, which beats pi's rollout.
     x = agent.obs_tensor(obs)
     with torch.no_grad():
         U, info = agent.solve(x, STEP, eval_mode=True, backward="none")
@@ -247,3 +247,51 @@ def test_state_dict_round_trip_resumes_identically(tmp_path):
     assert torch.equal(torch.min(*a.model.Qs(x, torch.zeros(1, 2))), torch.min(*b.model.Qs(x, torch.zeros(1, 2))))
     with pytest.raises(KeyError, match="difftori"):
         b.load_state_dict({k: v for k, v in a.state_dict().items() if k != "difftori"})
+
+
+# -- initial plans and bound handling ---------------------------------------------------------------
+@pytest.mark.parametrize("init", ["shift", "planner"])
+def test_warm_start_init_is_no_worse_than_pi_rollout(init):
+    agent = make_agent(init=init, bound_mode="project")
+    assert agent.solver.bound_mode == "project"
+    rng = np.random.default_rng(7)
+    obs = random_obs(agent.spec, rng)
+    agent.act(obs, t0=True, eval_mode=True, step=STEP)
+    assert agent._prev_U is not None and agent._prev_U.shape == (1, agent.cfg.horizon, 2)
+    prev = agent._prev_U.clone()
+    x = agent.obs_tensor(random_obs(agent.spec, rng))
+    with torch.no_grad():
+        z0 = agent.model.encode(x)
+        U_pi = agent.initial_plan(z0, agent.plan_horizon(STEP), eval_mode=True)
+        U0 = agent.acting_plan(x, z0, t0=False, eval_mode=True, step=STEP)
+        g_pi, g0 = agent.predicted_return(z0, U_pi), agent.predicted_return(z0, U0)
+        U, info = agent.solve(x, STEP, eval_mode=True, backward="none", U0=U0)
+    assert U0.shape == U_pi.shape and float(g0) >= float(g_pi) - 1e-6
+    if init == "shift":  # the candidate is the previous solution shifted by one step
+        cand = U_pi.clone()
+        cand[:, :-1] = prev[:, 1:]
+        assert torch.equal(U0, cand) or torch.equal(U0, U_pi)
+    assert float(-info.best_cost[0]) >= float(g0[0]) - 1e-5
+    assert U.abs().max() <= 1.0
+    agent.reset()
+    assert agent._prev_U is None
+
+
+def test_projected_bounds_keep_pg_gradient_on_free_coordinates():
+    agent = make_agent(bound_mode="project", backward="implicit")
+    x = torch.as_tensor(random_obs(agent.spec, np.random.default_rng(8), 4))
+    loss, U, _ = agent.pg_loss(x, STEP)
+    assert U.abs().max() <= 1.0
+    free = U[:, 0].detach().abs() < 1.0
+    loss.backward()
+    total = sum(float(p.grad.abs().sum()) for p in agent.model._dynamics.parameters() if p.grad is not None)
+    assert bool(free.any()) == (total > 0)
+
+
+def test_bad_init_or_bound_mode_is_rejected():
+    from difftori.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="difftori.init"):
+        DiffTORIConfig(init="mppi")
+    with pytest.raises(ConfigError, match="difftori.bound_mode"):
+        DiffTORIConfig(bound_mode="clip")

@@ -82,3 +82,19 @@ def _argv(cfg: bench.CompareConfig) -> list[str]:
         "--eval-freq", str(cfg.eval_freq), "--run-root", str(cfg.run_root), "--out-dir", str(cfg.out_dir),
         "--random-episodes", "0", "--extra", cfg.extra,
     ]
+
+
+def test_finished_run_reused_only_with_the_same_options(tmp_path):
+    cfg = bench.CompareConfig(tasks=("cartpole-swingup",), seeds=(1,), steps=100, run_root=tmp_path)
+    r = bench.Run(task="cartpole-swingup", variant="difftori-episode", seed=1, root=tmp_path / "r", log=tmp_path / "r.log")
+    cmd = bench._command(cfg, r)  # nothing there: a fresh run, whose options are recorded
+    assert cmd is not None and "--resume" not in cmd
+    assert json.loads((r.root / "args.json").read_text()) == bench.run_args(cfg, r.task, r.variant, 1, r.root)
+    done = r.root / "cartpole-swingup" / "difftori" / "seed1" / "20260101-000000"
+    done.mkdir(parents=True)
+    (done / "config.json").write_text("{}")
+    (done / "final.json").write_text(json.dumps({"step": 100}))
+    assert bench._command(cfg, r) is None  # same options, finished: reused
+    other = bench.CompareConfig(tasks=("cartpole-swingup",), seeds=(1,), steps=100, run_root=tmp_path, extra="--difftori.init pi")
+    cmd = bench._command(other, r)  # different options: never reuse the stale run
+    assert cmd is not None and "--resume" not in cmd and cmd[-2:] == ["--difftori.init", "pi"]

@@ -32,6 +32,10 @@ class DiffTORIConfig:
     """Solver step size; None -> the task's preset."""
     damping: Optional[float] = None
     """Solver (LM) damping; None -> the task's preset."""
+    bound_mode: Literal["auto", "project", "clamp_in_cost"] = "project"
+    """Action box handling: clamp_in_cost (original: cost sees clamp(U), a coordinate that leaves the box stays out with zero gradient); project (iterates projected into the box); auto: the solver's default (clamp_in_cost for lm_scalar, project otherwise)."""
+    init: Literal["pi", "shift", "planner"] = "planner"
+    """Acting solve's initial plan: pi (rollout of pi in the latent model, original); shift (the better, by predicted return, of the pi rollout and the previous solution shifted by one step); planner (the better of the pi rollout and TD-MPC's MPPI plan)."""
     backward: Literal["truncated", "unroll", "implicit", "none"] = "truncated"
     """How gradients flow through the solver (original: truncated, last 5 iterations)."""
     backward_iters: int = 5
@@ -53,6 +57,8 @@ class DiffTORIConfig:
         check(self.max_iters is None or self.max_iters >= 1, f"difftori.max_iters must be >= 1, got {self.max_iters}")
         check(self.step_size is None or self.step_size > 0, f"difftori.step_size must be > 0, got {self.step_size}")
         check(self.damping is None or self.damping >= 0, f"difftori.damping must be >= 0, got {self.damping}")
+        check(self.bound_mode in ("auto", "project", "clamp_in_cost"), f"difftori.bound_mode must be auto, project or clamp_in_cost, got {self.bound_mode!r}")
+        check(self.init in ("pi", "shift", "planner"), f"difftori.init must be pi, shift or planner, got {self.init!r}")
         check(self.backward_iters >= 1, f"difftori.backward_iters must be >= 1, got {self.backward_iters}")
         check(self.pg_start_step >= 0, f"difftori.pg_start_step must be >= 0, got {self.pg_start_step}")
         check(self.pg_lr > 0 and self.pg_grad_clip > 0, "difftori.pg_lr and difftori.pg_grad_clip must be > 0")

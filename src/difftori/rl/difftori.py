@@ -15,6 +15,11 @@ Additions over :class:`~difftori.rl.tdmpc.TDMPC` (METHOD.md, "DiffTORI additions
   :class:`~difftori.optim.TrajOptimizer` (cost = -return; ``lm_scalar`` = the original's LM on the
   residual ``1000 - G``; task preset iterations / step / damping). The executed action is
   ``info.best_U[:, 0]`` plus TD-MPC's scheduled exploration noise (training).
+  Options beyond the original (``DiffTORIConfig``): ``init`` = ``shift`` / ``planner`` starts the
+  acting solve from the better (by predicted return) of the pi rollout and the previous solution
+  shifted by one step / TD-MPC's MPPI plan; ``bound_mode`` = ``project`` keeps the iterates in the
+  action box (with the original ``clamp_in_cost`` a coordinate that leaves the box sees zero gradient
+  and stays out, so its policy gradient is exactly zero and the solve stops early).
 * Policy-gradient loss ``-min Q_s(obs, U*[:, 0])`` (``U*`` = the solver's last iterate, as the
   original) with pi and Q_s frozen; the gradient flows through the solver (``backward``:
   truncated(5) by default) into the encoder, dynamics, reward and latent Q. ``pg_mode=episode``
@@ -22,6 +27,19 @@ Additions over :class:`~difftori.rl.tdmpc.TDMPC` (METHOD.md, "DiffTORI additions
   accumulated in buffers of our own and one Adam step (lr 1e-3, clip 100) is taken at episode end.
   ``pg_mode=replay``: each ``update`` adds one batched PG step on ``pg_batch`` replayed observations.
   Non-finite losses / gradients are skipped and counted, never applied.
+
+Defaults vs the original (faithful = ``init="pi", bound_mode="clamp_in_cost"``, variant
+``difftori-faithful`` of ``benchmarks/rl_compare.py``): ``init="planner", bound_mode="project"``.
+Measured by acting with a FIXED world model trained by TD-MPC for 4k env steps on cartpole-swingup
+(cpu preset, 1-2 episodes): MPPI 375-435, pi alone 97, faithful solver 280 (68% of first actions
+outside/on the box, 40% of solves "converged" because a clamped coordinate has zero gradient),
+projected from pi 358, projected from the MPPI plan 380 / 570, projected from the shifted previous
+solution 376 / 377. ``planner`` init makes the solve at least as good as TD-MPC's plan in predicted
+return (the executed ``best_U`` includes ``U0``); ``project`` lets a coordinate come back from the
+bound and keeps the PG gradient on free coordinates. Neither fixes DiffTORI's learning at small CPU
+budgets (see benchmarks/results/rl_compare.md): the solver drives 80-99% of early first actions to
+the box on a barely trained model (gradient-based planning exploits model errors much more than
+a 64-sample MPPI), so exploration and the collected data are worse than TD-MPC's.
 
 ``z_0 = h(obs)`` is part of the cost's computational graph. It is evaluated once per solve (it does
 not depend on ``U``) and closed over by the cost, which gives the same derivatives in every backward
@@ -59,7 +77,9 @@ class DiffTORI(TDMPC):
         self.solver = TrajOptimizer(
             method=d.solver_method, max_iters=self.res.solver_max_iters, step_size=self.res.solver_step_size,
             damping=self.res.solver_damping, backward=d.backward, backward_iters=d.backward_iters, bounds=(-1.0, 1.0),
+            bound_mode=d.bound_mode,
         )
+        self._prev_U: torch.Tensor | None = None  # last acting solution (1, H, A), for init="shift"
         self._pg_params = self.pg_parameters()
         self.pg_optim = torch.optim.Adam(self._pg_params, lr=d.pg_lr)
         self._pg_grads: list[torch.Tensor] | None = None  # episode-mode accumulation (not .grad)
@@ -110,11 +130,34 @@ class DiffTORI(TDMPC):
             z = self.model.next(z, a)
         return torch.stack(actions, dim=1)
 
-    def solve(self, obs: torch.Tensor, step: int, eval_mode: bool, backward: str) -> tuple[torch.Tensor, SolverInfo]:
-        """Solve for a batch of observations; ``U*`` is differentiable unless ``backward == "none"``."""
+    @torch.no_grad()
+    def acting_plan(self, obs: torch.Tensor, z0: torch.Tensor, t0: bool, eval_mode: bool, step: int) -> torch.Tensor:
+        """``U0 (1, H, A)`` of an acting solve per ``init``: the pi rollout, or the better (by predicted
+        return) of it and the previous solution shifted by one step (``shift``) / TD-MPC's MPPI plan
+        (``planner``)."""
+        horizon = self.plan_horizon(step)
+        U_pi = self.initial_plan(z0, horizon, eval_mode)
+        cand = None
+        if self.dcfg.init == "shift" and not t0 and self._prev_U is not None:
+            k = min(self._prev_U.shape[1] - 1, horizon)
+            cand = U_pi.clone()
+            cand[:, :k] = self._prev_U[:, 1 : k + 1]
+        elif self.dcfg.init == "planner":
+            super().plan(obs, t0=t0, eval_mode=True, step=step)  # sets self._prev_mean (H, A)
+            cand = self._prev_mean.unsqueeze(0).clamp(-1.0, 1.0)
+        if cand is None:
+            return U_pi
+        both = torch.cat([U_pi, cand])
+        g = self.predicted_return(z0.expand(2, -1), both)
+        return both[int(torch.argmax(g))].unsqueeze(0)
+
+    def solve(self, obs: torch.Tensor, step: int, eval_mode: bool, backward: str,
+              U0: torch.Tensor | None = None) -> tuple[torch.Tensor, SolverInfo]:
+        """Solve for a batch of observations from ``U0`` (default: pi rollout); ``U*`` is differentiable unless ``backward == "none"``."""
         with torch.set_grad_enabled(backward != "none"):
             z0 = self.model.encode(obs)
-        U0 = self.initial_plan(z0.detach(), self.plan_horizon(step), eval_mode)
+        if U0 is None:
+            U0 = self.initial_plan(z0.detach(), self.plan_horizon(step), eval_mode)
 
         def cost(U: torch.Tensor) -> torch.Tensor:
             return -self.predicted_return(z0, U)
@@ -128,13 +171,14 @@ class DiffTORI(TDMPC):
             return self.solver.solve(None, U0, residual_fn=residual, backward=backward)
         return self.solver.solve(cost, U0, backward=backward)
 
-    def pg_loss(self, obs: torch.Tensor, step: int, eval_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor, SolverInfo]:
+    def pg_loss(self, obs: torch.Tensor, step: int, eval_mode: bool = False,
+                U0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, SolverInfo]:
         """``(loss, U*, info)``: ``mean_b -min Q_s(obs_b, U*_b[0])`` with graph into encoder/dynamics/reward/Q.
 
         pi and Q_s are frozen while the graph is built, so they get no gradient from this loss.
         """
         with self._frozen_pi_qs():
-            U, info = self.solve(obs, step, eval_mode, self.dcfg.backward)
+            U, info = self.solve(obs, step, eval_mode, self.dcfg.backward, U0)
             loss = -torch.min(*self.model.Qs(obs, U[:, 0])).mean()
         return loss, U, info
 
@@ -148,19 +192,30 @@ class DiffTORI(TDMPC):
         """TD-MPC's planner before ``pg_start_step``; then the trajectory optimizer's best first action."""
         if step < self.dcfg.pg_start_step:
             return super().plan(obs, t0=t0, eval_mode=eval_mode, step=step)
+        U0 = None
+        if self.dcfg.init != "pi":
+            with torch.no_grad():
+                U0 = self.acting_plan(obs, self.model.encode(obs), t0, eval_mode, step)
         if not eval_mode and self.dcfg.pg_mode == "episode":
-            loss, U, info = self.pg_loss(obs, step, eval_mode)
+            loss, U, info = self.pg_loss(obs, step, eval_mode, U0)
             self._push("pg_saturated", self._saturated(U))
             self._accumulate(loss)
         else:
             with torch.no_grad():
-                _, info = self.solve(obs, step, eval_mode, "none")
+                U, info = self.solve(obs, step, eval_mode, "none", U0)
         if not eval_mode:
             self._record("solver", info)
+            self._push("act_saturated", self._saturated(U))
+        self._prev_U = info.best_U.detach()
         a = info.best_U[0, 0]
         if not eval_mode:
             a = a + self.std(step) * torch.randn_like(a)
         return a.detach()
+
+    def reset(self) -> None:
+        """Forget the warm-start plans (a new episode begins)."""
+        super().reset()
+        self._prev_U = None
 
     # -- policy gradient ------------------------------------------------------------------------
     def _grads(self, loss: torch.Tensor) -> list[torch.Tensor] | None:
@@ -310,3 +365,4 @@ class DiffTORI(TDMPC):
         self.pg_steps = int(d["pg_steps"])
         self.pg_skipped = int(d["pg_skipped"])
         self._stats = {}
+        self._prev_U = None

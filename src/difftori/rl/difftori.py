@@ -37,9 +37,13 @@ projected from pi 358, projected from the MPPI plan 380 / 570, projected from th
 solution 376 / 377. ``planner`` init makes the solve at least as good as TD-MPC's plan in predicted
 return (the executed ``best_U`` includes ``U0``); ``project`` lets a coordinate come back from the
 bound and keeps the PG gradient on free coordinates. Neither fixes DiffTORI's learning at small CPU
-budgets (see benchmarks/results/rl_compare.md): the solver drives 80-99% of early first actions to
-the box on a barely trained model (gradient-based planning exploits model errors much more than
-a 64-sample MPPI), so exploration and the collected data are worse than TD-MPC's.
+budgets (see benchmarks/results/rl_compare.md): on a barely trained model the solver drives 80-100%
+of first actions to the box (gradient-based planning exploits model errors much more than a
+64-sample MPPI). The loop then locks in: with every action at the same bound (plus small
+exploration noise) the data never shows the model what other actions do, saturated first actions
+get exactly zero policy gradient (PG grad norm 0 in whole episodes), and the return stays below a
+random policy's. Still open: keeping MPPI's sampling diversity while acting (e.g. the solver's plan
+as one MPPI sample), or larger exploration noise while the solver acts.
 
 ``z_0 = h(obs)`` is part of the cost's computational graph. It is evaluated once per solve (it does
 not depend on ``U``) and closed over by the cost, which gives the same derivatives in every backward

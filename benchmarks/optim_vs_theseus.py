@@ -302,6 +302,10 @@ def agreement(prob: Problem, ours: dict, theirs: dict) -> dict[str, Any]:
         c_theirs = prob.cost_fn(theirs["best_U"]).mean().item()
     res = {
         "solution_max_abs_diff": (ours["U"] - theirs["U"]).abs().max().item(),
+        # what is executed / compared downstream: the clamped actions; and how many samples differ visibly
+        "solution_max_abs_diff_clamped": (ours["U"].clamp(*BOX) - theirs["U"].clamp(*BOX)).abs().max().item(),
+        "samples_differing_frac": ((ours["U"].clamp(*BOX) - theirs["U"].clamp(*BOX)).abs().flatten(1).amax(1) > 1e-3)
+        .float().mean().item(),
         "solution_cosine": cosine(ours["U"], theirs["U"]),
         "best_cost_ours": c_ours,
         "best_cost_theseus": c_theirs,

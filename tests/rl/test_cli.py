@@ -13,14 +13,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_train_eval_and_resume_cli(tmp_path, capsys):
     argv = ["rl", "train", "--agent", "tdmpc", "--task", "cartpole-balance", "--steps", "200", "--seed-steps", "12",
             "--episode-length", "96", "--eval-freq", "100", "--eval-episodes", "1", "--video", "--seed", "3",

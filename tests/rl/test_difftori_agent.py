@@ -17,15 +17,6 @@ from difftori.utils.io import load_checkpoint, save_checkpoint
 STEP = 10_000  # an agent step after pg_start_step and with the full planning horizon
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from threads; one avoids oversubscription slowdowns on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_cfg(obs_type: str = "state", **difftori) -> RLConfig:
     d = dict(pg_start_step=0, max_iters=15, pg_batch=4)
     d.update(difftori)

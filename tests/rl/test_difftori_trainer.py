@@ -11,15 +11,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from threads; one avoids oversubscription slowdowns on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("pg_mode", ["episode", "replay"])
 def test_trainer_smoke(tmp_path, pg_mode):
     from difftori.cli import main

@@ -17,14 +17,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _rows(run: Path, kind: str) -> list[dict]:
     with (run / f"{kind}.csv").open() as fh:
         return list(csv.DictReader(fh))

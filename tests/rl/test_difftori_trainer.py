@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 
 @pytest.mark.parametrize("pg_mode", ["episode", "replay"])

@@ -76,8 +76,8 @@ class BenchConfig:
     """Skip Theseus (our side + bare floor only); theseus does not need to be installed."""
     out: str = str(DEFAULT_OUT)
     """Where the JSON results are written (atomically)."""
-    repeats: int = 5
-    """Timed repeats of each cheap case (median reported)."""
+    repeats: int = 11
+    """Timed repeats of each cheap case (B=1 RL, IL; median reported: ms-scale solves are noisy)."""
     repeats_slow: int = 3
     """Timed repeats of the slow Theseus cases (B=256, IL)."""
     packed_repeats: int = 1
@@ -512,7 +512,7 @@ def run(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict
         name, "il", il, True, cfg.il_iters, cfg.il_step, cfg.il_damping, cfg, th,
         (lambda: theseus_il(th, il, cfg.il_iters, cfg.il_step, cfg.il_damping, cfg.backward_iters, device, dtype,
                             packed=False)) if th else None,
-        cfg.repeats_slow, device))
+        cfg.repeats, device))
     if th is not None:
         def packed_case() -> dict[str, Any]:
             case = solver_case(

@@ -24,6 +24,7 @@ __all__ = [
     "ILSizes",
     "LatentWorldModel",
     "ILCostNet",
+    "Problem",
     "build_rl_problem",
     "build_il_problem",
     "rl_cost",

@@ -51,6 +51,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "difftori-replay": {"agent": "difftori", "label": "replay", "difftori.pg_mode": "replay"},
     "difftori-faithful": {"agent": "difftori", "label": "faithful", "difftori.pg_mode": "episode",
                           "difftori.init": "pi", "difftori.bound_mode": "clamp_in_cost"},
+    "difftori-actplanner": {"agent": "difftori", "label": "actplanner", "difftori.pg_mode": "episode",
+                            "difftori.act": "planner"},
+    "difftori-nopg": {"agent": "difftori", "label": "nopg", "difftori.pg_mode": "episode", "difftori.pg_lr": 1e-12},
 }
 """Variant name -> trainer options."""
 
@@ -78,7 +81,8 @@ class CompareConfig:
     seeds: tuple[int, ...] = (1, 2)
     """Seeds per task and variant."""
     variants: tuple[str, ...] = ("tdmpc", "difftori-episode", "difftori-replay")
-    """Agents / variants: tdmpc, difftori-episode, difftori-replay."""
+    """Agents / variants: tdmpc, difftori-episode, difftori-replay, difftori-faithful, difftori-actplanner
+    (MPPI acts, the solver only trains the model through PG), difftori-nopg (solver acts, no PG: a diagnostic)."""
     steps: int = 20_000
     """ENV steps per run."""
     preset: Literal["cpu", "paper"] = "cpu"

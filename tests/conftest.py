@@ -15,3 +15,7 @@ torch.set_num_threads(1)  # robust on a shared 2-core runner; small-batch solves
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def pytest_report_header(config):
+    return f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} thread(s)"

@@ -11,6 +11,7 @@ from difftori.utils.config import from_dict
 from difftori.utils.io import save_checkpoint
 from tests.il.conftest import fitted_normalizer, linear_state_data
 from tests.il.test_policies import fit
+from tests.learning import check
 
 # A DiffTORI configuration that trains fast from U0 = 0: 10 unrolled gradient-descent steps.
 FAST_SOLVER = {"method": "gd", "max_iters": 10, "step_size": 0.1, "backward": "unroll"}
@@ -36,30 +37,60 @@ def build(name: str, data, base=None, **kw):
     return pol
 
 
-def test_difftori_samples_modes_where_bc_averages():
-    data = bimodal_data()
+def _mode_fractions(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: whole action window within 0.3 of +0.8 / of -0.8."""
+    return (a - 0.8).abs().amax((1, 2)) < 0.3, (a + 0.8).abs().amax((1, 2)) < 0.3
+
+
+def modes_stats(seed: int) -> dict[str, float]:
+    """DiffTORI vs BC on bimodal demos (one observation, windows at +-0.8).
+
+    ``recon_ratio``: DiffTORI's training action MSE (posterior z, last 20 steps) over the best
+    constant's MSE (0.64, what averaging achieves). ``near_mode`` / ``min_mode``: of 200 samples
+    with z ~ N(0, I), the fraction near either mode / the smaller mode's share; ``fresh_near_mode``:
+    the same for an untrained model; ``bc_abs_mean``: |mean| of BC's predictions (averaging -> ~0).
+    """
+    torch.manual_seed(seed)
+    data = bimodal_data(seed=seed)
     dt = build("difftori", data, difftori=TOY)
-    losses = fit(dt, data, 500, lr=1e-3)
-    assert sum(losses[-20:]) / 20 < 0.05 * sum(losses[:5]) / 5
+    opt = torch.optim.Adam(dt.trainable_parameters(), lr=1e-3)
+    n, mse = data["action"].shape[0], []
+    for _ in range(500):
+        idx = torch.randint(0, n, (64,))
+        loss, metrics = dt.compute_loss({"obs": {k: v[idx] for k, v in data["obs"].items()}, "action": data["action"][idx]})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mse.append(metrics["action_mse"].item())
+    a = data["action"]
+    const_mse = (a - a.mean(0)).pow(2).mean().item()
     bc = build("bc", data)
     fit(bc, data, 200, lr=1e-3)
 
     one_obs = {"full_state": data["obs"]["full_state"][:1].expand(200, -1, -1)}
-    dt.eval()
-    a = dt.predict_action(one_obs)  # z ~ N(0, I), U0 = 0
-    near_pos = (a - 0.8).abs().amax((1, 2)) < 0.3
-    near_neg = (a + 0.8).abs().amax((1, 2)) < 0.3
-    frac = (near_pos | near_neg).float().mean().item()
-    assert frac >= 0.8, f"only {frac:.0%} of DiffTORI samples within 0.3 of a mode"
-    assert near_pos.float().mean() >= 0.2 and near_neg.float().mean() >= 0.2, "DiffTORI collapsed onto one mode"
-    # a random (untrained) DiffTORI does not do this
-    fresh = build("difftori", data, difftori=TOY).eval()
-    b = fresh.predict_action(one_obs)
-    assert (((b - 0.8).abs().amax((1, 2)) < 0.3) | ((b + 0.8).abs().amax((1, 2)) < 0.3)).float().mean() < 0.5
+    pos, neg = _mode_fractions(dt.eval().predict_action(one_obs))  # z ~ N(0, I), U0 = 0
+    fpos, fneg = _mode_fractions(build("difftori", data, difftori=TOY).eval().predict_action(one_obs))
+    return {
+        "recon_ratio": sum(mse[-20:]) / 20 / const_mse,
+        "near_mode": (pos | neg).float().mean().item(),
+        "min_mode": min(pos.float().mean().item(), neg.float().mean().item()),
+        "fresh_near_mode": (fpos | fneg).float().mean().item(),
+        "bc_abs_mean": abs(bc.eval().predict_action(one_obs).mean().item()),
+    }
 
-    bc.eval()
-    mean_bc = bc.predict_action(one_obs).mean().item()
-    assert abs(mean_bc) < 0.2, f"BC should average the modes, predicted {mean_bc:.2f}"
+
+MODES_LIMITS = {
+    "recon_ratio": ("<", 0.1),  # measured
+    "near_mode": (">=", 0.8),  # measured
+    "min_mode": (">=", 0.2),  # measured; both modes are sampled
+    "fresh_near_mode": ("<", 0.5),  # measured; an untrained DiffTORI does not do this
+    "bc_abs_mean": ("<", 0.2),  # measured; BC averages the modes
+}
+
+
+@pytest.mark.learning
+def test_difftori_samples_modes_where_bc_averages():
+    check(modes_stats(0), MODES_LIMITS)
 
 
 def test_faithful_solver_one_batched_solve_and_gradients(monkeypatch):

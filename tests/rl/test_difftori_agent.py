@@ -286,3 +286,27 @@ def test_bad_init_or_bound_mode_is_rejected():
         DiffTORIConfig(init="mppi")
     with pytest.raises(ConfigError, match="difftori.bound_mode"):
         DiffTORIConfig(bound_mode="clip")
+
+
+def test_act_planner_executes_mppi_and_accumulates_pg_from_its_plan():
+    """act=planner: the executed action is TD-MPC's (same RNG -> same action); the PG solve still accumulates."""
+    from difftori.rl.tdmpc import TDMPC
+
+    agent = make_agent(act="planner")
+    obs = random_obs(agent.spec, np.random.default_rng(9))
+    x = agent.obs_tensor(obs)
+    torch.manual_seed(5)
+    expect = TDMPC.plan(agent, x, t0=True, eval_mode=False, step=STEP)
+    plan = agent._prev_mean.clone()
+    agent.reset()
+    torch.manual_seed(5)
+    a = agent.plan(x, t0=True, eval_mode=False, step=STEP)
+    torch.testing.assert_close(a, expect)
+    torch.testing.assert_close(agent._prev_mean, plan)
+    assert agent._pg_count == 1 and agent._pg_grads is not None
+    assert agent.on_episode_end(STEP)["pg_stepped"].item() == 1.0
+    # evaluation: the planner only, no solve, nothing accumulated
+    agent.plan(x, t0=True, eval_mode=True, step=STEP)
+    assert agent._pg_count == 0
+    with pytest.raises(Exception, match="difftori.act"):
+        DiffTORIConfig(act="mppi")

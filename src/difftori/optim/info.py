@@ -13,7 +13,7 @@ __all__ = ["Status", "SolverInfo"]
 class Status(IntEnum):
     """Outcome of one sample's solve (stored as ints in ``SolverInfo.status``).
 
-    Precedence when several apply: NON_FINITE > FALLBACK > OK / STALLED / MAX_ITERS.
+    Precedence when several apply: NON_FINITE > FALLBACK > OK / STALLED / PLATEAU / MAX_ITERS.
     """
 
     OK = 0
@@ -28,6 +28,9 @@ class Status(IntEnum):
     STALLED = 4
     """Damping reached ``damping_max`` without an acceptable step (no decrease possible at this
     precision; typical for float32 near a minimum)."""
+    PLATEAU = 5
+    """Stopped by the plateau rule (``plateau_window``): the best cost improved by less than
+    ``plateau_rtol`` (relative) over the last window of iterations; the gradient test was not met."""
 
 
 @dataclass

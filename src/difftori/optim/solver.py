@@ -172,6 +172,12 @@ class TrajOptimizer:
     model predicts a decrease that does not exist; the returned best_U is the best point seen."""
     n_ladder: int = 6
     """newton/lm: dampings tried per iteration (lam * 4^-2 ... lam * 4^(n_ladder-3)), evaluated in one batched call."""
+    plateau_window: int = 0
+    """Plateau stop rule (0 = off): every this many iterations a sample whose best cost improved by less than
+    ``plateau_rtol * max(|best cost|, 1)`` since the previous check stops (status PLATEAU). Acting solves reach
+    their final predicted return long before a fixed budget ends; the rule is per sample and costs no extra sync."""
+    plateau_rtol: float = 1e-4
+    """Relative best-cost improvement per ``plateau_window`` below which a sample stops."""
     check_every: int = 0
     """Early-stop check period in iterations (a host sync); 0 = auto (1 on CPU, 8 on accelerators)."""
     hessian: Literal["auto", "functorch", "autograd"] = "auto"
@@ -193,6 +199,8 @@ class TrajOptimizer:
         need(self.bound_mode in ("auto", "project", "clamp_in_cost"), f"unknown bound_mode {self.bound_mode!r}")
         need(self.hessian in ("auto", "functorch", "autograd"), f"unknown hessian engine {self.hessian!r}")
         need(self.check_every >= 0, "check_every must be >= 0")
+        need(isinstance(self.plateau_window, int) and self.plateau_window >= 0, f"plateau_window must be an int >= 0, got {self.plateau_window!r}")
+        need(self.plateau_rtol >= 0, f"plateau_rtol must be >= 0, got {self.plateau_rtol}")
         need(isinstance(self.nonmonotone, int) and self.nonmonotone >= 0, f"nonmonotone must be an int >= 0, got {self.nonmonotone!r}")
         need(isinstance(self.n_ladder, int) and self.n_ladder >= 1, f"n_ladder must be an int >= 1, got {self.n_ladder!r}")
         need(self.implicit_damping is None or self.implicit_damping >= 0, "implicit_damping must be >= 0")
@@ -274,6 +282,8 @@ class TrajOptimizer:
             S.best_c = torch.where(S.dead, torch.full_like(S.c.detach(), float("inf")), S.c.detach())
             S.best_U = U.detach().clone()
             S.iters = torch.zeros(B, dtype=torch.long, device=dev)
+            S.plateau = zeros_b.clone()
+            S.ref_c = S.best_c.clone()  # best cost at the previous plateau check
             S.gnorm = torch.full((B,), float("nan"), dtype=dt, device=dev)
 
         # ---- iterations
@@ -288,6 +298,13 @@ class TrajOptimizer:
             # grad mode on whenever a graph is needed: for the step, or for committing a trial with graph
             with nullcontext() if (step_graph or trial_graph) else torch.no_grad():
                 step(S, ev, "cost" if last else level, trial_graph, freeze, (lo, hi) if bounded else None, project)
+            if self.plateau_window and freeze and not last and (i + 1) % self.plateau_window == 0:
+                with torch.no_grad():
+                    flat = (S.ref_c - S.best_c) <= self.plateau_rtol * S.best_c.abs().clamp_min(1.0)
+                    flat = flat & ~S.done & S.live
+                    S.plateau = S.plateau | flat
+                    S.done = S.done | flat
+                    S.ref_c = S.best_c.clone()
             if freeze and self.early_stop and not last and (i + 1) % check_every == 0:
                 if bool((S.done | S.dead).all()):
                     if mode != "truncated":
@@ -303,6 +320,7 @@ class TrajOptimizer:
         with torch.no_grad():
             status = torch.where(S.conv, int(Status.OK), int(Status.MAX_ITERS))
             status = torch.where(S.stalled & ~S.conv, int(Status.STALLED), status)
+            status = torch.where(S.plateau & ~S.conv & ~S.stalled, int(Status.PLATEAU), status)
         if mode == "implicit":
             U_out = self._implicit(ev, S, (lo, hi) if bounded else None)
         elif mode == "none":

@@ -52,6 +52,12 @@ class DiffTORIConfig:
     """Observations per policy-gradient step in ``pg_mode=replay``."""
     qs_coef: float = 0.1
     """Weight of the raw-observation critic Q_s TD loss."""
+    act: Literal["solver", "planner"] = "solver"
+    """What is executed once DiffTORI acts: solver (the trajectory optimizer's best first action, original) or planner (TD-MPC's MPPI action; the solver then only provides the policy-gradient solve, started from the MPPI plan)."""
+    plateau_window: int = 0
+    """Acting-solve stop rule: every this many iterations a solve whose best predicted return improved by less than plateau_rtol (relative) stops; 0 = off (original: fixed iterations)."""
+    plateau_rtol: float = 1e-4
+    """Relative improvement per plateau_window below which an acting solve stops."""
 
     def __post_init__(self) -> None:
         check(self.max_iters is None or self.max_iters >= 1, f"difftori.max_iters must be >= 1, got {self.max_iters}")
@@ -64,6 +70,9 @@ class DiffTORIConfig:
         check(self.pg_lr > 0 and self.pg_grad_clip > 0, "difftori.pg_lr and difftori.pg_grad_clip must be > 0")
         check(self.pg_batch >= 1, f"difftori.pg_batch must be >= 1, got {self.pg_batch}")
         check(self.qs_coef >= 0, f"difftori.qs_coef must be >= 0, got {self.qs_coef}")
+        check(self.act in ("solver", "planner"), f"difftori.act must be solver or planner, got {self.act!r}")
+        check(self.plateau_window >= 0, f"difftori.plateau_window must be >= 0, got {self.plateau_window}")
+        check(self.plateau_rtol >= 0, f"difftori.plateau_rtol must be >= 0, got {self.plateau_rtol}")
 
 
 @dataclass

@@ -81,7 +81,7 @@ class DiffTORI(TDMPC):
         self.solver = TrajOptimizer(
             method=d.solver_method, max_iters=self.res.solver_max_iters, step_size=self.res.solver_step_size,
             damping=self.res.solver_damping, backward=d.backward, backward_iters=d.backward_iters, bounds=(-1.0, 1.0),
-            bound_mode=d.bound_mode,
+            bound_mode=d.bound_mode, plateau_window=d.plateau_window, plateau_rtol=d.plateau_rtol,
         )
         self._prev_U: torch.Tensor | None = None  # last acting solution (1, H, A), for init="shift"
         self._pg_params = self.pg_parameters()
@@ -194,8 +194,15 @@ class DiffTORI(TDMPC):
     # -- acting ---------------------------------------------------------------------------------
     def plan(self, obs: torch.Tensor, t0: bool, eval_mode: bool, step: int) -> torch.Tensor:
         """TD-MPC's planner before ``pg_start_step``; then the trajectory optimizer's best first action."""
-        if step < self.dcfg.pg_start_step:
+        if step < self.dcfg.pg_start_step or (self.dcfg.act == "planner" and (eval_mode or self.dcfg.pg_mode != "episode")):
             return super().plan(obs, t0=t0, eval_mode=eval_mode, step=step)
+        if self.dcfg.act == "planner":  # execute MPPI's action; the PG solve starts from its plan
+            a = super().plan(obs, t0=t0, eval_mode=eval_mode, step=step)
+            loss, U, info = self.pg_loss(obs, step, eval_mode, self._prev_mean.unsqueeze(0).clamp(-1.0, 1.0))
+            self._push("pg_saturated", self._saturated(U))
+            self._accumulate(loss)
+            self._record("solver", info)
+            return a
         U0 = None
         if self.dcfg.init != "pi":
             with torch.no_grad():

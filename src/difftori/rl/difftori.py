@@ -29,21 +29,12 @@ Additions over :class:`~difftori.rl.tdmpc.TDMPC` (METHOD.md, "DiffTORI additions
   Non-finite losses / gradients are skipped and counted, never applied.
 
 Defaults vs the original (faithful = ``init="pi", bound_mode="clamp_in_cost"``, variant
-``difftori-faithful`` of ``benchmarks/rl_compare.py``): ``init="planner", bound_mode="project"``.
-Measured by acting with a FIXED world model trained by TD-MPC for 4k env steps on cartpole-swingup
-(cpu preset, 1-2 episodes): MPPI 375-435, pi alone 97, faithful solver 280 (68% of first actions
-outside/on the box, 40% of solves "converged" because a clamped coordinate has zero gradient),
-projected from pi 358, projected from the MPPI plan 380 / 570, projected from the shifted previous
-solution 376 / 377. ``planner`` init makes the solve at least as good as TD-MPC's plan in predicted
-return (the executed ``best_U`` includes ``U0``); ``project`` lets a coordinate come back from the
-bound and keeps the PG gradient on free coordinates. Neither fixes DiffTORI's learning at small CPU
-budgets (see benchmarks/results/rl_compare.md): on a barely trained model the solver drives 80-100%
-of first actions to the box (gradient-based planning exploits model errors much more than a
-64-sample MPPI). The loop then locks in: with every action at the same bound (plus small
-exploration noise) the data never shows the model what other actions do, saturated first actions
-get exactly zero policy gradient (PG grad norm 0 in whole episodes), and the return stays below a
-random policy's. Still open: keeping MPPI's sampling diversity while acting (e.g. the solver's plan
-as one MPPI sample), or larger exploration noise while the solver acts.
+``difftori-faithful`` of ``benchmarks/rl_compare.py``): ``init="planner", bound_mode="project"``:
+the solve starts from the better of the pi rollout and TD-MPC's MPPI plan (so the executed
+``best_U`` is at least as good as the plan in predicted return), and projection lets a coordinate
+come back from the bound and keeps the PG gradient on free coordinates. ``act="planner"`` executes
+MPPI's action and keeps the solver only for the policy-gradient solve (started from the MPPI plan).
+Measurements behind these choices: ``benchmarks/results/rl_diagnosis.md``.
 
 ``z_0 = h(obs)`` is part of the cost's computational graph. It is evaluated once per solve (it does
 not depend on ``U``) and closed over by the cost, which gives the same derivatives in every backward

@@ -31,7 +31,7 @@ def dataset(tmp_path_factory) -> Path:
 def _args(root: Path, dataset: Path, policy: str, *extra: str) -> list[str]:
     return [
         "il", "train", "--task", "reach", "--obs-type", "state", "--policy", policy, "--dataset", str(dataset),
-        "--batch-size", "8", "--run-root", str(root), "--device", "cpu", "--no-progress",
+        "--batch-size", "8", "--run-root", str(root), "--device", "cpu", "--progress", "false",
         "--eval-episodes", "1", "--eval-max-steps", "4", *extra,
     ]  # fmt: skip
 
@@ -61,7 +61,7 @@ def test_train_eval_and_resume_without_lost_or_duplicated_rows(tmp_path, dataset
     assert [r["step"] for r in read_csv(run / "train.csv")] == ["1", "2", "3", "4"]
     monkeypatch.setattr(BCPolicy, "compute_loss", real)
 
-    assert main(["il", "train", "--resume", str(run), "--no-progress"]) == 0
+    assert main(["il", "train", "--resume", str(run), "--progress", "false"]) == 0
     rows = read_csv(run / "train.csv")
     assert [r["step"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
     assert all(float(r["loss"]) > 0 and float(r["lr"]) > 0 for r in rows)
@@ -69,7 +69,7 @@ def test_train_eval_and_resume_without_lost_or_duplicated_rows(tmp_path, dataset
     assert [r["step"] for r in evals] == ["3", "6"] and all(0.0 <= float(r["success_rate"]) <= 1.0 for r in evals)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["policy"] == "bc" and cfg["task"] == "reach"
-    assert (run / "checkpoints" / "latest.pt").exists() and (run / "plot.png").exists()
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "plot.png").exists()
 
     out = tmp_path / "eval.json"
     capsys.readouterr()
@@ -83,7 +83,7 @@ def test_train_eval_and_resume_without_lost_or_duplicated_rows(tmp_path, dataset
 def test_difftori_from_a_trained_diffusion_checkpoint(tmp_path, dataset):
     small = ["--diffusion.down-dims", "16", "32", "--diffusion.step-embed-dim", "16"]
     assert main(_args(tmp_path, dataset, "diffusion", "--steps", "2", "--eval-episodes", "0", *small)) == 0
-    base_ckpt = _run_dir(tmp_path, "diffusion") / "checkpoints" / "latest.pt"
+    base_ckpt = _run_dir(tmp_path, "diffusion") / "checkpoints" / "last.pt"
     rc = main(_args(tmp_path, dataset, "difftori", "--steps", "2", "--base-policy", str(base_ckpt), "--difftori.solver.max-iters", "3"))
     assert rc == 0
     run = _run_dir(tmp_path, "difftori")

@@ -248,12 +248,10 @@ def _env_class():
             return np.concatenate([np.asarray(v, np.float32).ravel() for v in ts.observation.values()])
 
         def _render(self, size: int) -> np.ndarray:
-            try:
-                return self._env.physics.render(size, size, camera_id=self._camera)
-            except Exception as exc:  # no usable GL context: FatalError, EGLError, AttributeError, ...
-                from difftori.utils.gl import render_error
+            from difftori.utils.gl import check_rendering
 
-                raise render_error(exc) from exc
+            check_rendering()  # a one-line error with the fix instead of dm_control's GL traceback
+            return self._env.physics.render(size, size, camera_id=self._camera)
 
         def _frame(self) -> np.ndarray:
             return np.ascontiguousarray(self._render(self._img).transpose(2, 0, 1))

@@ -330,12 +330,9 @@ def _build_env_class():
         def _renderer(self, size: int, depth: bool):
             key = (size, depth)
             if key not in self._renderers:
-                try:
-                    r = mujoco.Renderer(self._inner.model, size, size)
-                except Exception as exc:  # no usable GL context: FatalError, EGLError, AttributeError, ...
-                    from difftori.utils.gl import render_error
+                from difftori.utils.gl import safe_renderer
 
-                    raise render_error(exc) from None
+                r = safe_renderer(self._inner.model, size, size)
                 for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                              mujoco.mjtRndFlag.mjRND_SKYBOX):  # fmt: skip
                     r.scene.flags[flag] = 0

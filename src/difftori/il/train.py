@@ -174,6 +174,10 @@ def train(
         raise ValueError("no dataset given: pass --dataset PATH (written by `difftori il collect`)")
     show_progress = cfg.progress if progress is None else progress
     device = resolve_device(cfg.device)
+    if cfg.eval_episodes > 0 and cfg.obs_type != "state":
+        from difftori.utils.gl import check_rendering
+
+        check_rendering()  # fail now, not at the first evaluation
     set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
 

@@ -152,6 +152,10 @@ class Trainer:
         if dmc.canonical(cfg.task) is None:
             dmc.make(cfg.task)  # raises UnknownTaskError listing the tasks
         resolve_device(cfg.device)
+        if cfg.obs_type == "pixels" or cfg.video:
+            from difftori.utils.gl import check_rendering
+
+            check_rendering()
         with new_run_dir(cfg.run_root, dmc.canonical(cfg.task), cfg.agent, cfg.seed, run_dir) as path:
             save_config(cfg, path / "config.json")
             return cls(cfg, path)

@@ -4,7 +4,8 @@ MuJoCo reads ``MUJOCO_GL`` once, when ``mujoco`` is first imported; unset, it us
 which needs a display and fails on a server with ``'Renderer' object has no attribute
 '_mjr_context'``. :func:`configure_gl` respects a ``MUJOCO_GL`` that is set, and otherwise
 picks the first headless backend whose library is installed (EGL, then OSMesa) on Linux.
-:func:`render_error` turns a failed renderer into a one-line hint.
+:func:`check_rendering` creates one tiny offscreen context, once per process, so a backend that
+cannot render fails with a one-line hint (:func:`render_error`) before any env renders.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import platform
 import sys
 
-__all__ = ["configure_gl", "render_error", "HINT"]
+__all__ = ["configure_gl", "check_rendering", "safe_renderer", "render_error", "HINT"]
 
 HINT = (
     "set MUJOCO_GL=egl (GPU or Mesa EGL, e.g. apt install libegl1) or MUJOCO_GL=osmesa "
@@ -57,3 +58,34 @@ def render_error(exc: BaseException) -> RuntimeError:
         text = ""
     detail = f"{type(exc).__name__}: {text}".strip().rstrip(":").splitlines()[0][:160]
     return RuntimeError(f"MuJoCo cannot render with MUJOCO_GL={backend} ({detail}); {HINT}")
+
+
+_RENDER_OK = False
+
+
+def safe_renderer(model, height: int, width: int):
+    """``mujoco.Renderer(model, height, width)``, raising :func:`render_error` if no GL context can be made."""
+    import mujoco
+
+    r = mujoco.Renderer.__new__(mujoco.Renderer)
+    r._mjr_context = None  # a failed __init__ would otherwise raise again in Renderer.__del__
+    try:
+        r.__init__(model, height, width)
+    except Exception as exc:  # FatalError, EGLError, AttributeError, ... depending on the backend
+        raise render_error(exc) from None
+    return r
+
+
+def check_rendering() -> None:
+    """Raise a one-line :class:`RuntimeError` with the fix if MuJoCo cannot render offscreen here."""
+    global _RENDER_OK
+    if _RENDER_OK:
+        return
+    configure_gl()
+    try:
+        import mujoco
+    except (AttributeError, RuntimeError, OSError) as exc:  # the GL backend failed to load
+        raise render_error(exc) from None
+    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='0.1'/></worldbody></mujoco>")
+    safe_renderer(model, 8, 8).close()
+    _RENDER_OK = True

@@ -63,7 +63,8 @@ class LineProgress:
         self._printed_n = self.n
 
     def close(self) -> None:
-        if self._printed_n != self.n:
+        """Print the final state (unless already printed, or nothing happened)."""
+        if self._printed_n != self.n and self.n != self._n0:
             self._print()
 
 

@@ -99,7 +99,7 @@ def find_run(path: str | Path, need_checkpoint: bool = True, announce: bool = Tr
         return path
     runs = sorted({c.parent for c in path.rglob("config.json") if ok(c.parent)}, key=lambda r: (r.name, str(r)))
     if not runs:
-        what = "a run with a checkpoint" if need_checkpoint else "a run (config.json)"
+        what = "run with a checkpoint" if need_checkpoint else "run (no config.json below it)"
         raise FileNotFoundError(f"{path} holds no {what}")
     if announce and len(runs) > 1:
         print(f"{path} holds {len(runs)} runs; using the newest: {runs[-1]}", file=sys.stderr)

@@ -53,6 +53,8 @@ def new_run_dir(root: str | Path, task: str, method: str, seed: int, run_dir: st
     raised before training starts leaves no half-made run behind. A given ``run_dir`` that
     already exists is kept (only what this call created is removed).
     """
+    target = Path(run_dir) if run_dir is not None else Path(root) / task / method / f"seed{seed}" / "x"
+    existing = next(p for p in target.absolute().parents if p.exists())  # nothing at or below it is ours
     if run_dir is not None:
         path, created = Path(run_dir), not Path(run_dir).exists()
         path.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,10 @@ def new_run_dir(root: str | Path, task: str, method: str, seed: int, run_dir: st
     except BaseException:
         if created:
             shutil.rmtree(path, ignore_errors=True)
+            parent = path.absolute().parent
+            while parent != existing and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()  # the empty task/method/seed folders made for this run
+                parent = parent.parent
         raise
 
 

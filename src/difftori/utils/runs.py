@@ -92,7 +92,7 @@ def find_run(path: str | Path, need_checkpoint: bool = True, announce: bool = Tr
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such run directory: {path}")
+        raise FileNotFoundError(f"{path} is not a run directory: it does not exist")
     if not path.is_dir():
         raise ValueError(f"{path} is a file; expected a run directory (or a folder holding runs)")
 

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                 done = next((r for r in rows if (r["task"], r["modality"], r["policy"]) == (task, mod, pol)), None)
                 if done is not None:
                     if pol == "diffusion":
-                        base_ckpt = Path(done["run_dir"]) / "checkpoints" / "latest.pt"
+                        base_ckpt = Path(done["run_dir"]) / "checkpoints" / "last.pt"
                     continue
                 steps = args.difftori_steps if pol == "difftori" else args.steps
                 cfg = from_dict(ILConfig, {
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                     "run_dir": str(run),
                 })  # fmt: skip
                 if pol == "diffusion":
-                    base_ckpt = run / "checkpoints" / "latest.pt"
+                    base_ckpt = run / "checkpoints" / "last.pt"
                 _write(out, rows)
                 print(f"{task} {mod} {pol}: success {float(ev['success_rate']):.2f}, train {wall / 60:.1f} min", flush=True)
     print(f"wrote {out / 'il_compare.csv'} and {out / 'il_compare.md'}")

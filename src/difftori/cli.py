@@ -3,6 +3,9 @@
 Each area registers its own subcommands (``difftori.rl.cli.register``,
 ``difftori.il.cli.register``); heavy imports happen inside the command handlers, so
 ``difftori --help`` is fast and a missing optional dependency only affects its command.
+Rendering is headless: without ``MUJOCO_GL`` an installed backend is picked (EGL, else OSMesa).
+Expected failures (bad options, missing files, no GL) print one ``difftori: error:`` line and
+exit with status 2 (``DIFFTORI_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from difftori.utils.gl import configure_gl
+
+    configure_gl()  # before anything imports mujoco
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; resume with --resume RUN_DIR", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as exc:
+    except (OSError, ValueError, ImportError, RuntimeError) as exc:
         # Expected user-facing failures: one clear line, no traceback (set DIFFTORI_DEBUG=1 for it).
         import os
 

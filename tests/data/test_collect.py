@@ -51,7 +51,7 @@ def test_collect_gives_up_when_the_expert_cannot_succeed(tmp_path):
 
 def test_cli_collect(tmp_path, capsys):
     out = tmp_path / "bpt.zarr"
-    argv = ["il", "collect", "--task", "button-press-topdown", "--episodes", "1", "--obs", "state", "--out", str(out), "--seed", "1"]
+    argv = ["il", "collect", "--task", "button-press-topdown", "--episodes", "1", "--obs-type", "state", "--out", str(out), "--seed", "1"]
     assert main(argv) == 0
     assert "kept 1/1" in capsys.readouterr().out
     data = load_demos(out, expect_task="button-press-topdown", expect_obs_type="state")

@@ -31,7 +31,7 @@ def dataset(tmp_path_factory) -> Path:
 def _args(root: Path, dataset: Path, policy: str, *extra: str) -> list[str]:
     return [
         "il", "train", "--task", "reach", "--obs-type", "state", "--policy", policy, "--dataset", str(dataset),
-        "--batch-size", "8", "--run-root", str(root), "--device", "cpu", "--no-progress",
+        "--batch-size", "8", "--run-root", str(root), "--device", "cpu", "--progress", "false",
         "--eval-episodes", "1", "--eval-max-steps", "4", *extra,
     ]  # fmt: skip
 
@@ -61,7 +61,16 @@ def test_train_eval_and_resume_without_lost_or_duplicated_rows(tmp_path, dataset
     assert [r["step"] for r in read_csv(run / "train.csv")] == ["1", "2", "3", "4"]
     monkeypatch.setattr(BCPolicy, "compute_loss", real)
 
-    assert main(["il", "train", "--resume", str(run), "--no-progress"]) == 0
+    # Options that contradict the checkpoint are refused before anything is written (was: exit 0, config rewritten).
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["il", "train", "--resume", str(run), "--policy", "diffusion"]) == 2
+    assert "cannot change ['policy']" in capsys.readouterr().err
+    assert main(["il", "train", "--resume", str(run), "--steps", "2"]) == 2
+    assert "can only be extended" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    assert main(["il", "train", "--resume", str(run), "--progress", "false", "--num-threads", "1", "--policy", "bc"]) == 0
+    assert capsys.readouterr().out.startswith(f"run directory: {run}")
     rows = read_csv(run / "train.csv")
     assert [r["step"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
     assert all(float(r["loss"]) > 0 and float(r["lr"]) > 0 for r in rows)
@@ -69,21 +78,33 @@ def test_train_eval_and_resume_without_lost_or_duplicated_rows(tmp_path, dataset
     assert [r["step"] for r in evals] == ["3", "6"] and all(0.0 <= float(r["success_rate"]) <= 1.0 for r in evals)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["policy"] == "bc" and cfg["task"] == "reach"
-    assert (run / "checkpoints" / "latest.pt").exists() and (run / "plot.png").exists()
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "plot.png").exists()
 
     out = tmp_path / "eval.json"
     capsys.readouterr()
-    assert main(["il", "eval", "--checkpoint", str(run), "--episodes", "2", "--max-steps", "4", "--out", str(out)]) == 0
+    argv = ["il", "eval", "--checkpoint", str(run), "--episodes", "2", "--max-steps", "4", "--out", str(out),
+            "--video", "--video-dir", str(tmp_path / "vids")]
+    assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
+    assert summary["video"] == str(tmp_path / "vids" / "reach_seed100000.mp4") and Path(summary["video"]).stat().st_size > 0
     assert summary["policy"] == "bc" and summary["task"] == "reach" and 0.0 <= summary["success_rate"] <= 1.0
     full = json.loads(out.read_text())
     assert len(full["episodes"]) == 2 and all(e["length"] == 4 for e in full["episodes"])
+    assert json.loads((run / "config.json").read_text())["steps"] == 6
+
+    for bad, msg in ((["--max-steps", "0"], "--max-steps must be >= 1"), (["--episodes", "0"], "--episodes must be >= 1")):
+        assert main(["il", "eval", "--checkpoint", str(run), *bad]) == 2  # --max-steps 0 used to run 200 steps
+        assert msg in capsys.readouterr().err
+    # A run written before checkpoints were named last.pt still evaluates (and the seed folder names its newest run).
+    (run / "checkpoints" / "last.pt").rename(run / "checkpoints" / "latest.pt")
+    assert main(["il", "eval", "--checkpoint", str(run.parent), "--episodes", "1", "--max-steps", "2", "--num-threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"].endswith("latest.pt")
 
 
 def test_difftori_from_a_trained_diffusion_checkpoint(tmp_path, dataset):
     small = ["--diffusion.down-dims", "16", "32", "--diffusion.step-embed-dim", "16"]
     assert main(_args(tmp_path, dataset, "diffusion", "--steps", "2", "--eval-episodes", "0", *small)) == 0
-    base_ckpt = _run_dir(tmp_path, "diffusion") / "checkpoints" / "latest.pt"
+    base_ckpt = _run_dir(tmp_path, "diffusion") / "checkpoints" / "last.pt"
     rc = main(_args(tmp_path, dataset, "difftori", "--steps", "2", "--base-policy", str(base_ckpt), "--difftori.solver.max-iters", "3"))
     assert rc == 0
     run = _run_dir(tmp_path, "difftori")
@@ -104,3 +125,6 @@ def test_clear_errors(tmp_path, dataset, capsys):
     assert "--dataset" in capsys.readouterr().err
     assert main(["il", "eval", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert main(_args(tmp_path, dataset, "bc", "--steps", "1", "--device", "cuda:99")) == 2
+    assert "cuda:99" in capsys.readouterr().err
+    assert not (tmp_path / "reach").exists()  # no half-made run directory

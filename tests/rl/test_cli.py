@@ -31,12 +31,30 @@ def test_train_eval_and_resume_cli(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["task"] == "cartpole-balance" and len(out["returns"]) == 2 and "video" in out
 
-    # Extend the finished run by one episode.
-    assert main(["rl", "train", "--resume", str(run), "--steps", "300"]) == 0
+    # A checkpoint copied out of its run: the video goes where asked (--video-dir), printed in the results.
+    copied = tmp_path / "elsewhere" / "model.pt"
+    copied.parent.mkdir()
+    copied.write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+    out_json = tmp_path / "eval.json"
+    assert main(["rl", "eval", "--checkpoint", str(copied), "--episodes", "1", "--video", "--video-dir", str(tmp_path / "vids"),
+                 "--num-threads", "1", "--out", str(out_json)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["video"].endswith(".mp4") and list((tmp_path / "vids").glob("*.mp4")) and out == json.loads(out_json.read_text())
+    assert {p.name for p in copied.parent.iterdir()} == {"model.pt"} and not (tmp_path / "videos").exists()
+    assert main(["rl", "eval", "--checkpoint", str(run), "--episodes", "0"]) == 2  # was: NaN in the JSON
+    assert "--episodes must be >= 1" in capsys.readouterr().err
+
+    # Extend the finished run by one episode; the run may be named by its seed folder (newest run there).
+    assert main(["rl", "train", "--resume", str(run.parent), "--steps", "300"]) == 0
+    assert f"run directory: {run}" in capsys.readouterr().out
     assert json.loads((run / "final.json").read_text())["step"] == 384
-    # Changing anything but --steps on resume is refused.
+    # Changing anything but --steps on resume is refused, before anything is written.
+    config = (run / "config.json").read_bytes()
     assert main(["rl", "train", "--resume", str(run), "--seed", "4"]) == 2
     assert "cannot change ['seed']" in capsys.readouterr().err
+    assert main(["rl", "train", "--resume", str(run), "--steps", "100"]) == 2
+    assert "can only be extended" in capsys.readouterr().err
+    assert (run / "config.json").read_bytes() == config and json.loads(config)["steps"] == 300
 
 
 def test_cli_errors(tmp_path, capsys):
@@ -48,7 +66,21 @@ def test_cli_errors(tmp_path, capsys):
         main(["rl", "train", "--agent", "sac"])
     assert main(["rl", "eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
-    assert not any(tmp_path.rglob("config.json"))  # nothing half-created
+    # An unavailable device fails on every machine (no CUDA, or no 100th GPU) and leaves no run directory.
+    assert main(["rl", "train", "--agent", "tdmpc", "--task", "cartpole-balance", "--device", "cuda:99", "--run-root", str(tmp_path)]) == 2
+    assert "cuda:99" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing half-created
+
+
+def test_an_error_while_building_the_run_removes_its_directory(tmp_path, monkeypatch):
+    from difftori.rl import trainer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("replay buffer too large")
+
+    monkeypatch.setattr(trainer, "ReplayBuffer", broken)
+    assert main(["rl", "train", "--agent", "tdmpc", "--task", "cartpole-balance", "--run-root", str(tmp_path), *TINY]) == 2
+    assert not any(tmp_path.iterdir())
 
 
 def test_demo_cli_writes_random_vs_trained(tmp_path, capsys):
@@ -57,3 +89,6 @@ def test_demo_cli_writes_random_vs_trained(tmp_path, capsys):
     res = json.loads(demo.read_text())
     assert res["agent"] == "tdmpc" and res["task"] == "cartpole-balance"
     assert res["random_return"] >= 0 and res["trained_return"] >= 0 and res["steps"] >= 400
+    assert (demo.parent / "plot.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert out.index("run directory:") < out.index("trained_return")  # announced at the start

@@ -93,3 +93,29 @@ def test_json_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(Outer, tmp_path / "bad.json")
+
+
+@dataclass
+class Run:
+    steps: int = 10
+    """Budget."""
+    seed: int = 1
+    """Seed."""
+    progress: bool = True
+    """Progress."""
+    solver: Inner = field(default_factory=Inner)
+    """Solver section."""
+
+
+def test_resume_config_only_extends_steps_and_runtime_fields():
+    from difftori.utils.config import resume_config
+
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, Run)
+    saved = Run(steps=10, seed=3)
+    cfg = resume_config(Run, saved, p.parse_args(["--steps", "20", "--progress", "false", "--seed", "3"]))
+    assert (cfg.steps, cfg.seed, cfg.progress) == (20, 3, False)  # an option equal to the saved value is fine
+    with pytest.raises(ConfigError, match=r"cannot change \['seed', 'solver.method'\].*seed: 3 -> 4"):
+        resume_config(Run, saved, p.parse_args(["--seed", "4", "--solver.method", "lm"]))
+    with pytest.raises(ConfigError, match="can only be extended"):
+        resume_config(Run, saved, p.parse_args(["--steps", "5"]))

@@ -1,4 +1,4 @@
-"""Atomic I/O, checkpoint errors, run directories, metric logging and resume truncation, plotting."""
+"""Atomic I/O, checkpoint errors, run directories (finding, cleanup), metric logging and resume truncation, plotting."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import torch
 import pytest
 
 from difftori.utils.io import CorruptFileError, atomic_write_text, load_checkpoint, save_checkpoint
-from difftori.utils.plotting import plot_runs
-from difftori.utils.runs import MetricsLogger, make_run_dir, read_csv
+from difftori.utils.plotting import plot_learning_curve, plot_runs
+from difftori.utils.runs import MetricsLogger, find_run, locate_checkpoint, make_run_dir, new_run_dir, read_csv
 
 
 def test_checkpoint_round_trip_and_corrupt(tmp_path):
@@ -64,3 +64,63 @@ def test_plot_runs(tmp_path):
     assert out.exists() and out.stat().st_size > 1000
     with pytest.raises(FileNotFoundError):
         plot_runs([tmp_path / "nope"], tmp_path / "x.png")
+
+
+def _fake_run(root, seed, stamp, checkpoint="last.pt"):
+    run = make_run_dir(root, "task", "m", seed, stamp=stamp)
+    (run / "config.json").write_text("{}")
+    if checkpoint:
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / checkpoint).write_bytes(b"x")
+    return run
+
+
+def test_find_run_and_locate_checkpoint(tmp_path, capsys):
+    old = _fake_run(tmp_path, 1, "20240101-000000")
+    new = _fake_run(tmp_path, 2, "20240102-000000")
+    bare = _fake_run(tmp_path, 1, "20240103-000000", checkpoint=None)
+    assert find_run(old) == old
+    assert find_run(tmp_path) == new  # newest run with a checkpoint
+    assert "using the newest" in capsys.readouterr().err
+    assert find_run(tmp_path, need_checkpoint=False) == bare
+    with pytest.raises(FileNotFoundError, match="no checkpoints/last.pt"):
+        find_run(bare)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no run"):
+        find_run(tmp_path / "empty")
+    assert locate_checkpoint(new) == (new / "checkpoints" / "last.pt", new)
+    assert locate_checkpoint(new / "checkpoints" / "last.pt") == (new / "checkpoints" / "last.pt", new)
+    copied = tmp_path / "copy.pt"
+    copied.write_bytes(b"x")
+    assert locate_checkpoint(copied) == (copied, None)  # not inside a run
+    legacy = _fake_run(tmp_path / "legacy", 1, "t", checkpoint="latest.pt")  # IL runs before last.pt
+    assert locate_checkpoint(legacy)[0].name == "latest.pt"
+
+
+def test_new_run_dir_is_removed_on_error_before_training(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with new_run_dir(tmp_path, "task", "m", 1) as run:
+            (run / "config.json").write_text("{}")
+            raise RuntimeError("boom")
+    assert not any(tmp_path.rglob("config.json"))
+    kept = tmp_path / "given"
+    kept.mkdir()
+    with pytest.raises(RuntimeError):
+        with new_run_dir(tmp_path, "task", "m", 1, run_dir=kept):
+            raise RuntimeError("boom")
+    assert kept.exists()  # a directory this call did not create is never removed
+
+
+def test_learning_curve_shows_training_episodes_and_baseline(tmp_path):
+    import json
+
+    run = make_run_dir(tmp_path, "task", "m", 1, stamp="t")
+    (run / "config.json").write_text(json.dumps({"task": "task", "agent": "difftori"}))
+    log = MetricsLogger(run, tensorboard=False)
+    for step in range(100, 600, 100):
+        log.log("train", step, {"episode_return": step / 10})
+    log.log("eval", 500, {"episode_return": 55.0, "return_std": 2.0})
+    log.close()
+    out = plot_learning_curve(run, run / "plot.png", baseline=("random policy", 10.0, 1.0))
+    assert out.exists() and out.stat().st_size > 1000
+    assert plot_learning_curve(tmp_path / "nothing", tmp_path / "x.png") is None

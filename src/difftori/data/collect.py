@@ -33,8 +33,8 @@ class CollectConfig:
     """MetaWorld task name (e.g. door-open, reach, button-press-topdown; -v3 suffix accepted)."""
     episodes: int = 10
     """Number of successful demonstrations to keep."""
-    obs: Literal["pointcloud", "image", "state"] = "pointcloud"
-    """Observation modality stored next to the 9-D agent state."""
+    obs_type: Literal["pointcloud", "image", "state"] = "pointcloud"
+    """Observation modality stored next to the 9-D agent state (as ``il train --obs-type``)."""
     out: Path | None = None
     """Output zarr directory (default: data/metaworld_<task>_<obs>_<episodes>.zarr)."""
     seed: int = 0
@@ -51,6 +51,8 @@ class CollectConfig:
     """Points per cloud (obs pointcloud)."""
     overwrite: bool = False
     """Replace an existing dataset at --out."""
+    progress: bool = True
+    """Show progress (a bar on a terminal, a line every few seconds in a log)."""
 
     def __post_init__(self) -> None:
         from difftori.envs.metaworld import TASKS, canonical
@@ -154,8 +156,6 @@ def collect_demos(
     kept episodes even when fewer than requested succeed (see ``CollectReport.complete``);
     raises ``RuntimeError`` if none does.
     """
-    from tqdm import tqdm
-
     from difftori.data.dataset import DemoData, save_demos
     from difftori.envs import metaworld as mw
 
@@ -179,7 +179,9 @@ def collect_demos(
     lengths: list[int] = []
     tried = 0
     start = time.perf_counter()
-    bar = tqdm(total=episodes, desc=f"collect {name}", unit="demo", disable=not progress)
+    from difftori.utils.progress import progress as progress_bar
+
+    bar = progress_bar(episodes, desc=f"collect {name}", unit="demo", enabled=progress)
     try:
         with warnings.catch_warnings():
             # MetaWorld's experts warn that their gains exceed the action range; actions are clipped.
@@ -238,14 +240,16 @@ def collect_demos(
 
 def _run(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(CollectConfig, args)
-    out = cfg.out if cfg.out is not None else default_out(cfg.task, cfg.obs, cfg.episodes)
+    out = cfg.out if cfg.out is not None else default_out(cfg.task, cfg.obs_type, cfg.episodes)
     if out.exists() and not cfg.overwrite:
         print(f"difftori: error: {out} already exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
+    print(f"collecting {cfg.episodes} {cfg.task} demos ({cfg.obs_type}) -> {out}", flush=True)
     report = collect_demos(
         cfg.task,
         episodes=cfg.episodes,
-        obs_type=cfg.obs,
+        obs_type=cfg.obs_type,
+        progress=cfg.progress,
         out=out,
         seed=cfg.seed,
         max_tries=cfg.max_tries,

@@ -3,12 +3,16 @@
 ``make_env(task, **options)`` resolves the name in each suite's registry (optionally
 prefixed ``dmc:`` or ``metaworld:``) and returns an env whose ``task_spec`` attribute is an
 :class:`EnvSpec`. Suites are imported lazily so a missing optional dependency only matters
-when that suite is used, and then the error carries the install hint.
+when that suite is used, and then the error carries the install hint. Importing this package
+picks a headless MuJoCo GL backend when ``MUJOCO_GL`` is unset (see :mod:`difftori.utils.gl`).
 """
 
 from __future__ import annotations
 
 from difftori.envs.spec import EnvSpec
+from difftori.utils.gl import configure_gl
+
+configure_gl()
 
 __all__ = ["EnvSpec", "make_env", "known_tasks", "UnknownTaskError", "MissingDependencyError"]
 

@@ -10,7 +10,6 @@ them unset. ``dm_control`` is imported lazily; without it :func:`make` raises
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from typing import Any
 
@@ -119,9 +118,9 @@ def solver_preset(task: str) -> dict[str, float | int]:
 
 
 def _import_dm_control():
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    if os.environ["MUJOCO_GL"] == "egl":
-        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    from difftori.utils.gl import configure_gl
+
+    configure_gl()
     try:
         from dm_control import suite
     except ImportError as exc:
@@ -130,6 +129,10 @@ def _import_dm_control():
         raise MissingDependencyError(
             f"DeepMind Control tasks need dm_control ({exc}); install with: pip install 'difftori[dmc]'"
         ) from exc
+    except (AttributeError, RuntimeError, OSError) as exc:  # mujoco could not load its GL backend
+        from difftori.utils.gl import render_error
+
+        raise render_error(exc) from exc
     return suite
 
 
@@ -244,9 +247,14 @@ def _env_class():
         def _state(self, ts) -> np.ndarray:
             return np.concatenate([np.asarray(v, np.float32).ravel() for v in ts.observation.values()])
 
+        def _render(self, size: int) -> np.ndarray:
+            from difftori.utils.gl import check_rendering
+
+            check_rendering()  # a one-line error with the fix instead of dm_control's GL traceback
+            return self._env.physics.render(size, size, camera_id=self._camera)
+
         def _frame(self) -> np.ndarray:
-            img = self._env.physics.render(self._img, self._img, camera_id=self._camera)
-            return np.ascontiguousarray(img.transpose(2, 0, 1))
+            return np.ascontiguousarray(self._render(self._img).transpose(2, 0, 1))
 
         def _obs(self, ts) -> np.ndarray:
             if self._obs_type == "state":
@@ -289,7 +297,7 @@ def _env_class():
 
         def render(self):
             """An RGB frame (``render_size`` square, HWC uint8) from the task camera, for videos."""
-            return self._env.physics.render(self._render_size, self._render_size, camera_id=self._camera)
+            return self._render(self._render_size)
 
         def close(self):
             self._env.close()

@@ -104,6 +104,10 @@ def _import_metaworld():
         raise MissingDependencyError(
             f"MetaWorld tasks need the 'metaworld' and 'mujoco' packages ({exc}); install them with: {INSTALL_HINT}"
         ) from None
+    except (AttributeError, RuntimeError, OSError) as exc:  # mujoco could not load its GL backend
+        from difftori.utils.gl import render_error
+
+        raise render_error(exc) from None
     return ALL_V3_ENVIRONMENTS, ENV_POLICY_MAP
 
 
@@ -326,7 +330,9 @@ def _build_env_class():
         def _renderer(self, size: int, depth: bool):
             key = (size, depth)
             if key not in self._renderers:
-                r = mujoco.Renderer(self._inner.model, size, size)
+                from difftori.utils.gl import safe_renderer
+
+                r = safe_renderer(self._inner.model, size, size)
                 for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                              mujoco.mjtRndFlag.mjRND_SKYBOX):  # fmt: skip
                     r.scene.flags[flag] = 0

@@ -184,6 +184,10 @@ class ILConfig:
     """Random seed (training and evaluation)."""
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu or cuda[:N]."""
+    num_threads: int | None = None
+    """torch CPU threads; None leaves torch's default."""
+    progress: bool = True
+    """Show progress (a bar on a terminal, a line every few seconds in a log)."""
     run_root: str = "runs/il"
     """Root of the run directories (root/task/policy/seed<s>/<time>)."""
     label: str | None = None
@@ -209,5 +213,6 @@ class ILConfig:
         check(self.log_freq >= 1 and self.eval_freq >= 0 and self.checkpoint_freq >= 1, "log_freq, checkpoint_freq >= 1 and eval_freq >= 0")
         check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
         check(self.eval_max_steps is None or self.eval_max_steps >= 1, "eval_max_steps must be >= 1 or None")
+        check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         if self.policy == "difftori" and self.difftori.init == "base":
             check(bool(self.base_policy), "policy difftori with difftori.init=base needs --base-policy (a trained diffusion checkpoint or run dir); or set --difftori.init zeros|noise")

@@ -87,16 +87,10 @@ def _section(cfg: ILConfig) -> dict[str, Any]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run dir (-> its ``checkpoints/latest.pt``)."""
-    path = Path(path)
-    if path.is_dir():
-        cand = path / "checkpoints" / "latest.pt"
-        if not cand.exists():
-            raise FileNotFoundError(f"{path} is a directory without checkpoints/latest.pt (not a finished IL run dir?)")
-        return cand
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return path
+    """A checkpoint file, a run dir (-> its ``checkpoints/last.pt``), or a folder of runs (-> the newest run's)."""
+    from difftori.utils.runs import locate_checkpoint
+
+    return locate_checkpoint(path)[0]
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:

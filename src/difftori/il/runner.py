@@ -51,20 +51,6 @@ def run_episode(policy: Policy, env, seed: int, max_steps: int, video: bool = Fa
     return {"success": success, "return": ret, "length": steps, "frames": frames}
 
 
-def _write_gif(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
-    from PIL import Image
-
-    from difftori.utils.io import atomic_write_bytes
-    import io
-
-    imgs = [Image.fromarray(np.asarray(f).astype(np.uint8)) for f in frames if f is not None]
-    if not imgs:
-        raise RuntimeError("the env returned no frames from render(); video needs a render-capable env")
-    buf = io.BytesIO()
-    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def evaluate(
     policy: Policy,
     task: str,
@@ -79,17 +65,19 @@ def evaluate(
     """Success rate of ``policy`` on ``task`` over ``episodes`` episodes (seeds ``seed .. seed+episodes-1``).
 
     Returns ``success_rate``, ``mean_return``, ``mean_length``, ``eval_time_s`` and per-episode
-    records under ``episodes``; with ``video`` the first episode is saved as a GIF in ``video_dir``.
+    records under ``episodes``; with ``video`` the first episode is saved (mp4, else gif) in ``video_dir``.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     from difftori.envs import make_env
 
     opts = dict(env_options or {})
     if video:
         opts.setdefault("render_mode", "rgb_array")
     env = make_env(task, obs_type=obs_type, **opts)
-    limit = max_steps or env.task_spec.episode_length
+    limit = env.task_spec.episode_length if max_steps is None else max_steps
     was_training = policy.training
     policy.eval()
     t0 = time.time()
@@ -98,8 +86,9 @@ def evaluate(
         for i in range(episodes):
             rec = run_episode(policy, env, seed=seed + i, max_steps=limit, video=video and i == 0)
             if rec["frames"]:
-                video_path = Path(video_dir or ".") / f"{task}_seed{seed + i}.gif"
-                _write_gif(rec["frames"], video_path)
+                from difftori.utils.video import save_video
+
+                video_path = save_video(rec["frames"], Path(video_dir or "videos") / f"{task}_seed{seed + i}", fps=20)
             rec.pop("frames")
             records.append(rec)
     finally:

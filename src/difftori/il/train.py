@@ -4,24 +4,26 @@ The trainer loads the demo windows once (into tensors on the training device), f
 normalizer, builds the policy from the registry, and runs AdamW with warm-up + cosine decay.
 It logs ``train.csv`` (loss and policy metrics), evaluates the success rate periodically
 (``eval.csv``), saves atomic resumable checkpoints (policy incl. normalizer, optimizer,
-scheduler, RNG, step) and draws ``plot.png`` at the end. ``--resume RUN_DIR`` continues a
-run from its last checkpoint without losing or duplicating logged rows.
+scheduler, RNG, step) to ``checkpoints/last.pt`` and draws ``plot.png`` at the end.
+``--resume RUN_DIR`` continues a run from its last checkpoint without losing or duplicating
+logged rows; it refuses options that contradict the checkpoint (only ``--steps`` may grow).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from difftori.il.base import OBS_KEYS, Policy, policy_obs_shapes
 from difftori.il.config import ILConfig
-from difftori.utils.config import add_dataclass_args, dataclass_from_args, load_config, save_config, to_dict
+from difftori.utils.config import ConfigError, add_dataclass_args, dataclass_from_args, load_config, save_config, to_dict
 
 __all__ = ["train", "evaluate_checkpoint", "load_windows", "fit_normalizer", "register_cli", "EVAL_SEED_BASE"]
 
@@ -128,28 +130,55 @@ def _plot(run_dir: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------ training -----------------
-def train(cfg: ILConfig | None = None, resume: str | Path | None = None, progress: bool = True) -> Path:
-    """Train ``cfg.policy`` (or continue the run in ``resume``); returns the run directory."""
+def _check_resume(saved: ILConfig, cfg: ILConfig) -> None:
+    """Refuse a resumed config that differs from the saved one except in ``steps`` (>=) and runtime fields."""
+    from difftori.utils.config import RUNTIME_FIELDS, _flatten
+
+    a, b = _flatten(to_dict(saved)), _flatten(to_dict(cfg))
+    changed = sorted(k for k in a if k not in RUNTIME_FIELDS and k != "steps" and a[k] != b.get(k))
+    if changed:
+        raise ConfigError(f"--resume continues a run with its saved config; cannot change {changed} (only --steps, to extend the budget)")
+    if cfg.steps < saved.steps:
+        raise ConfigError(f"steps {cfg.steps} is below the run's budget of {saved.steps}; a resumed run can only be extended")
+
+
+def train(
+    cfg: ILConfig | None = None,
+    resume: str | Path | None = None,
+    progress: bool | None = None,
+    announce: Callable[[Path], None] | None = None,
+) -> Path:
+    """Train ``cfg.policy`` (or continue the run in ``resume``); returns the run directory.
+
+    ``progress`` overrides ``cfg.progress``; ``announce(run_dir)`` is called once the run
+    directory exists, before the first step. On resume ``cfg`` may only extend ``steps`` or
+    change runtime fields; ``config.json`` is only rewritten with the larger ``steps``.
+    """
     from difftori.il.policies import build_policy, policy_from_config
     from difftori.il.runner import evaluate
-    from difftori.utils.device import resolve_device
+    from difftori.utils.device import resolve_device, set_num_threads
     from difftori.utils.io import load_checkpoint, save_checkpoint
-    from difftori.utils.runs import MetricsLogger, make_run_dir
+    from difftori.utils.runs import CHECKPOINT_NAME, MetricsLogger, checkpoint_path, find_run, new_run_dir
     from difftori.utils.seeding import get_rng_state, seed_everything, set_rng_state
 
     ckpt = None
     if resume is not None:
-        run_dir = Path(resume)
-        ckpt_path = run_dir / "checkpoints" / "latest.pt"
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoints/latest.pt (not an IL run dir, or no checkpoint yet)")
-        cfg = cfg or load_config(ILConfig, run_dir / "config.json")
-        ckpt = load_checkpoint(ckpt_path)
+        run_dir = find_run(resume)
+        saved = load_config(ILConfig, run_dir / "config.json")
+        cfg = cfg or saved
+        _check_resume(saved, cfg)
+        ckpt = load_checkpoint(checkpoint_path(run_dir))
     elif cfg is None:
         raise ValueError("train() needs a config or a run dir to resume")
     if not cfg.dataset:
         raise ValueError("no dataset given: pass --dataset PATH (written by `difftori il collect`)")
+    show_progress = cfg.progress if progress is None else progress
     device = resolve_device(cfg.device)
+    if cfg.eval_episodes > 0 and cfg.obs_type != "state":
+        from difftori.utils.gl import check_rendering
+
+        check_rendering()  # fail now, not at the first evaluation
+    set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
 
     windows, stats, env_options = load_windows(cfg.dataset, cfg.obs_type, cfg.obs_steps, cfg.action_steps, task=cfg.task)
@@ -174,16 +203,19 @@ def train(cfg: ILConfig | None = None, resume: str | Path | None = None, progres
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
-        save_config(cfg, run_dir / "config.json")  # may extend steps etc.
+        if cfg.steps != saved.steps:  # the only change a resumed run writes: a larger budget
+            save_config(dataclasses.replace(saved, steps=cfg.steps), run_dir / "config.json")
         logger = MetricsLogger(run_dir, resume_step=step)
     else:
-        run_dir = make_run_dir(cfg.run_root, cfg.task, cfg.policy, cfg.seed)
-        save_config(cfg, run_dir / "config.json")
-        logger = MetricsLogger(run_dir)
+        with new_run_dir(cfg.run_root, cfg.task, cfg.policy, cfg.seed) as run_dir:
+            save_config(cfg, run_dir / "config.json")
+            logger = MetricsLogger(run_dir)
+    if announce is not None:
+        announce(run_dir)
 
     def checkpoint() -> None:
         save_checkpoint(
-            run_dir / "checkpoints" / "latest.pt",
+            run_dir / CHECKPOINT_NAME,
             {
                 "policy_info": policy.build_info(),
                 "policy": policy.state_dict(),
@@ -205,11 +237,11 @@ def train(cfg: ILConfig | None = None, resume: str | Path | None = None, progres
         )
         logger.log("eval", step, {k: res[k] for k in ("success_rate", "mean_return", "mean_length", "eval_time_s")})
 
-    from tqdm import tqdm
+    from difftori.utils.progress import progress as progress_bar
 
     sums: dict[str, torch.Tensor] = {}
     count, t_window = 0, time.time()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.policy} {cfg.task}", unit="step")
+    bar = progress_bar(cfg.steps, initial=step, enabled=show_progress, desc=f"{cfg.policy} {cfg.task}", unit="step")
     try:
         while step < cfg.steps:
             idx = torch.randint(0, n, (cfg.batch_size,), device=device)  # with replacement
@@ -254,14 +286,24 @@ def evaluate_checkpoint(
     task: str | None = None,
     obs_type: str | None = None,
     device: str = "auto",
+    video_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Load a policy checkpoint (or run dir) and evaluate it; task/obs_type default to its training config."""
-    from difftori.il.policies import load_policy, resolve_checkpoint
+    """Load a policy checkpoint (file, run dir, or folder of runs) and evaluate it.
+
+    ``task``/``obs_type`` default to its training config; the video goes to ``video_dir``
+    (default: RUN_DIR/videos for a run's checkpoint, else ./videos).
+    """
+    from difftori.il.policies import load_policy
     from difftori.il.runner import evaluate
     from difftori.utils.device import resolve_device
     from difftori.utils.io import load_checkpoint
+    from difftori.utils.runs import locate_checkpoint
 
-    path = resolve_checkpoint(checkpoint)
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    path, run_dir = locate_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     saved = ckpt.get("config", {})
     task = task or saved.get("task")
@@ -272,32 +314,49 @@ def evaluate_checkpoint(
         raise ValueError(f"unknown obs_type {obs_type!r}; use one of {sorted(OBS_KEYS)}")
     policy = load_policy(path, device=resolve_device(device))
     env_options = ckpt.get("env_options") or {}
+    if video_dir is None:
+        video_dir = run_dir / "videos" if run_dir is not None else Path("videos")
     out = evaluate(
         policy, task, obs_type, episodes=episodes, seed=seed, video=video, max_steps=max_steps,
-        video_dir=path.parent.parent / "videos", env_options=env_options,
+        video_dir=video_dir, env_options=env_options,
     )
     out.update(checkpoint=str(path), task=task, obs_type=obs_type, policy=policy.name)
     return out
 
 
 # ------------------------------------------------------------------ CLI ----------------------
+def _announce(run_dir: Path) -> None:
+    print(f"run directory: {run_dir}", flush=True)
+
+
 def _train_cmd(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        base = load_config(ILConfig, Path(args.resume) / "config.json")
-        cfg = dataclass_from_args(ILConfig, args, base=base)
-        run_dir = train(cfg, resume=args.resume, progress=not args.no_progress)
+        from difftori.utils.config import resume_config
+        from difftori.utils.runs import find_run
+
+        if args.config is not None:
+            raise ValueError("--config and --resume exclude each other: a resumed run keeps its saved config")
+        run_dir = find_run(args.resume)
+        cfg = resume_config(ILConfig, load_config(ILConfig, run_dir / "config.json"), args)
+        train(cfg, resume=run_dir, announce=_announce)
     else:
         base = load_config(ILConfig, args.config) if args.config else None
         cfg = dataclass_from_args(ILConfig, args, base=base)
-        run_dir = train(cfg, progress=not args.no_progress)
-    print(f"run dir: {run_dir}")
+        train(cfg, announce=_announce)
     return 0
 
 
 def _eval_cmd(args: argparse.Namespace) -> int:
+    from difftori.utils.device import set_num_threads
+
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    set_num_threads(args.num_threads)
     res = evaluate_checkpoint(
         args.checkpoint, episodes=args.episodes, seed=args.seed, video=args.video, max_steps=args.max_steps,
-        task=args.task, obs_type=args.obs_type, device=args.device,
+        task=args.task, obs_type=args.obs_type, device=args.device, video_dir=args.video_dir,
     )
     summary = {k: v for k, v in res.items() if k != "episodes"}
     if args.out:
@@ -313,18 +372,23 @@ def register_cli(sub) -> None:
     p = sub.add_parser("train", help="train an IL policy (bc, ibc, diffusion, difftori) on a demo dataset")
     add_dataclass_args(p, ILConfig)
     p.add_argument("--config", type=Path, default=None, help="start from this config.json (options given override it)")
-    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint (options given override its config, e.g. --steps)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue this run (or the newest run in this folder) from its last checkpoint; only --steps "
+                        "(to extend), --progress, --num-threads and --device may be given with it")
     p.set_defaults(func=_train_cmd)
 
     e = sub.add_parser("eval", help="evaluate a trained IL policy checkpoint: success rate over episodes")
-    e.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, or a run dir (uses checkpoints/latest.pt)")
+    e.add_argument("--checkpoint", required=True, type=Path,
+                   help="checkpoint file, run directory, or folder holding runs (its newest run)")
     e.add_argument("--episodes", type=int, default=20, help="episodes (default: 20)")
     e.add_argument("--seed", type=int, default=EVAL_SEED_BASE, help=f"env seed of the first episode (default: {EVAL_SEED_BASE})")
-    e.add_argument("--video", action="store_true", help="save the first episode as a GIF under the run's videos/")
+    e.add_argument("--video", action="store_true", help="save a video (mp4, else gif) of the first episode")
+    e.add_argument("--video-dir", type=Path, default=None,
+                   help="folder for the video (default: RUN_DIR/videos for a run's checkpoint, else ./videos)")
     e.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode (default: the task's episode length)")
     e.add_argument("--task", default=None, help="task (default: the checkpoint's training task)")
     e.add_argument("--obs-type", default=None, choices=sorted(OBS_KEYS), help="modality (default: the checkpoint's)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    e.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     e.add_argument("--out", type=Path, default=None, help="also write the full results (per episode) as JSON here")
     e.set_defaults(func=_eval_cmd)

@@ -2,10 +2,10 @@
 
 ``train`` exposes every :class:`RLConfig` field as an option (``--seed-steps 100``,
 ``--difftori.max-iters 50``); ``--resume RUN_DIR`` continues an interrupted run from its last
-checkpoint (the config is read from the run directory; only ``--steps`` may change, to extend
-a run). ``eval`` loads a checkpoint and reports the mean return. ``demo`` trains the small
-preset of :func:`demo_config` and compares the result with a random policy on the same
-evaluation episodes.
+checkpoint (the config is read from the run directory; only ``--steps`` may grow, plus the
+runtime options ``--progress``, ``--num-threads``, ``--device``). ``eval`` loads a checkpoint
+and reports the mean return. ``demo`` trains the small preset of :func:`demo_config` and
+compares the result with a random policy on the same evaluation episodes.
 """
 
 from __future__ import annotations
@@ -50,20 +50,18 @@ def demo_config(**overrides) -> RLConfig:
 
 def _train(args: argparse.Namespace) -> int:
     from difftori.rl import trainer
-    from difftori.utils.config import dataclass_from_args
+    from difftori.utils.config import dataclass_from_args, load_config, resume_config
 
-    given = {k for k in vars(args) if k not in ("area", "cmd", "func", "resume")}
     if args.resume is not None:
-        extra = given - {"steps", "progress"}
-        if extra:
-            raise ValueError(f"--resume continues a run with its saved config; cannot change {sorted(extra)} (only --steps)")
-        tr = trainer.Trainer.from_run_dir(args.resume, getattr(args, "steps", None))
-        if hasattr(args, "progress"):
-            tr.cfg.progress = args.progress
+        from difftori.utils.runs import find_run
+
+        run_dir = find_run(args.resume, need_checkpoint=False)
+        cfg = resume_config(RLConfig, load_config(RLConfig, run_dir / "config.json"), args)
+        tr = trainer.Trainer.from_run_dir(run_dir, cfg=cfg)
     else:
         cfg = dataclass_from_args(RLConfig, args)
         tr = trainer.Trainer.new(cfg)
-    print(f"run directory: {tr.run_dir}")
+    print(f"run directory: {tr.run_dir}", flush=True)
     final = tr.train()
     print(json.dumps({k: final[k] for k in ("task", "agent", "step", "episode_return", "return_std") if k in final}))
     return 0
@@ -71,19 +69,30 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from difftori.rl import trainer
+    from difftori.utils.device import set_num_threads
+    from difftori.utils.runs import locate_checkpoint
 
-    cfg, agent, env, step = trainer.load_agent(args.checkpoint, device=args.device)
-    run_dir = Path(args.checkpoint)
-    run_dir = run_dir if run_dir.is_dir() else run_dir.parent.parent
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    set_num_threads(args.num_threads)
+    path, run_dir = locate_checkpoint(args.checkpoint)
+    cfg, agent, env, step = trainer.load_agent(path, device=args.device)
 
     def policy(obs, t0, t):
         if t0:
             agent.reset()
         return agent.act(obs, t0=t0, eval_mode=True, step=step)
 
-    stem = run_dir / "videos" / f"checkpoint_eval_{step * env.task_spec.action_repeat:08d}" if args.video else None
+    env_step = step * env.task_spec.action_repeat
+    video_dir = args.video_dir or (run_dir / "videos" if run_dir is not None else Path("videos"))
+    stem = video_dir / f"checkpoint_eval_{env_step:08d}" if args.video else None
     res = trainer.evaluate(policy, env, args.episodes, args.seed, stem)
-    res = {"task": cfg.task, "agent": cfg.agent, "step": step * env.task_spec.action_repeat, **res}
+    env.close()
+    res = {"task": cfg.task, "agent": cfg.agent, "checkpoint": str(path), "step": env_step, **res}
+    if args.out:
+        from difftori.utils.io import atomic_write_json
+
+        atomic_write_json(args.out, res)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -91,15 +100,17 @@ def _eval(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from difftori.rl import trainer
     from difftori.utils.io import atomic_write_json
+    from difftori.utils.plotting import plot_learning_curve
 
-    overrides = {k: v for k, v in (("agent", args.agent), ("steps", args.steps), ("seed", args.seed), ("run_root", args.run_root)) if v is not None}
+    names = ("agent", "steps", "seed", "run_root", "num_threads", "progress")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     cfg = demo_config(**overrides)
     try:
         trainer.agent_class(cfg.agent)
     except ImportError as exc:
         raise ImportError(f"{exc}; run the baseline demo with: difftori rl demo --agent tdmpc") from None
     tr = trainer.Trainer.new(cfg)
-    print(f"demo: {cfg.agent} on {cfg.task} for {cfg.steps} env steps -> {tr.run_dir}")
+    print(f"demo: {cfg.agent} on {cfg.task} for {cfg.steps} env steps; run directory: {tr.run_dir}", flush=True)
     final = tr.train()
     rand = trainer.random_policy_return(cfg, episodes=cfg.eval_episodes, seed=cfg.seed)
     summary = {
@@ -109,8 +120,9 @@ def _demo(args: argparse.Namespace) -> int:
         "eval_episodes": cfg.eval_episodes, "episode_length_env_steps": cfg.episode_length,
     }
     atomic_write_json(tr.run_dir / "demo.json", summary)
+    plot = plot_learning_curve(tr.run_dir, tr.run_dir / "plot.png", baseline=("random policy", rand["episode_return"], rand["return_std"]))
     print(json.dumps(summary, indent=2))
-    print(f"learning curve: {tr.run_dir / 'plot.png'}")
+    print(f"learning curve: {plot}")
     return 0
 
 
@@ -119,20 +131,26 @@ def register(sub) -> None:
     p = sub.add_parser("rl", help="model-based RL on DeepMind Control: train, evaluate, demo")
     rl_sub = p.add_subparsers(dest="cmd", required=True)
 
-    from difftori.utils.config import add_dataclass_args
+    from difftori.utils.config import add_dataclass_args, parse_bool
 
     t = rl_sub.add_parser("train", help="train TD-MPC or DiffTORI (every config field is an option)",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    t.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue this run (or the newest run in this folder) from its last checkpoint; "
+                        "only --steps (to extend), --progress, --num-threads and --device may be given with it")
     add_dataclass_args(t, RLConfig)
     t.set_defaults(func=_train)
 
-    e = rl_sub.add_parser("eval", help="evaluate a checkpoint (file or run directory)")
-    e.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or run directory")
-    e.add_argument("--episodes", type=int, default=10, help="evaluation episodes")
-    e.add_argument("--seed", type=int, default=0, help="seed of the first evaluation episode")
-    e.add_argument("--video", action="store_true", help="save a video of the first episode in RUN_DIR/videos")
-    e.add_argument("--device", default=None, help="override the device (auto, cpu, cuda)")
+    e = rl_sub.add_parser("eval", help="evaluate a checkpoint (file, run directory, or a folder of runs: the newest)")
+    e.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file, run directory, or folder holding runs (its newest run)")
+    e.add_argument("--episodes", type=int, default=10, help="evaluation episodes (default: 10)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the first evaluation episode (default: 0)")
+    e.add_argument("--video", action="store_true", help="save a video (mp4, else gif) of the first episode")
+    e.add_argument("--video-dir", type=Path, default=None,
+                   help="folder for the video (default: RUN_DIR/videos for a run's checkpoint, else ./videos)")
+    e.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    e.add_argument("--device", default=None, help="override the device (auto, cpu, cuda[:N])")
+    e.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     e.set_defaults(func=_eval)
 
     d = rl_sub.add_parser("demo", help="a few-minute CPU demo: train on a small preset, compare with a random policy")
@@ -140,4 +158,6 @@ def register(sub) -> None:
     d.add_argument("--steps", type=int, default=None, help=f"env steps (default: {DEMO_PRESET['steps']})")
     d.add_argument("--seed", type=int, default=None, help="seed (default: 1)")
     d.add_argument("--run-root", type=Path, default=None, help="run root (default: runs/demo)")
+    d.add_argument("--num-threads", type=int, default=None, help=f"torch CPU threads (default: {DEMO_PRESET['num_threads']})")
+    d.add_argument("--progress", type=parse_bool, default=None, metavar="BOOL", help="progress output (default: true)")
     d.set_defaults(func=_demo)

@@ -115,7 +115,7 @@ class RLConfig:
     video: bool = False
     """Save a video of the first episode of each evaluation (mp4 if an ffmpeg backend exists, else gif)."""
     progress: bool = True
-    """Show a tqdm progress bar."""
+    """Show progress (a bar on a terminal, a line every few seconds in a log)."""
 
     # --- TD-MPC learning ---------------------------------------------------------------------
     batch_size: Optional[int] = None
@@ -197,6 +197,7 @@ class RLConfig:
         check(self.agent in ("tdmpc", "difftori"), f"agent must be 'tdmpc' or 'difftori', got {self.agent!r}")
         check(self.obs_type in ("state", "pixels"), f"obs_type must be 'state' or 'pixels', got {self.obs_type!r}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         check(self.action_repeat is None or self.action_repeat >= 1, f"action_repeat must be >= 1, got {self.action_repeat}")
         check(self.episode_length >= 1, f"episode_length must be >= 1, got {self.episode_length}")
         check(self.frame_stack >= 1 and self.img_size >= 16, "frame_stack must be >= 1 and img_size >= 16")

@@ -26,16 +26,17 @@ from difftori.envs import dmc
 from difftori.rl.buffer import ReplayBuffer
 from difftori.rl.config import RLConfig
 from difftori.utils.config import ConfigError, load_config, save_config, to_dict
+from difftori.utils.device import resolve_device, set_num_threads
 from difftori.utils.io import atomic_write_json, load_checkpoint, save_checkpoint
-from difftori.utils.runs import MetricsLogger, make_run_dir
+from difftori.utils.runs import CHECKPOINT_NAME, MetricsLogger, find_run, locate_checkpoint, new_run_dir
 from difftori.utils.seeding import get_rng_state, seed_everything, set_rng_state
+from difftori.utils.video import save_video
 
 __all__ = ["AGENTS", "agent_class", "make_env", "Trainer", "train", "resume", "evaluate", "random_policy_return", "CHECKPOINT_NAME"]
 
 AGENTS: dict[str, Any] = {"tdmpc": "difftori.rl.tdmpc:TDMPC", "difftori": "difftori.rl.difftori:DiffTORI"}
 """Agent registry: name -> class or ``"module:Class"`` (imported on first use)."""
 
-CHECKPOINT_NAME = "checkpoints/last.pt"
 _EVAL_SEED_OFFSET = 1_000_003
 
 
@@ -66,32 +67,6 @@ def make_env(cfg: RLConfig, seed: int | None = None):
     )
 
 
-def _video_writer() -> tuple[str, Callable[[Path, list[np.ndarray], int], None]]:
-    """(extension, writer): mp4 if an imageio ffmpeg backend exists, else gif, else npz."""
-    try:
-        import imageio.v2 as imageio
-    except ImportError:
-        return "npz", lambda path, frames, fps: np.savez_compressed(path, frames=np.stack(frames))
-    try:
-        import imageio_ffmpeg  # noqa: F401
-
-        return "mp4", lambda path, frames, fps: imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
-    except ImportError:
-        return "gif", lambda path, frames, fps: imageio.mimwrite(path, frames, duration=1000 / fps, loop=0)
-
-
-def save_video(frames: list[np.ndarray], path_stem: Path, fps: int = 30) -> Path:
-    """Write ``frames`` next to ``path_stem`` (extension by available backend), atomically."""
-    ext, write = _video_writer()
-    path = path_stem.with_suffix(f".{ext}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.{ext}")
-    write(tmp, frames, fps)
-    written = tmp if tmp.exists() else tmp.with_suffix(tmp.suffix + ".npz")
-    written.replace(path)
-    return path
-
-
 def evaluate(
     policy: Callable[[np.ndarray, bool, int], np.ndarray],
     env,
@@ -99,7 +74,9 @@ def evaluate(
     seed: int,
     video_stem: Path | None = None,
 ) -> dict[str, Any]:
-    """Run ``episodes`` episodes with ``policy(obs, t0, t)``; episode i uses env seed ``seed + i``."""
+    """Run ``episodes`` (>= 1) episodes with ``policy(obs, t0, t)``; episode i uses env seed ``seed + i``."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
     returns = []
     video = None
     for i in range(episodes):
@@ -117,8 +94,8 @@ def evaluate(
         if frames is not None:
             video = save_video(frames, video_stem)
     out = {
-        "episode_return": float(np.mean(returns)) if returns else float("nan"),
-        "return_std": float(np.std(returns)) if returns else float("nan"),
+        "episode_return": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
         "returns": [float(r) for r in returns],
     }
     if video is not None:
@@ -143,8 +120,7 @@ class Trainer:
     def __init__(self, cfg: RLConfig, run_dir: Path, checkpoint: dict[str, Any] | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        if cfg.num_threads is not None:
-            torch.set_num_threads(cfg.num_threads)
+        set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
         self.env = make_env(cfg, seed=cfg.seed)
         self.eval_env = make_env(cfg, seed=cfg.seed + 1)
@@ -170,24 +146,37 @@ class Trainer:
     @classmethod
     def new(cls, cfg: RLConfig, run_dir: Path | None = None) -> "Trainer":
         """A fresh run in ``run_dir`` (default: ``run_root/task/agent/seed<s>/<time>``)."""
-        agent_class(cfg.agent)  # fail before creating a run directory
+        # Fail on bad input before creating a run directory; anything raised while building the
+        # envs, agent and buffer removes the directory again (no half-made runs).
+        agent_class(cfg.agent)
         if dmc.canonical(cfg.task) is None:
             dmc.make(cfg.task)  # raises UnknownTaskError listing the tasks
-        run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg.run_root, dmc.canonical(cfg.task), cfg.agent, cfg.seed)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.json")
-        return cls(cfg, run_dir)
+        resolve_device(cfg.device)
+        if cfg.obs_type == "pixels" or cfg.video:
+            from difftori.utils.gl import check_rendering
+
+            check_rendering()
+        with new_run_dir(cfg.run_root, dmc.canonical(cfg.task), cfg.agent, cfg.seed, run_dir) as path:
+            save_config(cfg, path / "config.json")
+            return cls(cfg, path)
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, steps: int | None = None) -> "Trainer":
-        """Resume the run in ``run_dir`` from its last checkpoint (optionally with a new ``steps`` budget)."""
-        run_dir = Path(run_dir)
-        if not (run_dir / "config.json").exists():
-            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-        cfg = load_config(RLConfig, run_dir / "config.json")
-        if steps is not None and steps != cfg.steps:
+    def from_run_dir(cls, run_dir: str | Path, steps: int | None = None, cfg: RLConfig | None = None) -> "Trainer":
+        """Resume the run in ``run_dir`` (or the newest run below it) from its last checkpoint.
+
+        ``steps`` extends the budget; ``cfg`` (from :func:`~difftori.utils.config.resume_config`)
+        may also change runtime fields. ``config.json`` is only ever rewritten with a larger ``steps``.
+        """
+        run_dir = find_run(run_dir, need_checkpoint=False)
+        saved = load_config(RLConfig, run_dir / "config.json")
+        cfg = cfg if cfg is not None else saved
+        if steps is not None:
             cfg = RLConfig(**{**cfg.__dict__, "steps": steps})
-            save_config(cfg, run_dir / "config.json")
+        if cfg.steps < saved.steps:
+            raise ConfigError(f"steps {cfg.steps} is below the run's budget of {saved.steps}; a resumed run can only be extended")
+        resolve_device(cfg.device)
+        if cfg.steps != saved.steps:
+            save_config(RLConfig(**{**saved.__dict__, "steps": cfg.steps}), run_dir / "config.json")
         ckpt_path = run_dir / CHECKPOINT_NAME
         ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
         if ckpt is None:
@@ -283,10 +272,10 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Train until ``steps`` env steps (the last episode is completed); returns the final evaluation."""
         cfg = self.cfg
-        from tqdm.auto import tqdm
+        from difftori.utils.progress import progress
 
-        bar = tqdm(total=cfg.steps, initial=min(self.env_step, cfg.steps), unit="step", disable=not cfg.progress,
-                   desc=f"{cfg.agent} {self.spec.task}", dynamic_ncols=True)
+        bar = progress(cfg.steps, initial=min(self.env_step, cfg.steps), unit="step", enabled=cfg.progress,
+                       desc=f"{cfg.agent} {self.spec.task}")
         last_return = float("nan")
         start = time.perf_counter() - self.elapsed
         try:
@@ -345,10 +334,9 @@ class Trainer:
         out = {"task": self.spec.task, "agent": self.cfg.agent, "seed": self.cfg.seed, "step": self.env_step,
                "episodes": self.episode, "updates": self.updates, "train_time_s": self.elapsed, **res}
         atomic_write_json(final_path, out)
-        if self.cfg.eval_episodes > 0:
-            from difftori.utils.plotting import plot_runs
+        from difftori.utils.plotting import plot_learning_curve
 
-            plot_runs([self.run_dir], self.run_dir / "plot.png")
+        plot_learning_curve(self.run_dir, self.run_dir / "plot.png")
         return out
 
 
@@ -366,9 +354,7 @@ def resume(run_dir: str | Path, steps: int | None = None) -> tuple[Path, dict[st
 
 def load_agent(path: str | Path, device: str | None = None):
     """``(cfg, agent, env, agent_step)`` from a checkpoint file or a run directory (its last checkpoint)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
+    path, _ = locate_checkpoint(path)
     ckpt = load_checkpoint(path)
     if "config" not in ckpt or "agent" not in ckpt:
         raise ConfigError(f"{path} is not an RL checkpoint (no config/agent)")

@@ -27,6 +27,9 @@ __all__ = [
     "from_dict",
     "save_config",
     "load_config",
+    "resume_config",
+    "parse_bool",
+    "RUNTIME_FIELDS",
     "ConfigError",
 ]
 
@@ -79,6 +82,9 @@ def _parse_bool(text: str) -> bool:
     if low in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+parse_bool = _parse_bool
 
 
 def _scalar_parser(tp: Any, optional: bool):
@@ -171,18 +177,56 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
+def _plain(v: Any) -> Any:
+    if dataclasses.is_dataclass(v):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain JSON-able dict of a (nested) dataclass."""
-    def conv(v):
-        if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, tuple):
-            return [conv(x) for x in v]
-        if isinstance(v, Path):
-            return str(v)
-        return v
+    return _plain(cfg)
 
-    return conv(cfg)
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+RUNTIME_FIELDS = ("progress", "num_threads", "device")
+"""Fields that change how a run executes, not what it computes: a resumed run may change them."""
+
+
+def resume_config(cls: type, saved: Any, ns: argparse.Namespace, runtime: tuple[str, ...] = RUNTIME_FIELDS):
+    """The config of a resumed run: ``saved`` plus the options given in ``ns``, which may only
+    extend ``steps`` or set :data:`RUNTIME_FIELDS`.
+
+    Raises :class:`ConfigError` (before anything is written) naming every option that would
+    contradict the checkpoint, or a ``--steps`` below the run's budget.
+    """
+    given = _flatten(_plain(_collect(vars(ns), cls, "")))
+    before = _flatten(to_dict(saved))
+    changed = {k: (before.get(k), v) for k, v in given.items() if k not in runtime and k != "steps" and before.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+        raise ConfigError(
+            f"--resume continues a run with its saved config; cannot change {sorted(changed)} ({detail}); "
+            "only --steps (to extend the budget) and " + ", ".join(f"--{r.replace('_', '-')}" for r in runtime) + " may be given"
+        )
+    if "steps" in given and given["steps"] < before["steps"]:
+        raise ConfigError(f"--steps {given['steps']} is below the run's budget of {before['steps']}; a resumed run can only be extended")
+    return dataclass_from_args(cls, ns, base=saved)
 
 
 def from_dict(cls: type, data: dict[str, Any]):

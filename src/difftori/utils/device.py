@@ -11,7 +11,22 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         return spec
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {spec!r} requested but CUDA is not available; use --device auto or cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {spec!r} requested but CUDA is not available; use --device auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return dev
+
+
+def set_num_threads(n: int | None) -> None:
+    """``torch.set_num_threads(n)`` unless ``n`` is None (torch's default); ``n`` must be >= 1."""
+    if n is None:
+        return
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    torch.set_num_threads(int(n))

@@ -10,7 +10,7 @@ import numpy as np
 
 from difftori.utils.runs import read_csv
 
-__all__ = ["find_runs", "plot_runs"]
+__all__ = ["find_runs", "plot_runs", "plot_learning_curve"]
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -74,6 +74,53 @@ def plot_runs(paths: list[str | Path], out: str | Path, metric: str | None = Non
         ax.set_ylabel(chosen)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def plot_learning_curve(
+    run_dir: str | Path, out: str | Path, baseline: tuple[str, float, float] | None = None
+) -> Path | None:
+    """One RL run's return vs env step: every training episode, the evaluations (mean +- std), and an
+    optional ``baseline = (label, mean, std)`` (e.g. the random policy) as a horizontal band.
+
+    Returns None when the run has logged nothing yet.
+    """
+    run_dir = Path(run_dir)
+    train, evals = read_csv(run_dir / "train.csv"), read_csv(run_dir / "eval.csv")
+    train = [r for r in train if r.get("episode_return") not in (None, "")]
+    evals = [r for r in evals if r.get("episode_return") not in (None, "")]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    if train:
+        ax.plot([float(r["step"]) for r in train], [float(r["episode_return"]) for r in train], ".-", color="tab:blue",
+                alpha=0.45, lw=0.8, ms=4, label=f"training episodes ({len(train)})")
+    if evals:
+        steps = np.array([float(r["step"]) for r in evals])
+        mean = np.array([float(r["episode_return"]) for r in evals])
+        std = np.array([float(r.get("return_std") or 0.0) for r in evals])
+        ax.errorbar(steps, mean, yerr=std, fmt="o-", color="tab:orange", capsize=3, label="evaluation (mean +- std)")
+    if baseline is not None:
+        label, mean_b, std_b = baseline
+        ax.axhline(mean_b, color="gray", ls="--", label=f"{label} ({mean_b:.0f})")
+        if std_b:
+            ax.axhspan(mean_b - std_b, mean_b + std_b, color="gray", alpha=0.15)
+    task, method = _run_label(run_dir)
+    ax.set(title=f"{task}: {method}", xlabel="env step", ylabel="episode return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

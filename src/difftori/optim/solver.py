@@ -636,7 +636,7 @@ class TrajOptimizer:
                 S.done = S.done | small
             if self.nonmonotone > 0:
                 S.hist = torch.where(acc[:, None], torch.cat([S.hist[:, 1:], c_best[:, None]], 1), S.hist)
-            self._record(S, acc, c_best, S.U, moving)
+            self._record(S, acc, c_best if level == "cost" else S.c, S.U, moving)  # S.c: the plain cost at S.U
 
     _LADDER_BASE = 4.0
 

@@ -269,7 +269,11 @@ class TrajOptimizer:
         if self.bounds is not None:
             lo, hi = (b.to(device=dev, dtype=dt) if isinstance(b, torch.Tensor) else float(b) for b in self.bounds)
             for b in (lo, hi):
-                if isinstance(b, torch.Tensor) and torch.broadcast_shapes(b.shape, (H, A)) != (H, A):
+                try:
+                    fits = not isinstance(b, torch.Tensor) or torch.broadcast_shapes(b.shape, (H, A)) == (H, A)
+                except RuntimeError:
+                    fits = False
+                if not fits:
                     raise ValueError(f"bounds must broadcast to (H, A) = {(H, A)}, got shape {tuple(b.shape)}")
         bounded = lo is not None
         project = bounded and bm == "project"

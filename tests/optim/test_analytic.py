@@ -115,7 +115,7 @@ def _kkt_box_problem():
 ])
 def test_active_bounds_hold_and_get_zero_gradient(method, kw, backward):
     Q, x_star, active, theta, cost = _kkt_box_problem()
-    opt = TrajOptimizer(method=method, backward=backward, tol=1e-10, implicit_damping=0.0, **kw)
+    opt = TrajOptimizer(method=method, backward=backward, tol=1e-10, bounds=(-1.0, 1.0), **kw)
     U, info = opt.solve(cost, torch.zeros(B, H, A, dtype=DT))
     x = U.flatten(1)
     assert torch.allclose(x, x_star, atol=1e-7)
@@ -153,7 +153,7 @@ def test_clamp_in_cost_returns_clamped_actions_with_zero_gradient_outside():
         target = torch.stack([theta.expand(1), torch.full((1,), 0.2, dtype=DT)], -1).reshape(1, 1, 2)
         return 0.5 * ((U - target) ** 2).sum((1, 2))
 
-    U, info = TrajOptimizer(method="lm_scalar", step_size=1e-3, max_iters=200, backward="unroll").solve(
+    U, info = TrajOptimizer(method="lm_scalar", step_size=1e-3, max_iters=200, backward="unroll", bounds=(-1.0, 1.0)).solve(
         cost, torch.zeros(1, 1, 2, dtype=DT))
     assert U[0, 0, 0].item() == 1.0  # the internal iterate left the box; the output is clamped
     assert info.best_U.abs().max() <= 1.0 and info.best_cost.item() < cost(torch.zeros(1, 1, 2, dtype=DT)).item()

@@ -16,33 +16,40 @@ Methods
                       factorised with ``cholesky_ex`` and their trial points evaluated in ONE batched
                       (vmapped) cost-only call; the sample takes its lowest-cost candidate if it lowers
                       the cost (accept: lam <- chosen damping, i.e. down) or stays (reject: lam x256).
-                      If no candidate lowers the cost (a kink, e.g. the twin-Q min), the lowest-cost finite
-                      candidate is still taken, at most ``nonmonotone`` times in a row (0 = monotone).
+                      Monotone by default; ``nonmonotone=M > 0`` also accepts a candidate below the max of
+                      the last M+1 accepted costs (see that field: it cannot cycle) and returns the best point.
     ``gauss_newton``  residual problems ``residual_fn(U) -> (B, R)``, cost 0.5||r||^2, J^T J + damping,
                       fixed damping, every finite step accepted.
     ``lm``            as gauss_newton with newton's damping ladder and accept/reject (J^T J is PSD: no shift).
 
-Safeguards (never raises on a bad system, never returns NaN where the input was finite)
-    Negative curvature -> the damping is shifted to make the system PD (status FALLBACK). A system
-    that still fails to factorise (Cholesky ``info > 0``) -> that sample takes a scaled-gradient step
-    ``-g / (damping + ||H||_F)`` (and for gauss_newton its damping grows 10x). A trial point with non-finite cost or
-    derivatives is rejected (first-order methods also halve that sample's step size). A sample whose
-    cost/gradient is non-finite at the start is not optimised: it returns U0 (clamped to the box)
-    with status NON_FINITE. ``SolverInfo.status`` records which safeguard fired.
+Safeguards (never raises on a bad system, never returns NaN)
+    Negative curvature -> the damping is shifted to make the system PD (counted in
+    ``info.neg_curvature``). A system that still fails to factorise (Cholesky ``info > 0``) -> that sample
+    takes a scaled-gradient step ``-g / (damping + ||H||_F)`` (and for gauss_newton its damping grows 10x).
+    A trial point that is non-finite, or has a non-finite cost or derivatives, is rejected (first-order
+    methods also halve that sample's step size). Both count in ``info.fallback_steps``. ``U0`` entries at
+    +-inf are moved onto the bound when bounded; a sample whose start point (or cost/gradient there) is
+    still non-finite is not optimised: it returns U0 clamped to the box, non-finite entries replaced by
+    the box midpoint (0 unbounded), with status NON_FINITE.
+    ``info.status`` says how each sample's solve ended (:class:`Status`): OK = the convergence test
+    passed at the returned point; else STALLED, MAX_ITERS or NON_FINITE.
 
 Backward modes (``backward=``, constructor default, overridable per ``solve`` call)
     ``unroll``     graph through every iteration (exact derivative of the computed iterate).
     ``truncated``  first K-k iterations without graph, the last ``backward_iters`` = k with graph.
                    Samples are not frozen in the differentiable tail (a converged Newton sample keeps
-                   taking its tiny step), so the tail carries -H^-1 d(grad)/dtheta.
+                   taking its tiny step), so the tail carries -H^-1 d(grad)/dtheta. Refused for adam:
+                   its step m/sqrt(v) is scale-free, so near a fixed point its derivative grows like 1/|g|.
     ``implicit``   solve without graph, then ONE differentiable Newton step at the detached solution
-                   U* with the detached, damped exact Hessian (``implicit_damping``, default
-                   ``damping``): U_out = U* + (d - d.detach()), d = -(H + damping I)^-1 g(U*, theta).
-                   The value is exactly U*; the gradient is the implicit-function-theorem one.
-                   No gradient flows to U0.
+                   U* with the detached exact Hessian: U_out = U* + (d - d.detach()),
+                   d = -(H_free + lam I)^-1 g(U*, theta). The value is exactly U*; the gradient is the
+                   implicit-function-theorem one. lam = 0 (unbiased) where the reduced Hessian is
+                   positive definite; where it is indefinite or near-singular, lam shifts its smallest
+                   eigenvalue up to ``damping`` (per sample, in ``info.backward_damping``).
+                   ``implicit_damping`` = a fixed lam instead. No gradient flows to U0.
     ``none``       no graph at all (acting).
 
-Bounds (``bounds=(lo, hi)``; floats or tensors broadcastable to (H, A); ``None`` = unbounded)
+Bounds (``bounds=(lo, hi)``; floats or tensors broadcastable to (H, A), lo < hi; default ``None`` = unbounded)
     ``bound_mode="project"`` (default for every method except lm_scalar): iterates are clamped into
     the box after every step (projected gradient / projected Newton). Active set: a coordinate at a
     bound whose gradient points outward (at lo with g >= 0, at hi with g <= 0) is held fixed; Newton
@@ -58,7 +65,8 @@ Bounds (``bounds=(lo, hi)``; floats or tensors broadcastable to (H, A); ``None``
 
 Convergence: a sample is converged when its (projected) gradient norm <= ``tol`` (or, if
 ``step_tol > 0``, an accepted step has norm <= ``step_tol``); converged samples stop changing (masked)
-while the batch continues; with ``early_stop`` the loop ends when every sample is done (checked
+while the batch continues (OK is re-checked at the returned point where it may have moved since: truncated
+tail, clamp_in_cost iterates outside the box, best point returned); with ``early_stop`` the loop ends when every sample is done (checked
 every ``check_every`` iterations: the check is a host sync). Each iteration costs exactly one
 cost+gradient evaluation for gd/adam/lm_scalar (one cost+gradient+Hessian for newton, one
 residual+Jacobian for gauss_newton/lm) at the trial point; the final trial point is evaluated for
@@ -86,6 +94,9 @@ from .info import SolverInfo, Status
 __all__ = ["TrajOptimizer"]
 
 METHODS = ("gd", "adam", "newton", "gauss_newton", "lm", "lm_scalar")
+#: step_size used when it is None: gd's step and adam's learning rate for actions of order 1, the original
+#: DiffTORI's most common lm_scalar step, and the full (damped) step for the second-order methods.
+DEFAULT_STEP_SIZE = {"gd": 0.1, "adam": 0.05, "lm_scalar": 1e-4, "newton": 1.0, "gauss_newton": 1.0, "lm": 1.0}
 BACKWARDS = ("unroll", "truncated", "implicit", "none")
 _FIRST_ORDER = ("gd", "adam", "lm_scalar")
 _RESIDUAL = ("gauss_newton", "lm")
@@ -121,6 +132,14 @@ def _min_eigenvalue(M: torch.Tensor) -> torch.Tensor:
         return (d - (M.abs().sum(-1) - d.abs())).min(dim=1).values
 
 
+def _check_adam_backward(method: str, backward: str) -> None:
+    if method == "adam" and backward == "truncated":
+        raise ValueError(
+            "TrajOptimizer: method='adam' with backward='truncated' is refused: Adam's step m/sqrt(v) is "
+            "scale-free, so at (or near) a fixed point its derivative grows like 1/|grad| and the truncated "
+            "gradient is huge and meaningless. Use backward='implicit' (IFT at the solution), or method='gd'.")
+
+
 def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
 
@@ -136,16 +155,17 @@ class TrajOptimizer:
     """Solver: gd | adam | newton | gauss_newton | lm | lm_scalar (original DiffTORI closed-form LM)."""
     max_iters: int = 50
     """Maximum iterations K (each: one trial-point evaluation)."""
-    step_size: float = 1.0
-    """Step size (gd/adam learning rate, lm_scalar step, newton/lm step multiplier)."""
+    step_size: float | None = None
+    """Step size (gd step, adam learning rate, lm_scalar step, newton/lm step multiplier); None = the
+    method's own default (``DEFAULT_STEP_SIZE``: gd 0.1, adam 0.05, lm_scalar 1e-4, second order 1.0)."""
     damping: float = 1e-3
     """Damping: lm_scalar's constant; initial adaptive damping for newton/lm; fixed for gauss_newton."""
     backward: Literal["unroll", "truncated", "implicit", "none"] = "implicit"
     """How U_star is differentiated: unroll | truncated | implicit | none (no graph, for acting)."""
     backward_iters: int = 5
     """Differentiable tail length k for backward=truncated."""
-    bounds: tuple[float, float] | None = (-1.0, 1.0)
-    """Box (lo, hi) for every action coordinate; None for unbounded."""
+    bounds: tuple[float, float] | None = None
+    """Box (lo, hi) for every action coordinate (floats or tensors broadcastable to (H, A)); None = unbounded."""
     tol: float = 1e-6
     """Per-sample tolerance on the (projected) gradient norm; 0 disables."""
     early_stop: bool = True
@@ -161,15 +181,23 @@ class TrajOptimizer:
     damping_max: float = 1e9
     """Upper clamp of the adaptive damping (reaching it while rejecting = STALLED)."""
     implicit_damping: float | None = None
-    """Damping of the Hessian in the implicit backward step (None: use `damping`)."""
+    """Fixed damping of the Hessian in the implicit backward step; None = 0 where the reduced Hessian is
+    positive definite (unbiased IFT gradient), shifted up to ``damping`` only where it is not."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam moment decay rates."""
     adam_eps: float = 1e-8
     """Adam denominator epsilon."""
-    nonmonotone: int = 4
-    """newton: when no ladder candidate lowers the cost, still take the lowest-cost finite candidate, at most
-    this many times in a row (0 = monotone). Escapes kinks such as a twin-Q min where every second-order
-    model predicts a decrease that does not exist; the returned best_U is the best point seen."""
+    nonmonotone: int = 0
+    """newton, M > 0: when no ladder candidate lowers the cost, still take the lowest-cost finite one if its
+    cost is strictly below the reference R_k = max of the last M+1 accepted costs, at most M times in a row;
+    candidates at or above R_k are rejected (damping x256). The best point seen is returned (and the
+    implicit gradient taken there). Crosses kinks (e.g. a twin-Q min) where every second-order model
+    predicts a decrease that does not exist. 0 = monotone (default).
+    Why it cannot cycle (Grippo-Lampariello-Lucidi): every accepted cost c_{k+1} < R_k, so
+    R_{k+1} = max(c_{k+1}, c_k, ..., c_{k+1-M}) <= R_k; and the M+1 costs accepted after step k are
+    all < R_k, so R_{k+M+1} < R_k. The reference, a max of visited costs, strictly decreases every
+    M+1 accepted steps: no cost (hence no point) is revisited infinitely often, every iterate
+    costs <= c_0, and a step to a cost above R_k (the climb of a cycle) is refused."""
     n_ladder: int = 6
     """newton/lm: dampings tried per iteration (lam * 4^-2 ... lam * 4^(n_ladder-3)), evaluated in one batched call."""
     plateau_window: int = 0
@@ -192,7 +220,10 @@ class TrajOptimizer:
         need(self.backward in BACKWARDS, f"backward must be one of {BACKWARDS}, got {self.backward!r}")
         need(isinstance(self.max_iters, int) and self.max_iters >= 0, f"max_iters must be an int >= 0, got {self.max_iters!r}")
         need(self.backward_iters >= 1, f"backward_iters must be >= 1, got {self.backward_iters}")
+        if self.step_size is None:
+            self.step_size = DEFAULT_STEP_SIZE[self.method]
         need(self.step_size > 0, f"step_size must be > 0, got {self.step_size}")
+        _check_adam_backward(self.method, self.backward)
         need(self.damping >= 0, f"damping must be >= 0, got {self.damping}")
         need(self.tol >= 0 and self.step_tol >= 0, "tol and step_tol must be >= 0")
         need(0 < self.damping_min <= self.damping_max, "need 0 < damping_min <= damping_max")
@@ -209,8 +240,8 @@ class TrajOptimizer:
         if self.bounds is not None:
             need(len(self.bounds) == 2, f"bounds must be (lo, hi), got {self.bounds!r}")
             lo, hi = self.bounds
-            if not (isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor)):
-                need(lo < hi, f"bounds must satisfy lo < hi, got {self.bounds!r}")
+            need(bool(torch.all(torch.as_tensor(lo) < torch.as_tensor(hi))),
+                 f"bounds must satisfy lo < hi (everywhere, no NaN), got {self.bounds!r}")
 
     # ------------------------------------------------------------------ public API
     def solve(self, cost_fn: CostFn | None, U0: torch.Tensor, residual_fn: CostFn | None = None, *,
@@ -223,6 +254,7 @@ class TrajOptimizer:
         mode = self.backward if backward is None else backward
         if mode not in BACKWARDS:
             raise ValueError(f"backward must be one of {BACKWARDS}, got {mode!r}")
+        _check_adam_backward(self.method, mode)
         if not isinstance(U0, torch.Tensor) or U0.ndim != 3 or not U0.is_floating_point():
             desc = f"{tuple(U0.shape)} {U0.dtype}" if isinstance(U0, torch.Tensor) else type(U0).__name__
             raise ValueError(f"U0 must be a floating-point tensor of shape (B, H, A), got {desc}")
@@ -244,6 +276,13 @@ class TrajOptimizer:
         lo = hi = None
         if self.bounds is not None:
             lo, hi = (b.to(device=dev, dtype=dt) if isinstance(b, torch.Tensor) else float(b) for b in self.bounds)
+            for b in (lo, hi):
+                try:
+                    fits = not isinstance(b, torch.Tensor) or torch.broadcast_shapes(b.shape, (H, A)) == (H, A)
+                except RuntimeError:
+                    fits = False
+                if not fits:
+                    raise ValueError(f"bounds must broadcast to (H, A) = {(H, A)}, got shape {tuple(b.shape)}")
         bounded = lo is not None
         project = bounded and bm == "project"
         clamp_cost = bounded and bm == "clamp_in_cost"
@@ -254,24 +293,32 @@ class TrajOptimizer:
         graph_from = {"unroll": 0, "truncated": max(K - self.backward_iters, 0)}.get(mode, K + 1)
         level = "grad" if self.method in _FIRST_ORDER else ("jac" if self.method in _RESIDUAL else "hess")
 
-        # ---- start point
+        # ---- start point: +-inf onto the bound when bounded; other non-finite entries -> box midpoint / 0 (NON_FINITE)
         U = U0 if (graph_from == 0 and U0.requires_grad) else U0.detach()
-        if project:
-            U = torch.clamp(U, lo, hi)
-        U0_box = U0.detach().clamp(lo, hi) if bounded else U0.detach()
+        if bounded:
+            U = torch.clamp(U, lo, hi) if project else torch.where(torch.isinf(U), torch.clamp(U, lo, hi), U)
+        with torch.no_grad():
+            bad_start = ~torch.isfinite(U.detach()).flatten(1).all(1)
+        if bool(bad_start.any()):
+            mid = torch.zeros((), dtype=dt, device=dev) if not bounded else torch.as_tensor((lo + hi) / 2, dtype=dt, device=dev)
+            U = torch.where(torch.isfinite(U), U, mid)
+        U0_box = U.detach().clamp(lo, hi) if bounded else U.detach()
         S = _State()
         S.U = U
         S.c, S.g, S.M = self._evaluate(ev, U, level, graph_from == 0 and K > 0)
         with torch.no_grad():
-            S.dead = ~_finite(S.c, S.g, S.M)
+            S.dead = ~_finite(S.c, S.g, S.M) | bad_start
         self._sanitise(S)  # keeps the graph
         with torch.no_grad():
             zeros_b = torch.zeros(B, dtype=torch.bool, device=dev)
-            S.conv, S.stalled, S.fallback = zeros_b, zeros_b.clone(), zeros_b.clone()
+            S.conv, S.stalled = zeros_b, zeros_b.clone()
+            S.n_fb = torch.zeros(B, dtype=torch.long, device=dev)  # iterations with a fallback / rejected non-finite step
+            S.n_neg = torch.zeros(B, dtype=torch.long, device=dev)  # iterations that met negative curvature
             S.done = S.dead.clone()
             S.live = ~S.dead
             S.lam = torch.full((B,), self.damping, dtype=dt, device=dev)
             S.nm = torch.zeros(B, dtype=torch.long, device=dev)  # consecutive non-decreasing newton steps
+            S.hist = S.c.detach()[:, None].repeat(1, self.nonmonotone + 1)  # last accepted costs (GLL reference)
             if self.method in ("newton", "lm"):
                 S.lam.clamp_(self.damping_min, self.damping_max)
             S.lr = torch.ones(B, dtype=dt, device=dev)
@@ -279,8 +326,8 @@ class TrajOptimizer:
                 S.m = torch.zeros_like(U.detach())
                 S.v = torch.zeros_like(U.detach())
                 S.t = torch.zeros(B, dtype=dt, device=dev)
-            S.best_c = torch.where(S.dead, torch.full_like(S.c.detach(), float("inf")), S.c.detach())
-            S.best_U = U.detach().clone()
+            S.best_c = S.c.detach().clone()
+            S.best_U = U.clone() if self._keeps_best_graph() else U.detach().clone()
             S.iters = torch.zeros(B, dtype=torch.long, device=dev)
             S.plateau = zeros_b.clone()
             S.ref_c = S.best_c.clone()  # best cost at the previous plateau check
@@ -317,20 +364,21 @@ class TrajOptimizer:
             i += 1
 
         # ---- output
+        box = (lo, hi) if bounded else None
+        self._finish(S, cost_fn, residual_fn, mode, box, clamp_cost)
         with torch.no_grad():
             status = torch.where(S.conv, int(Status.OK), int(Status.MAX_ITERS))
             status = torch.where(S.stalled & ~S.conv, int(Status.STALLED), status)
             status = torch.where(S.plateau & ~S.conv & ~S.stalled, int(Status.PLATEAU), status)
+            status = torch.where(S.dead, int(Status.NON_FINITE), status)
+        S.bdamp = torch.zeros(B, dtype=dt, device=dev)
         if mode == "implicit":
-            U_out = self._implicit(ev, S, (lo, hi) if bounded else None)
+            U_out = self._implicit(ev, S, box)
         elif mode == "none":
             U_out = S.U.detach()
         else:
             U_out = S.U
-        with torch.no_grad():
-            status = torch.where(S.fallback, int(Status.FALLBACK), status)
-            status = torch.where(S.dead, int(Status.NON_FINITE), status)
-        best_U = S.best_U
+        best_U = S.best_U.detach()
         if clamp_cost:
             U_out = torch.clamp(U_out, lo, hi)
             best_U = torch.clamp(best_U, lo, hi)
@@ -339,11 +387,49 @@ class TrajOptimizer:
         best_U = torch.where(dead3, U0_box, best_U)
         info = SolverInfo(
             cost=S.c.detach(), best_cost=S.best_c, best_U=best_U, iterations=S.iters, converged=S.conv.clone(),
-            status=status.long(), grad_norm=S.gnorm, damping=S.lam,
+            status=status.long(), grad_norm=S.gnorm, damping=S.lam, fallback_steps=S.n_fb, neg_curvature=S.n_neg,
+            backward_damping=S.bdamp,
         )
         return U_out, info
 
     # ------------------------------------------------------------------ helpers
+    def _keeps_best_graph(self) -> bool:
+        """newton with nonmonotone > 0 returns its best iterate: keep that iterate's graph (unroll)."""
+        return self.method == "newton" and self.nonmonotone > 0
+
+    def _finish(self, S, cost_fn, residual_fn, mode, box, clamp_cost) -> None:
+        """Put the best point in place where that is the rule (nonmonotone newton) and re-test convergence
+        where the returned point is not the one last tested: truncated tail (samples keep moving), best point,
+        clamp_in_cost iterates outside the box (zero gradient there: test the clamped problem instead; a
+        sample stuck outside at a non-stationary point is STALLED)."""
+        need = torch.zeros_like(S.conv)
+        stuck_check = torch.zeros_like(S.conv)
+        with torch.no_grad():
+            if self._keeps_best_graph() and mode != "truncated":
+                c = S.c.detach()
+                best = S.live & (S.best_c < c - 8.0 * torch.finfo(c.dtype).eps * (c.abs() + S.best_c.abs()))
+                if bool(best.any()):
+                    S.U = torch.where(_bcast(best, S.U), S.best_U, S.U)
+                    S.c = torch.where(best, S.best_c, S.c)
+                    need = need | best
+            if mode == "truncated":
+                need = need | S.live
+            if clamp_cost:
+                Ud = S.U.detach()
+                stuck_check = S.conv & S.live & ((Ud < box[0]) | (Ud > box[1])).flatten(1).any(1)
+                need = need | stuck_check
+        if self.tol > 0 and bool(need.any()):
+            Uc = S.U.detach() if box is None else torch.clamp(S.U.detach(), *box)
+            raw = Evaluator(cost_fn, residual_fn if self.method in _RESIDUAL else None, Uc.shape[0], hessian=self.hessian)
+            _, g = raw.cost_grad(Uc, graph=False)
+            with torch.no_grad():
+                pg = g if box is None else g.masked_fill(_active(Uc, g, *box), 0.0)
+                gn = torch.linalg.vector_norm(pg.flatten(1), dim=1)
+                ok = torch.isfinite(gn) & (gn <= self.tol)
+                S.gnorm = torch.where(need, gn, S.gnorm)
+                S.stalled = S.stalled | (stuck_check & ~ok)
+                S.conv = torch.where(need, ok, S.conv)
+
     @staticmethod
     def _evaluate(ev: Evaluator, U: torch.Tensor, level: str, graph: bool):
         if level == "cost":
@@ -381,7 +467,9 @@ class TrajOptimizer:
     def _record(self, S, acc, c_t, U_try, moving):
         better = acc & (c_t.detach() < S.best_c)
         S.best_c = torch.where(better, c_t.detach(), S.best_c)
-        S.best_U = torch.where(_bcast(better, S.best_U), U_try.detach(), S.best_U)
+        keep = self._keeps_best_graph() and U_try.requires_grad  # unroll: the returned best point keeps its graph
+        with torch.enable_grad() if keep else nullcontext():
+            S.best_U = torch.where(_bcast(better, S.best_U), U_try if keep else U_try.detach(), S.best_U)
         S.iters = S.iters + moving
 
     # ------------------------------------------------------------------ first order
@@ -417,8 +505,8 @@ class TrajOptimizer:
 
         c_t, g_t, _ = self._evaluate(ev, U_try, level, trial_graph)
         with torch.no_grad():
-            # one fused finiteness test: NaN/inf anywhere in g_t makes the sum non-finite
-            ok = torch.isfinite(c_t if g_t is None else c_t + g_t.sum((1, 2)))
+            # one fused finiteness test: NaN/inf anywhere in U_try or g_t makes the sum non-finite
+            ok = torch.isfinite((c_t if g_t is None else c_t + g_t.sum((1, 2))) + U_try.detach().sum((1, 2)))
             acc = moving & ok
             rej = moving ^ acc
             any_rej = True if U.device.type != "cpu" else bool(rej.any())  # the check is free on CPU
@@ -441,7 +529,7 @@ class TrajOptimizer:
                 S.done = S.done | small
             if any_rej:
                 S.lr = torch.where(rej, 0.5 * S.lr, S.lr)
-                S.fallback = S.fallback | rej
+                S.n_fb = S.n_fb + rej
             self._record(S, acc, c_t, U_try, moving)
 
     # ------------------------------------------------------------------ second order
@@ -478,7 +566,7 @@ class TrajOptimizer:
                 ev_min = _min_eigenvalue(Mr)
                 neg = ev_min <= 0
                 shift = torch.where(neg, -ev_min + 1e-6 * torch.linalg.matrix_norm(Mr) + self.damping_min, shift)
-                S.fallback = S.fallback | (moving & neg)
+                S.n_neg = S.n_neg + (moving & neg)
             ladder = self._ladder(dt, dev) if adaptive else torch.ones(1, dtype=dt, device=dev)
             lams = shift[None] + S.lam[None] * ladder[:, None]  # (m, B)
             m = lams.shape[0]
@@ -492,10 +580,12 @@ class TrajOptimizer:
             if project:
                 Uc = torch.clamp(Uc.reshape(m, B, H, A), *box).reshape(m, B, n)
             Uc = torch.where(moving[None, :, None], Uc, Ud.reshape(1, B, n))
-            cm = ev.cost_many(Uc.reshape(m, B, H, A)) if m > 1 else ev.cost(Uc.reshape(B, H, A))[None]
+            cm = torch.where(torch.isfinite(Uc).all(-1), 0.0, float("inf")).to(dt)  # a non-finite trial point is rejected
+            cm = cm + (ev.cost_many(Uc.reshape(m, B, H, A)) if m > 1 else ev.cost(Uc.reshape(B, H, A))[None])
             cm = torch.where(torch.isfinite(cm), cm, torch.full_like(cm, float("inf")))
             c_best, j = cm.min(dim=0)
-            dd = Uc[j, torch.arange(B, device=dev)] - Ud.reshape(B, n)
+            U_cand = Uc[j, torch.arange(B, device=dev)]  # exactly the point whose cost was evaluated
+            dd = U_cand - Ud.reshape(B, n)
             ok_j = okm.gather(0, j[None])[0]
             lam_j = lams.gather(0, j[None])[0]
             fin = torch.isfinite(c_best)
@@ -506,16 +596,17 @@ class TrajOptimizer:
                 flat = (c_best <= c.detach() + noise) & (pred.abs() <= noise)  # round-off regime
                 good = fin & (decrease | flat | frozen_tail)
                 if self.method == "newton" and self.nonmonotone > 0:
-                    # at a kink (e.g. a twin-Q min) no candidate decreases the cost; step across it anyway,
-                    # at most `nonmonotone` times in a row (best_U keeps the best point seen)
-                    up = fin & ~good & (S.nm < self.nonmonotone)
+                    # at a kink (e.g. a twin-Q min) no candidate decreases the cost; step across it anyway if it
+                    # stays strictly below the GLL reference, at most `nonmonotone` times in a row (field docstring)
+                    ref = S.hist.max(1).values - noise - 1e-4 * pred.clamp_min(0.0)  # sufficient decrease vs R_k
+                    up = fin & ~good & (c_best < ref) & (S.nm < self.nonmonotone)
                     S.nm = torch.where(moving & up, S.nm + 1, torch.where(moving & decrease, 0, S.nm))
                     good = good | up
             else:
                 good = fin
             acc = moving & good
             rej = moving & ~good
-            S.fallback = S.fallback | (moving & (~ok_j | ~fin))
+            S.n_fb = S.n_fb + (moving & (~ok_j | ~fin))
         if graph_on:  # differentiable step for the chosen damping (the choice itself is piecewise constant)
             Mg = M * (fr[:, :, None] * fr[:, None, :]) + torch.diag_embed(1.0 - fr)
             Lg, _ = torch.linalg.cholesky_ex(torch.where(ok_j[:, None, None], Mg + lam_j[:, None, None] * eye, eye))
@@ -526,8 +617,9 @@ class TrajOptimizer:
             if project:
                 U_new = torch.clamp(U_new.reshape(B, H, A), *box)
             U_new = U_new.reshape(B, H, A)
+            U_new = U_new + (U_cand.reshape(B, H, A) - U_new).detach()  # value: the evaluated candidate, exactly
         else:
-            U_new = (Ud.reshape(B, n) + dd).reshape(B, H, A)
+            U_new = U_cand.reshape(B, H, A)
         S.U = torch.where(acc[:, None, None], U_new, U)
 
         if level == "cost":  # last iteration: the candidate cost is all we need
@@ -538,7 +630,7 @@ class TrajOptimizer:
                 bad = acc & ~_finite(c_n, g_n, M_n)  # finite cost but non-finite derivatives: undo
             if bool(bad.any()):
                 acc, rej = acc & ~bad, rej | bad
-                S.fallback = S.fallback | bad
+                S.n_fb = S.n_fb + bad
                 S.U = torch.where(acc[:, None, None], S.U, U)
                 c_n, g_n, M_n = self._evaluate(ev, torch.where(bad[:, None, None], U.detach(), S.U), level, trial_graph)
             S.c = torch.where(acc, c_n, c)
@@ -564,7 +656,9 @@ class TrajOptimizer:
                 small = acc & (torch.linalg.vector_norm(dd, dim=1) <= self.step_tol)
                 S.conv = S.conv | small
                 S.done = S.done | small
-            self._record(S, acc, c_best, S.U, moving)
+            if self.nonmonotone > 0:
+                S.hist = torch.where(acc[:, None], torch.cat([S.hist[:, 1:], c_best[:, None]], 1), S.hist)
+            self._record(S, acc, c_best if level == "cost" else S.c, S.U, moving)  # S.c: the plain cost at S.U
 
     _LADDER_BASE = 4.0
 
@@ -589,21 +683,25 @@ class TrajOptimizer:
             else:
                 fr = torch.ones(B, n, dtype=Ud.dtype, device=Ud.device)
             Mr = Mh * (fr[:, :, None] * fr[:, None, :]) + torch.diag_embed(1.0 - fr)
-            base = self.damping if self.implicit_damping is None else self.implicit_damping
-            lam = torch.full((B,), base, dtype=Ud.dtype, device=Ud.device)
+            if self.implicit_damping is None:
+                # unbiased (lam = 0) where the reduced Hessian is PD; else shift its smallest eigenvalue to `damping`
+                ev_min = _min_eigenvalue(Mr)
+                tiny = torch.finfo(Ud.dtype).eps ** 0.5 * torch.linalg.matrix_norm(Mr)
+                lam = torch.where(ev_min > tiny, 0.0, tiny.clamp_min(self.damping) - ev_min)
+                lam = torch.where(fin, lam, 0.0)
+            else:
+                lam = torch.full((B,), float(self.implicit_damping), dtype=Ud.dtype, device=Ud.device)
             L, info = torch.linalg.cholesky_ex(Mr + lam[:, None, None] * eye)
-            raised = torch.zeros(B, dtype=torch.bool, device=Ud.device)
             for _ in range(12):  # one-off per solve: a few host syncs are fine here
                 bad = info != 0
                 if not bool(bad.any()):
                     break
-                raised |= bad
                 lam = torch.where(bad, torch.maximum(100.0 * lam, torch.full_like(lam, 1e-6)), lam)
                 L, info = torch.linalg.cholesky_ex(Mr + lam[:, None, None] * eye)
             ok = info == 0
             L = torch.where(ok[:, None, None], L, eye)
             scale = lam + torch.linalg.matrix_norm(Mr)
-            S.fallback = S.fallback | (raised & fin)
+            S.bdamp = torch.where(fin, lam, 0.0)
         _, g = ev.cost_grad(Ud, graph=True)
         pg = g.reshape(B, n) * fr
         d = torch.where(ok[:, None], -torch.cholesky_solve(pg.unsqueeze(-1), L).squeeze(-1), -pg / scale[:, None])

@@ -332,6 +332,8 @@ class DiffTORI(TDMPC):
             f"{prefix}_best_cost": info.best_cost.float().mean().detach(),
         }
         out.update({f"{prefix}_{s.name.lower()}": counts[s.value] for s in Status})
+        if info.fallback_steps is not None:  # FALLBACK is an event counter now: fraction of samples that met one
+            out[f"{prefix}_fallback"] = (info.fallback_steps > 0).float().mean().detach()
         return out
 
     def _flush(self) -> dict[str, torch.Tensor]:

@@ -13,9 +13,10 @@ task, variant, seed, env step, return), ``rl_compare.png`` (curves, mean and spr
 ``rl_compare.md`` (final returns beside METHOD.md's reference TD-MPC numbers and a random policy,
 wall-clock ms per env step, crash / NaN flags) and ``rl_compare.json`` (the same + config).
 
-Presets: ``paper`` = the published sizes and schedules (GPU scale); ``cpu`` = small networks
-(MLP 64, latent 32, batch 64, 64 planner samples) with the seed phase, DiffTORI start and the
-schedules scaled to the budget (``--seed-frac`` etc.), so a run of a few 10k env steps fits a CPU.
+Presets (the CLI's, ``difftori.rl.config.preset_values``): ``paper`` = the published sizes and
+schedules (GPU scale); ``small`` (alias ``cpu``) = small networks (MLP 64, latent 32, batch 64, 64
+planner samples) with the seed phase, DiffTORI start and the schedules scaled to the budget
+(``--seed-frac`` etc.), so a run of a few 10k env steps fits a CPU.
 
     python benchmarks/rl_compare.py --tasks cartpole-swingup reacher-easy --seeds 1 2 --steps 20000 --jobs 2
 """
@@ -39,6 +40,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from difftori.envs import dmc
+from difftori.rl.config import SMALL_FRACTIONS, preset_values
 from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args, to_dict
 from difftori.utils.io import atomic_write_json, atomic_write_text
 from difftori.utils.runs import read_csv
@@ -66,11 +68,6 @@ REFERENCE_TDMPC: dict[str, tuple[int, int]] = {
 }
 """METHOD.md: TD-MPC returns from state (3 seeds) at 500k / 1M env steps."""
 
-CPU_PRESET: dict[str, Any] = dict(
-    mlp_dim=64, enc_dim=64, latent_dim=32, batch_size=64, num_samples=64, num_elites=8, iterations=3,
-)
-"""Network / planner sizes of the ``cpu`` preset (as the RL demo preset)."""
-
 
 @dataclass
 class CompareConfig:
@@ -85,13 +82,13 @@ class CompareConfig:
     (MPPI acts, the solver only trains the model through PG), difftori-nopg (solver acts, no PG: a diagnostic)."""
     steps: int = 20_000
     """ENV steps per run."""
-    preset: Literal["cpu", "paper"] = "cpu"
-    """cpu: small networks, schedules scaled to the budget; paper: published settings."""
-    seed_frac: float = 0.1
+    preset: Literal["small", "cpu", "paper"] = "small"
+    """small (``cpu`` is an alias): the CLI's small preset, small networks, schedules scaled to the budget; paper: published settings."""
+    seed_frac: float = SMALL_FRACTIONS["seed_steps"]
     """cpu preset: random-action seed phase as a fraction of the budget (paper: 5000 agent steps)."""
-    pg_start_frac: float = 0.15
+    pg_start_frac: float = SMALL_FRACTIONS["pg_start_step"]
     """cpu preset: DiffTORI acting / PG start as a fraction of the budget (paper: 6000 agent steps)."""
-    schedule_frac: float = 0.5
+    schedule_frac: float = SMALL_FRACTIONS["schedule_steps"]
     """cpu preset: horizon / exploration schedule length as a fraction of the budget (paper: 25000 agent steps)."""
     eval_freq: Optional[int] = None
     """Evaluate every this many env steps; None -> steps / 4."""
@@ -126,7 +123,7 @@ class CompareConfig:
         for v in self.variants:
             check(v in VARIANTS, f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        check(self.preset in ("cpu", "paper"), f"preset must be cpu or paper, got {self.preset!r}")
+        check(self.preset in ("small", "cpu", "paper"), f"preset must be small (alias cpu) or paper, got {self.preset!r}")
         check(0 <= self.seed_frac <= self.pg_start_frac <= 1, "need 0 <= seed_frac <= pg_start_frac <= 1")
         check(0 < self.schedule_frac <= 1, "schedule_frac must be in (0, 1]")
         check(self.eval_freq is None or self.eval_freq >= 1, "eval_freq must be >= 1")
@@ -168,10 +165,11 @@ def run_args(cfg: CompareConfig, task: str, variant: str, seed: int, run_root: P
         "checkpoint_freq": max(cfg.steps // 4, 1), "num_threads": cfg.threads, "run_root": str(run_root),
         "progress": "false",
     }
-    if cfg.preset == "cpu":
+    if cfg.preset in ("small", "cpu"):
         agent_steps = max(cfg.steps // ar, 1)
-        opts.update(CPU_PRESET)
-        opts.update({
+        opts["preset"] = "small"
+        opts.update(preset_values("small", task, cfg.steps))  # the CLI's preset, spelled out in args.json
+        opts.update({  # the benchmark's fractions (default: the preset's own)
             "seed_steps": int(cfg.seed_frac * agent_steps),
             "difftori.pg_start_step": int(cfg.pg_start_frac * agent_steps),
             "schedule_steps": max(int(cfg.schedule_frac * agent_steps), 1),
@@ -298,6 +296,8 @@ def summarise_run(cfg: CompareConfig, r: Run) -> dict[str, Any]:
 
     # Agent phase: after DiffTORI starts (difftori) / after the seed phase (tdmpc); episode start = step - length.
     start = pg_start_env if config.get("agent") == "difftori" else seed_env
+    if config.get("agent") == "difftori" and final and not final.get("solver_acted", True):
+        out["flags"].append("solver-never-acted")
     agent_rows = [t for t in train if float(t["step"]) - float(t.get("episode_length", 0)) * ar >= start]
     out.update({
         "eval_steps": [int(float(e["step"])) for e in evals],
@@ -370,7 +370,7 @@ def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str
               "`solver iters` / `converged` = mean LM iterations and converged fraction of DiffTORI's acting solves; "
               "`acting` / `PG first action saturated` = fraction of first-action coordinates of the acting solve's / the PG "
               "solve's U* at the [-1, 1] bounds, where the policy gradient is exactly zero. Flags: crash, timeout, nan (non-finite value in train/eval logs), "
-              "pg_skipped=N (non-finite PG steps skipped), unfinished.", ""]
+              "pg_skipped=N (non-finite PG steps skipped), unfinished, solver-never-acted (the budget ended before DiffTORI's start: the run is plain TD-MPC).", ""]
     return "\n".join(lines)
 
 
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(cfg)
     print((cfg.out_dir / "rl_compare.md").read_text())
     bad = [f"{s['task']}/{s['variant']}/seed{s['seed']}: {', '.join(s['flags'])}" for s in res["runs"]
-           if any(not f.startswith("pg_skipped") for f in s["flags"])]
+           if any(not f.startswith("pg_skipped") and f != "solver-never-acted" for f in s["flags"])]
     if bad:
         print("FLAGGED RUNS:\n  " + "\n  ".join(bad), file=sys.stderr)
     return 1 if bad else 0

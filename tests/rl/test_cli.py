@@ -92,3 +92,32 @@ def test_demo_cli_writes_random_vs_trained(tmp_path, capsys):
     assert (demo.parent / "plot.png").stat().st_size > 1000
     out = capsys.readouterr().out
     assert out.index("run directory:") < out.index("trained_return")  # announced at the start
+
+
+def test_preset_small_then_explicit_options_win(tmp_path, capsys):
+    from difftori.rl.config import SMALL_SIZES, preset_config, preset_values
+
+    argv = ["rl", "train", "--preset", "small", "--agent", "tdmpc", "--task", "cartpole-balance", "--steps", "200",
+            "--episode-length", "96", "--eval-episodes", "1", "--mlp-dim", "32", "--device", "cpu", "--progress", "false",
+            "--run-root", str(tmp_path)]
+    assert main(argv) == 0
+    (cfg_path,) = tmp_path.rglob("config.json")
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["preset"] == "small" and cfg["mlp_dim"] == 32  # the explicit option wins over the preset's 64
+    assert all(cfg[k] == v for k, v in SMALL_SIZES.items() if k != "mlp_dim")
+    # schedules scale with the budget: 200 env steps / action repeat 8 = 25 agent steps
+    assert (cfg["seed_steps"], cfg["difftori"]["pg_start_step"], cfg["schedule_steps"]) == (2, 3, 12)
+    assert preset_values("paper", "cartpole-balance", 10**5) == {}
+    assert preset_config("small", task="walker-walk", steps=100_000).difftori.pg_start_step == 7500
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_values("tiny", "walker-walk", 1000)
+
+
+def test_difftori_budget_before_solver_start_is_flagged(tmp_path, capsys):
+    argv = ["rl", "train", "--agent", "difftori", "--task", "cartpole-balance", "--steps", "96", "--episode-length", "96",
+            "--seed-steps", "4", "--eval-episodes", "1", "--run-root", str(tmp_path), *TINY]
+    assert main(argv) == 0
+    assert "WARNING: DiffTORI starts acting with the solver at env step 48000" in capsys.readouterr().err
+    (final,) = tmp_path.rglob("final.json")
+    res = json.loads(final.read_text())
+    assert res["solver_acted"] is False and res["difftori_start_env_step"] == 48000

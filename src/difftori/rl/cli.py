@@ -14,11 +14,13 @@ import argparse
 import json
 from pathlib import Path
 
-from difftori.rl.config import RLConfig
+from difftori.rl.config import SMALL_SIZES, RLConfig, preset_config
 
 __all__ = ["register", "demo_config", "DEMO_PRESET"]
 
 DEMO_PRESET: dict = dict(
+    preset="small",
+    **SMALL_SIZES,
     task="cartpole-balance",
     episode_length=500,
     steps=5000,
@@ -28,13 +30,6 @@ DEMO_PRESET: dict = dict(
     eval_freq=2500,
     eval_episodes=5,
     checkpoint_freq=2500,
-    mlp_dim=64,
-    enc_dim=64,
-    latent_dim=32,
-    batch_size=64,
-    num_samples=64,
-    num_elites=8,
-    iterations=3,
     num_threads=1,
     # DiffTORI acts with the solver right after the seed phase; 20 LM iterations instead of the
     # preset 100 keep acting at ~50 ms on CPU (100 iterations: ~165 ms, > 5 min for the demo).
@@ -60,6 +55,9 @@ def _train(args: argparse.Namespace) -> int:
         tr = trainer.Trainer.from_run_dir(run_dir, cfg=cfg)
     else:
         cfg = dataclass_from_args(RLConfig, args)
+        if cfg.preset != "paper":  # preset values first, the options given on the command line win
+            cfg = dataclass_from_args(RLConfig, args, base=preset_config(cfg.preset, task=cfg.task, steps=cfg.steps,
+                                                                        action_repeat=cfg.action_repeat))
         tr = trainer.Trainer.new(cfg)
     print(f"run directory: {tr.run_dir}", flush=True)
     final = tr.train()

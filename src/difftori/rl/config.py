@@ -17,7 +17,59 @@ from typing import Literal, Optional
 from difftori.envs.spec import EnvSpec
 from difftori.utils.config import check
 
-__all__ = ["RLConfig", "DiffTORIConfig", "Resolved", "resolve"]
+__all__ = ["RLConfig", "DiffTORIConfig", "Resolved", "resolve", "preset_config", "PRESETS", "SMALL_SIZES", "SMALL_FRACTIONS", "preset_values"]
+
+PRESETS = ("paper", "small")
+"""Named presets: paper (the published sizes and schedules, GPU scale) and small (CPU sizes, schedules scaled to the budget)."""
+
+SMALL_SIZES: dict = dict(mlp_dim=64, enc_dim=64, latent_dim=32, batch_size=64, num_samples=64, num_elites=8, iterations=3)
+"""Network / planner sizes of the ``small`` preset (also the demo's)."""
+
+SMALL_FRACTIONS: dict = dict(seed_steps=0.1, pg_start_step=0.15, schedule_steps=0.5)
+"""``small`` preset schedules as fractions of the run's AGENT steps (paper: 5000 / 6000 / 25000 agent steps)."""
+
+
+def preset_values(preset: str, task: str, steps: int, action_repeat: int | None = None) -> dict:
+    """Config values of a named preset for a run of ``steps`` env steps on ``task`` (flat keys, ``difftori.x`` nested).
+
+    ``paper`` sets nothing (the dataclass defaults are the published settings). ``small`` sets
+    :data:`SMALL_SIZES` and scales the seed phase, the DiffTORI start and the horizon/exploration
+    schedule to the budget (:data:`SMALL_FRACTIONS`), so a run of a few 10k env steps fits a CPU.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    if preset == "paper":
+        return {}
+    from difftori.envs import dmc
+
+    ar = action_repeat or (dmc.action_repeat_for(task) if dmc.canonical(task) else 2)
+    agent_steps = max(steps // ar, 1)
+    out = dict(SMALL_SIZES)
+    out["seed_steps"] = int(SMALL_FRACTIONS["seed_steps"] * agent_steps)
+    out["difftori.pg_start_step"] = int(SMALL_FRACTIONS["pg_start_step"] * agent_steps)
+    out["schedule_steps"] = max(int(SMALL_FRACTIONS["schedule_steps"] * agent_steps), 1)
+    return out
+
+
+def preset_config(preset: str, **given) -> "RLConfig":
+    """An :class:`RLConfig` from ``preset`` for the run described by ``given`` (explicit values win)."""
+    task = given.get("task", RLConfig.task)
+    steps = given.get("steps", RLConfig.steps)
+    flat = {**preset_values(preset, task, steps, given.get("action_repeat")), "preset": preset}
+    nested: dict = {}
+    for k, v in flat.items():
+        if "." in k:
+            head, tail = k.split(".", 1)
+            nested.setdefault(head, {})[tail] = v
+        else:
+            nested[k] = v
+    for k, v in given.items():
+        if isinstance(v, dict):
+            nested.setdefault(k, {}).update(v)
+        else:
+            nested[k] = v
+    return RLConfig(**nested)
+
 
 
 @dataclass
@@ -80,6 +132,8 @@ class RLConfig:
     """Every hyperparameter of an RL run."""
 
     # --- run -------------------------------------------------------------------------------
+    preset: Literal["paper", "small"] = "paper"
+    """Named preset the run started from (values given explicitly override it): paper (published sizes and schedules) or small (CPU sizes: MLP 64, latent 32, batch 64, 64 planner samples; seed phase / DiffTORI start / schedule at 10% / 15% / 50% of the budget's agent steps)."""
     task: str = "cartpole-swingup"
     """DMC task, e.g. cartpole-swingup, walker-walk, cup-catch (see ``difftori.envs.dmc.TASKS``)."""
     agent: Literal["tdmpc", "difftori"] = "difftori"
@@ -193,6 +247,7 @@ class RLConfig:
             self.run_root = Path(self.run_root)
         if isinstance(self.difftori, dict):
             self.difftori = DiffTORIConfig(**self.difftori)
+        check(self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         check(bool(self.task), "task must be a non-empty DMC task name")
         check(self.agent in ("tdmpc", "difftori"), f"agent must be 'tdmpc' or 'difftori', got {self.agent!r}")
         check(self.obs_type in ("state", "pixels"), f"obs_type must be 'state' or 'pixels', got {self.obs_type!r}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -277,6 +278,12 @@ class Trainer:
         bar = progress(cfg.steps, initial=min(self.env_step, cfg.steps), unit="step", enabled=cfg.progress,
                        desc=f"{cfg.agent} {self.spec.task}")
         last_return = float("nan")
+        acts_at = self.difftori_start_env_step
+        if acts_at is not None and acts_at >= cfg.steps:
+            print(f"WARNING: DiffTORI starts acting with the solver at env step {acts_at} (difftori.pg_start_step "
+                  f"{cfg.difftori.pg_start_step} agent steps x action repeat {self.spec.action_repeat}), after this run's "
+                  f"budget of {cfg.steps} env steps: this run is plain TD-MPC. Lower --difftori.pg-start-step or use "
+                  "--preset small.", file=sys.stderr, flush=True)
         start = time.perf_counter() - self.elapsed
         try:
             while self.env_step < cfg.steps:
@@ -333,11 +340,22 @@ class Trainer:
         self.save()
         out = {"task": self.spec.task, "agent": self.cfg.agent, "seed": self.cfg.seed, "step": self.env_step,
                "episodes": self.episode, "updates": self.updates, "train_time_s": self.elapsed, **res}
+        acts_at = self.difftori_start_env_step
+        if acts_at is not None:
+            out.update(difftori_start_env_step=acts_at, solver_acted=self.env_step > acts_at)
         atomic_write_json(final_path, out)
         from difftori.utils.plotting import plot_learning_curve
 
-        plot_learning_curve(self.run_dir, self.run_dir / "plot.png")
+        marker = ("DiffTORI acts", acts_at) if acts_at is not None else None
+        plot_learning_curve(self.run_dir, self.run_dir / "plot.png", marker=marker)
         return out
+
+    @property
+    def difftori_start_env_step(self) -> int | None:
+        """Env step from which DiffTORI acts with the solver (None for TD-MPC)."""
+        if self.cfg.agent != "difftori":
+            return None
+        return self.cfg.difftori.pg_start_step * self.spec.action_repeat
 
 
 def train(cfg: RLConfig, run_dir: Path | None = None) -> tuple[Path, dict[str, Any]]:

@@ -85,10 +85,12 @@ def plot_runs(paths: list[str | Path], out: str | Path, metric: str | None = Non
 
 
 def plot_learning_curve(
-    run_dir: str | Path, out: str | Path, baseline: tuple[str, float, float] | None = None
+    run_dir: str | Path, out: str | Path, baseline: tuple[str, float, float] | None = None,
+    marker: tuple[str, float] | None = None,
 ) -> Path | None:
-    """One RL run's return vs env step: every training episode, the evaluations (mean +- std), and an
-    optional ``baseline = (label, mean, std)`` (e.g. the random policy) as a horizontal band.
+    """One RL run's return vs env step: every training episode, the evaluations (mean +- std), an
+    optional ``baseline = (label, mean, std)`` (e.g. the random policy) as a horizontal band, and an
+    optional ``marker = (label, env step)`` as a vertical line (e.g. where DiffTORI starts acting).
 
     Returns None when the run has logged nothing yet.
     """
@@ -117,6 +119,8 @@ def plot_learning_curve(
         ax.axhline(mean_b, color="gray", ls="--", label=f"{label} ({mean_b:.0f})")
         if std_b:
             ax.axhspan(mean_b - std_b, mean_b + std_b, color="gray", alpha=0.15)
+    if marker is not None:
+        ax.axvline(marker[1], color="tab:green", ls=":", label=f"{marker[0]} ({marker[1]:.0f})")
     task, method = _run_label(run_dir)
     ax.set(title=f"{task}: {method}", xlabel="env step", ylabel="episode return")
     ax.grid(alpha=0.3)

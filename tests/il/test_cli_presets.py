@@ -9,6 +9,7 @@ import pytest
 
 from difftori.cli import main
 from difftori.il.config import IL_PRESETS
+from difftori.il.policies import resolve_checkpoint
 from difftori.utils.io import load_checkpoint, save_checkpoint
 from tests.il.test_cli import _args, _run_dir, dataset  # noqa: F401  (module fixture)
 
@@ -19,7 +20,7 @@ SMALL = ["--diffusion.down-dims", "16", "32", "--diffusion.step-embed-dim", "16"
 def diffusion_ckpt(tmp_path_factory, dataset) -> Path:  # noqa: F811
     root = tmp_path_factory.mktemp("base")
     assert main(_args(root, dataset, "diffusion", "--steps", "1", "--eval-episodes", "0", *SMALL)) == 0
-    return _run_dir(root, "diffusion") / "checkpoints" / "latest.pt"
+    return resolve_checkpoint(_run_dir(root, "diffusion"))
 
 
 def test_preset_applies_under_the_given_options(tmp_path, dataset):  # noqa: F811

@@ -241,21 +241,22 @@ class ILConfig:
 
 
 IL_PRESETS: dict[str, dict] = {
-    # The published DiffTORI-IL settings (released code; METHOD.md): batch 128, lr 1e-4 cosine to 1e-6,
-    # PointNet-LN 64-D encoder, 2 obs / 4 action steps, CVAE z 64, MLPs 256-256, loss 3000 MSE + 10 KL,
-    # LM 100 iterations, step 3e-5, damping 0.01, truncated backward k=5, the batch packed into one problem,
-    # 128 packed draws at inference (draw 0 executed), a fresh base prediction at every step.
+    # The published DiffTORI-IL settings (METHOD.md): batch 128, lr 1e-4 cosine to 1e-6 (the released code builds
+    # that schedule but never steps it, so its lr stays 1e-4), PointNet-LN 64-D encoder, 2 obs / 4 action steps,
+    # CVAE z 64, MLPs 256-256, loss 3000 MSE + 10 KL, LM 100 iterations, step 3e-5, damping 0.01, truncated
+    # backward k=5, the batch packed into one problem, 128 packed draws per observation at inference (draw 0
+    # executed), a fresh base prediction at every step.
     "paper": dict(
-        batch_size=128, lr=1e-4, lr_min=1e-6, warmup_steps=0, encoder_dim=64, obs_steps=2, action_steps=4, eval_episodes=20,
+        batch_size=128, lr=1e-4, lr_min=1e-6, warmup_steps=0, weight_decay=0.0, encoder_dim=64, obs_steps=2, action_steps=4, eval_episodes=20,
         difftori=dict(
             hidden=256, z_dim=64, action_loss_weight=3000.0, kl_weight=10.0, init="base", init_noise=0.0,
             inference_samples=128, inference_select="first", base_pool=0,
             solver=dict(method="lm_scalar", max_iters=100, step_size=3e-5, damping=0.01, backward="truncated", backward_iters=5, tol=0.0, packed=True),
         ),
     ),
-    # CPU-sized, same method: batch 32 and 32 packed draws at inference (the packed step scale follows the
-    # batch size: 4x larger steps than at 128), 25 LM iterations (4x fewer: about the paper's total movement),
-    # base predictions from a pool of 8 per window, 10 evaluation episodes.
+    # CPU-sized, same method: batch 32 and 32 packed draws at inference (the packed step depends on the batch
+    # size: per iteration a sample moves up to 4x more at 32 than at 128), 25 LM iterations, base predictions
+    # from a pool of 8 per window (no base call per step), 10 evaluation episodes.
     "small": dict(
         batch_size=32, lr=1e-4, lr_min=1e-6, encoder_dim=64, eval_episodes=10,
         difftori=dict(

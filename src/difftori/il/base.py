@@ -69,6 +69,10 @@ class Policy(nn.Module):
     def on_train_step(self) -> None:
         """Called by the trainer after every optimiser step (EMA updates etc.)."""
 
+    def on_train_start(self, windows: Mapping[str, Any]) -> None:
+        """Called by the trainer once before the first step (also on resume) with all training windows
+        ``{"obs": {...}, "action": (N, Ta, A)}``; batches then carry their windows' ``"index"`` (N,)."""
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates (normalizer and frozen parts such as EMA copies excluded)."""
         frozen = {id(p) for p in self.normalizer.parameters()} if self.normalizer is not None else set()

@@ -11,7 +11,7 @@ from typing import Literal
 
 from difftori.utils.config import check
 
-__all__ = ["ILConfig", "BCConfig", "IBCConfig", "DiffusionConfig", "DiffTORIConfig", "SolverConfig", "POLICIES", "OBS_TYPES"]
+__all__ = ["ILConfig", "BCConfig", "IBCConfig", "DiffusionConfig", "DiffTORIConfig", "SolverConfig", "POLICIES", "OBS_TYPES", "IL_PRESETS"]
 
 POLICIES = ("bc", "ibc", "diffusion", "difftori")
 OBS_TYPES = ("pointcloud", "image", "state")
@@ -87,7 +87,11 @@ class DiffusionConfig:
 
 @dataclass
 class SolverConfig:
-    """The trajectory optimiser inside DiffTORI (``difftori.optim.TrajOptimizer``); defaults = the paper's."""
+    """The trajectory optimiser inside DiffTORI (``difftori.optim.TrajOptimizer``).
+
+    Defaults = the released code's settings, solved per sample; ``packed=True`` (preset ``paper``) adds
+    the released code's packing of the batch into one problem, which sets the step scale.
+    """
 
     method: Literal["gd", "adam", "newton", "gauss_newton", "lm", "lm_scalar"] = "lm_scalar"
     """Optimiser; lm_scalar is the original (LM on the single residual offset + cost)."""
@@ -103,12 +107,16 @@ class SolverConfig:
     """Differentiated iterations for truncated backward (k)."""
     tol: float = 0.0
     """Early-stop tolerance on the update size (0 = always run max_iters, as the original)."""
+    packed: bool = False
+    """lm_scalar only: solve the training batch (and at inference the draws of one observation) as ONE LM
+    problem on one residual mean_i(1000 - G_i), as the original; each sample then moves ~batch-size times less."""
 
     def __post_init__(self):
         check(self.max_iters >= 1, f"solver.max_iters must be >= 1, got {self.max_iters}")
         check(self.step_size > 0 and self.damping >= 0, "solver.step_size must be > 0 and solver.damping >= 0")
         check(self.backward_iters >= 1, f"solver.backward_iters must be >= 1, got {self.backward_iters}")
         check(self.tol >= 0, f"solver.tol must be >= 0, got {self.tol}")
+        check(not self.packed or self.method == "lm_scalar", f"solver.packed needs solver.method lm_scalar, got {self.method!r}")
 
 
 @dataclass
@@ -127,11 +135,30 @@ class DiffTORIConfig:
     """U0: the base diffusion policy's prediction, zeros, or uniform noise in [-1, 1]."""
     init_noise: float = 0.0
     """Std of Gaussian noise added to U0 during training (the original's expert_noise)."""
+    inference_samples: int | None = None
+    """Latent draws z ~ N(0, I) solved per observation at inference (one base call, repeated); None = 128 with
+    solver.packed (the original packs 128 draws of one observation; keep it equal to the training batch size, it
+    sets the packed step scale), else 1."""
+    inference_select: Literal["first", "lowest_cost"] = "first"
+    """Which draw is executed: the first (the original) or the one with the lowest cost."""
+    base_pool: int = 0
+    """K > 0: training draws U0 from K base predictions per demo window, computed once when training starts,
+    instead of calling the base afresh at every step (the original; 0). Saves the base's cost per step."""
     solver: SolverConfig = field(default_factory=SolverConfig)
     """Trajectory optimiser settings."""
 
+    @property
+    def draws(self) -> int:
+        """Latent draws per observation at inference (``inference_samples`` resolved)."""
+        if self.inference_samples is not None:
+            return self.inference_samples
+        return 128 if self.solver.packed else 1
+
     def __post_init__(self):
         check(self.hidden > 0 and self.z_dim > 0, "difftori.hidden and difftori.z_dim must be > 0")
+        check(self.inference_samples is None or self.inference_samples >= 1, f"difftori.inference_samples must be >= 1 or None, got {self.inference_samples}")
+        check(self.inference_select in ("first", "lowest_cost"), f"difftori.inference_select must be first or lowest_cost, got {self.inference_select!r}")
+        check(self.base_pool >= 0, f"difftori.base_pool must be >= 0, got {self.base_pool}")
         check(self.action_loss_weight > 0 and self.kl_weight >= 0, "difftori.action_loss_weight > 0, kl_weight >= 0")
         check(self.init_noise >= 0, f"difftori.init_noise must be >= 0, got {self.init_noise}")
 
@@ -216,3 +243,32 @@ class ILConfig:
         check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         if self.policy == "difftori" and self.difftori.init == "base":
             check(bool(self.base_policy), "policy difftori with difftori.init=base needs --base-policy (a trained diffusion checkpoint or run dir); or set --difftori.init zeros|noise")
+
+
+IL_PRESETS: dict[str, dict] = {
+    # The published DiffTORI-IL settings (METHOD.md): batch 128, lr 1e-4 cosine to 1e-6 (the released code builds
+    # that schedule but never steps it, so its lr stays 1e-4), PointNet-LN 64-D encoder, 2 obs / 4 action steps,
+    # CVAE z 64, MLPs 256-256, loss 3000 MSE + 10 KL, LM 100 iterations, step 3e-5, damping 0.01, truncated
+    # backward k=5, the batch packed into one problem, 128 packed draws per observation at inference (draw 0
+    # executed), a fresh base prediction at every step.
+    "paper": dict(
+        batch_size=128, lr=1e-4, lr_min=1e-6, warmup_steps=0, weight_decay=0.0, encoder_dim=64, obs_steps=2, action_steps=4, eval_episodes=20,
+        difftori=dict(
+            hidden=256, z_dim=64, action_loss_weight=3000.0, kl_weight=10.0, init="base", init_noise=0.0,
+            inference_samples=128, inference_select="first", base_pool=0,
+            solver=dict(method="lm_scalar", max_iters=100, step_size=3e-5, damping=0.01, backward="truncated", backward_iters=5, tol=0.0, packed=True),
+        ),
+    ),
+    # CPU-sized, same method: batch 32 and 32 packed draws at inference (the packed step depends on the batch
+    # size: per iteration a sample moves up to 4x more at 32 than at 128), 25 LM iterations, base predictions
+    # from a pool of 8 per window (no base call per step), 10 evaluation episodes.
+    "small": dict(
+        batch_size=32, lr=1e-4, lr_min=1e-6, encoder_dim=64, eval_episodes=10,
+        difftori=dict(
+            inference_samples=32, inference_select="first", base_pool=8,
+            solver=dict(method="lm_scalar", max_iters=25, step_size=3e-5, damping=0.01, backward="truncated", backward_iters=5, tol=0.0, packed=True),
+        ),
+    ),
+}
+"""Named starting points for ``difftori il train --preset NAME``: applied over the defaults (and over
+``--config``), under every option given on the command line."""

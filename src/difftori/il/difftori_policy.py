@@ -4,9 +4,15 @@ features = encoder(obs); a CVAE encoder q(z | features, demo actions) gives a la
 selects a mode; the cost network C(features, z, U) scores a normalised action window U.
 Training: z ~ q (reparameterised), U0 = the frozen base (diffusion) policy's prediction
 (+ optional noise) or zeros/noise, ``U* = TrajOptimizer.solve(C, U0)`` for the whole batch in
-one batched call (independent problems), loss = w_a * MSE(U*, demo) + w_kl * KL(q || N(0, I)),
-back-propagated through the solver into the cost network, the CVAE encoder and the obs encoder.
-Inference: z ~ N(0, I), same initialisation, solve without backward, return the best iterate.
+one batched call, loss = w_a * MSE(U*, demo) + w_kl * KL(q || N(0, I)), back-propagated through
+the solver into the cost network, the CVAE encoder and the obs encoder. The batch is B
+independent problems, or with ``solver.packed`` ONE problem (the original's packing: one residual
+mean_i(1000 - G_i) over the whole batch; see ``TrajOptimizer.packed``).
+Inference: per observation, ``draws`` latents z ~ N(0, I) all start from one base prediction
+and are solved without backward; with ``solver.packed`` the draws of ONE observation form one
+problem (the original's inference: 128 draws of its single observation), several observations
+are never packed together. The executed window is draw 0 (or the lowest-cost draw): its last
+iterate when packed (what the original executes), else its best iterate.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class DiffTORIPolicy(Policy):
                     f"base policy predicts ({base.action_steps}, {base.action_dim}) action windows, DiffTORI needs ({action_steps}, {action_dim})"
                 )
         self._solvers: dict[bool, Any] = {}
+        self._pool: torch.Tensor | None = None  # (N, K, Ta, A) base predictions per training window (base_pool)
 
     def build_info(self) -> dict[str, Any]:
         info = super().build_info()
@@ -86,6 +93,7 @@ class DiffTORIPolicy(Policy):
                 backward_iters=s.backward_iters,
                 bounds=(-1.0, 1.0),
                 tol=s.tol,
+                packed=s.packed,
             )
         return self._solvers[training]
 
@@ -100,12 +108,35 @@ class DiffTORIPolicy(Policy):
         return self.cost_net(x).squeeze(-1)
 
     @torch.no_grad()
-    def initial_actions(self, obs: Mapping[str, torch.Tensor], batch: int, training: bool) -> torch.Tensor:
-        """U0 ``(B, Ta, A)`` in normalised units: base prediction, zeros or uniform noise (+ training noise)."""
+    def on_train_start(self, windows: Mapping[str, Any]) -> None:
+        """With ``base_pool = K``: K base predictions of every training window, computed once (in chunks)."""
+        K = self.cfg.base_pool
+        if K == 0 or self.cfg.init != "base":
+            return
+        n = windows["action"].shape[0]
+        chunk = max(1, 1024 // K)
+        pool = []
+        for i in range(0, n, chunk):
+            obs = {k: v[i : i + chunk].repeat_interleave(K, 0) for k, v in windows["obs"].items()}
+            pool.append(self._base_actions(obs).reshape(-1, K, self.action_steps, self.action_dim))
+        self._pool = torch.cat(pool)
+
+    def _base_actions(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        assert self.base is not None
+        return self.normalize_action(self.base.predict_action(obs)).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def initial_actions(self, obs: Mapping[str, torch.Tensor], batch: int, training: bool, index: torch.Tensor | None = None) -> torch.Tensor:
+        """U0 ``(B, Ta, A)`` in normalised units: base prediction, zeros or uniform noise (+ training noise).
+
+        ``index`` (training windows' indices) draws the base prediction from the ``base_pool`` when there is one.
+        """
         shape = (batch, self.action_steps, self.action_dim)
-        if self.cfg.init == "base":
-            assert self.base is not None
-            U0 = self.normalize_action(self.base.predict_action(obs)).clamp(-1.0, 1.0)
+        if self.cfg.init == "base" and training and self._pool is not None and index is not None:
+            pick = torch.randint(0, self._pool.shape[1], (batch,), device=self._pool.device)
+            U0 = self._pool[index.to(self._pool.device), pick].to(self.device)
+        elif self.cfg.init == "base":
+            U0 = self._base_actions(obs)
         elif self.cfg.init == "zeros":
             U0 = torch.zeros(shape, device=self.device)
         else:
@@ -115,7 +146,7 @@ class DiffTORIPolicy(Policy):
         return U0
 
     def solve(self, feat: torch.Tensor, z: torch.Tensor, U0: torch.Tensor, training: bool):
-        """All ``B`` problems in one batched solve; returns ``(U*, info)``."""
+        """All ``B`` samples in one batched solve (one problem if ``solver.packed``); returns ``(U*, info)``."""
         return self.solver(training).solve(lambda U: self.cost(feat, z, U), U0)
 
     # ------------------------------------------------------------------ interface -------
@@ -126,7 +157,7 @@ class DiffTORIPolicy(Policy):
         feat = self.encoder(nobs)
         mu, logvar = self.posterior(feat, target)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        U0 = self.initial_actions(batch["obs"], b, training=True)
+        U0 = self.initial_actions(batch["obs"], b, training=True, index=batch.get("index"))
         U_star, info = self.solve(feat, z, U0, training=True)
         mse = F.mse_loss(U_star, target)
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
@@ -144,9 +175,23 @@ class DiffTORIPolicy(Policy):
     def predict_action(self, obs):
         nobs = self.normalize_obs(obs)
         feat = self.encoder(nobs)
-        b = feat.shape[0]
-        z = torch.randn(b, self.cfg.z_dim, device=feat.device)
-        U0 = self.initial_actions(obs, b, training=False)
+        b, S = feat.shape[0], self.cfg.draws
+        z = torch.randn(b * S, self.cfg.z_dim, device=feat.device)
+        U0 = self.initial_actions(obs, b, training=False)  # one base call per observation, shared by its draws
+        feat, U0 = feat.repeat_interleave(S, 0), U0.repeat_interleave(S, 0)
+        packed = self.cfg.solver.packed
         with torch.enable_grad():  # the solver needs grad_U of the cost; no parameter graph is kept
-            _, info = self.solve(feat, z, U0, training=False)
-        return self.unnormalize_action(info.best_U.detach())
+            if packed:  # one problem per observation: its S draws (never several observations together)
+                outs = [self.solve(feat[j * S : (j + 1) * S], z[j * S : (j + 1) * S], U0[j * S : (j + 1) * S], training=False) for j in range(b)]
+                U = torch.cat([u for u, _ in outs])
+                cost = torch.cat([info.cost for _, info in outs])
+            else:
+                _, info = self.solve(feat, z, U0, training=False)
+                U, cost = info.best_U, info.best_cost
+        U = U.detach().reshape(b, S, self.action_steps, self.action_dim)
+        if self.cfg.inference_select == "lowest_cost" and S > 1:
+            cost = torch.nan_to_num(cost.reshape(b, S), nan=float("inf"))
+            U = U[torch.arange(b, device=U.device), cost.argmin(1)]
+        else:
+            U = U[:, 0]
+        return self.unnormalize_action(U)

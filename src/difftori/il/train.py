@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from difftori.il.base import OBS_KEYS, Policy, policy_obs_shapes
-from difftori.il.config import ILConfig
+from difftori.il.config import IL_PRESETS, ILConfig
 from difftori.utils.config import ConfigError, add_dataclass_args, dataclass_from_args, load_config, save_config, to_dict
 
 __all__ = ["train", "evaluate_checkpoint", "load_windows", "fit_normalizer", "register_cli", "EVAL_SEED_BASE"]
@@ -68,7 +68,7 @@ def fit_normalizer(stats: dict[str, torch.Tensor]) -> torch.nn.Module:
 
 
 def _batch(windows: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
-    return {"obs": {k: v[idx] for k, v in windows["obs"].items()}, "action": windows["action"][idx]}
+    return {"obs": {k: v[idx] for k, v in windows["obs"].items()}, "action": windows["action"][idx], "index": idx}
 
 
 # ------------------------------------------------------------------ pieces -------------------
@@ -84,18 +84,43 @@ def _lr_lambda(cfg: ILConfig):
     return f
 
 
-def _load_base(cfg: ILConfig, device: torch.device) -> Policy | None:
+def _obs_type_of(obs_keys) -> str | None:
+    """The modality whose observation entries are exactly ``obs_keys`` (None if none is)."""
+    return next((t for t, keys in OBS_KEYS.items() if set(keys) == set(obs_keys)), None)
+
+
+def _load_base(cfg: ILConfig, device: torch.device, obs_shapes=None, action_dim: int | None = None) -> Policy | None:
+    """The frozen base policy of a DiffTORI run, checked (before any file is written) to be a diffusion
+    checkpoint of this run's task, observation type and action window."""
     if cfg.policy != "difftori" or cfg.difftori.init != "base":
         return None
-    from difftori.il.policies import load_policy
+    from difftori.il.policies import build_policy, new_normalizer, resolve_checkpoint
+    from difftori.utils.io import CorruptFileError, load_checkpoint
 
-    base = load_policy(cfg.base_policy, device=device)
-    if base.obs_steps != cfg.obs_steps or base.action_steps != cfg.action_steps:
-        raise ValueError(
-            f"base policy {cfg.base_policy} uses obs_steps={base.obs_steps}, action_steps={base.action_steps}; "
-            f"this run has {cfg.obs_steps}, {cfg.action_steps}"
-        )
-    return base
+    path = resolve_checkpoint(cfg.base_policy)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    info = ckpt.get("policy_info") if isinstance(ckpt, dict) else None
+    if not info or "policy" not in ckpt:
+        raise CorruptFileError(f"--base-policy {path} is not an IL policy checkpoint (no policy_info/policy entries)")
+    bad = f"--base-policy {path} must be a diffusion checkpoint of this run's task, obs type and action window"
+    if info["policy"] != "diffusion":
+        raise ValueError(f"{bad}; it is a {info['policy']!r} policy")
+    saved = ckpt.get("config") or {}
+    base_obs = _obs_type_of(info["obs_shapes"])
+    if base_obs != cfg.obs_type or saved.get("obs_type", cfg.obs_type) != cfg.obs_type:
+        raise ValueError(f"{bad}; it was trained on obs_type {saved.get('obs_type', base_obs)!r}, this run uses {cfg.obs_type!r}")
+    if saved.get("task", cfg.task) != cfg.task:
+        raise ValueError(f"{bad}; it was trained on task {saved['task']!r}, this run is {cfg.task!r}")
+    if obs_shapes is not None and {k: tuple(v) for k, v in info["obs_shapes"].items()} != {k: tuple(v) for k, v in obs_shapes.items()}:
+        raise ValueError(f"{bad}; its observation shapes {info['obs_shapes']} differ from the dataset's {dict(obs_shapes)}")
+    window = (int(info["obs_steps"]), int(info["action_steps"]), int(info["action_dim"]))
+    want = (cfg.obs_steps, cfg.action_steps, action_dim if action_dim is not None else window[2])
+    if window != want:
+        raise ValueError(f"{bad}; its (obs_steps, action_steps, action_dim) = {window}, this run needs {want}")
+    base = build_policy(info)
+    base.set_normalizer(new_normalizer())
+    base.load_state_dict(ckpt["policy"])
+    return base.to(device).eval()
 
 
 def _plot(run_dir: Path) -> Path | None:
@@ -189,11 +214,12 @@ def train(
         policy.set_normalizer(fit_normalizer(stats))
         policy.load_state_dict(ckpt["policy"])
     else:
-        policy = policy_from_config(cfg, obs_shapes, action_dim, base=_load_base(cfg, device))
+        policy = policy_from_config(cfg, obs_shapes, action_dim, base=_load_base(cfg, device, obs_shapes, action_dim))
         policy.set_normalizer(fit_normalizer(stats))
     policy.to(device).train()
     windows = {"obs": {k: v.to(device) for k, v in windows["obs"].items()}, "action": windows["action"].to(device)}
     n = windows["action"].shape[0]
+    policy.on_train_start(windows)
 
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, betas=(0.95, 0.999), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
@@ -312,6 +338,9 @@ def evaluate_checkpoint(
         raise ValueError(f"{path} carries no training config; pass --task and --obs-type")
     if obs_type not in OBS_KEYS:
         raise ValueError(f"unknown obs_type {obs_type!r}; use one of {sorted(OBS_KEYS)}")
+    trained_on = _obs_type_of((ckpt.get("policy_info") or {}).get("obs_shapes", OBS_KEYS[obs_type]))
+    if trained_on != obs_type:
+        raise ValueError(f"{path} was trained on obs_type {saved.get('obs_type', trained_on)!r}; it cannot be evaluated with obs_type {obs_type!r}")
     policy = load_policy(path, device=resolve_device(device))
     env_options = ckpt.get("env_options") or {}
     if video_dir is None:
@@ -330,6 +359,9 @@ def _announce(run_dir: Path) -> None:
 
 
 def _train_cmd(args: argparse.Namespace) -> int:
+    preset = IL_PRESETS[args.preset] if args.preset else None
+    if preset and args.resume is not None:
+        raise ValueError("--preset applies to new runs; a resumed run keeps its saved config")
     if args.resume is not None:
         from difftori.utils.config import resume_config
         from difftori.utils.runs import find_run
@@ -341,7 +373,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
         train(cfg, resume=run_dir, announce=_announce)
     else:
         base = load_config(ILConfig, args.config) if args.config else None
-        cfg = dataclass_from_args(ILConfig, args, base=base)
+        cfg = dataclass_from_args(ILConfig, args, base=base, preset=preset)
         train(cfg, announce=_announce)
     return 0
 
@@ -372,6 +404,7 @@ def register_cli(sub) -> None:
     p = sub.add_parser("train", help="train an IL policy (bc, ibc, diffusion, difftori) on a demo dataset")
     add_dataclass_args(p, ILConfig)
     p.add_argument("--config", type=Path, default=None, help="start from this config.json (options given override it)")
+    p.add_argument("--preset", default=None, choices=sorted(IL_PRESETS), help="named settings applied over the defaults and --config, under the options given: paper (published DiffTORI-IL settings, packed solve), small (CPU-sized)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue this run (or the newest run in this folder) from its last checkpoint; only --steps "
                         "(to extend), --progress, --num-threads and --device may be given with it")

@@ -2,7 +2,8 @@
 
 ``U`` has shape (B, H, A) (batch, horizon, action dim); ``cost_fn(U) -> (B,)``. Sample ``i``'s cost
 may depend only on ``U[i]``; every per-sample quantity (step size, damping, accept/reject,
-convergence) is a (B,) vector, so a sample's result never depends on the rest of the batch.
+convergence) is a (B,) vector, so a sample's result never depends on the rest of the batch
+(the one exception is ``packed=True``, below, which couples the batch on purpose).
 
 Methods
     ``gd``            U <- U - step_size * g
@@ -10,6 +11,8 @@ Methods
     ``lm_scalar``     the original DiffTORI solver: Levenberg-Marquardt on the single residual
                       r = offset + cost, closed form (Sherman-Morrison, no factorisation, always accept):
                       delta = -step_size * J^T r / (damping + ||J||^2), J = dcost/dU.
+                      ``packed=True`` (lm_scalar only): the original's packing, the whole batch is ONE LM
+                      problem on ONE residual r = mean_i(offset + cost_i) over vec(U) (see ``packed``).
     ``newton``        damped Newton with the exact per-sample Hessian (torch.func forward-over-reverse).
                       Per iteration and sample: the damping is shifted past the most negative eigenvalue
                       (``eigvalsh``), ``n_ladder`` dampings ``shift + lam * 4^j`` (j = -2, ...) are
@@ -210,6 +213,15 @@ class TrajOptimizer:
     """Early-stop check period in iterations (a host sync); 0 = auto (1 on CPU, 8 on accelerators)."""
     hessian: Literal["auto", "functorch", "autograd"] = "auto"
     """Hessian/Jacobian engine: functorch (vmap+jvp), autograd (loop of HVPs), auto (functorch, fall back)."""
+    packed: bool = False
+    """lm_scalar only: solve the batch as ONE problem, as the original DiffTORI-IL does. One residual
+    r = mean_i(offset + c_i) over the flattened batch (J = [g_1 .. g_B] / B, g_i = dc_i/dU_i), so the closed-form
+    step is delta_i = -step_size * g_i * r / (B * (damping + sum_j ||g_j||^2 / B^2)): every sample moves ~B times
+    less than in a per-sample solve, and r and the denominator couple the batch (also in the backward pass).
+    This is the ONLY mode where a sample's result depends on the rest of the batch. Everything that belongs to
+    the problem is shared: convergence (norm of dr/dvec(U), or of the whole step), accept/reject (a non-finite
+    trial anywhere rejects the whole step), best iterate (lowest |r|); samples non-finite at the start are left
+    out of the problem (B counts the others). ``SolverInfo`` fields stay (B,), with the shared values repeated."""
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -232,9 +244,11 @@ class TrajOptimizer:
         need(self.check_every >= 0, "check_every must be >= 0")
         need(isinstance(self.plateau_window, int) and self.plateau_window >= 0, f"plateau_window must be an int >= 0, got {self.plateau_window!r}")
         need(self.plateau_rtol >= 0, f"plateau_rtol must be >= 0, got {self.plateau_rtol}")
+        need(not (self.packed and self.plateau_window), "plateau_window is per sample; a packed solve is one coupled problem (use max_iters)")
         need(isinstance(self.nonmonotone, int) and self.nonmonotone >= 0, f"nonmonotone must be an int >= 0, got {self.nonmonotone!r}")
         need(isinstance(self.n_ladder, int) and self.n_ladder >= 1, f"n_ladder must be an int >= 1, got {self.n_ladder!r}")
         need(self.implicit_damping is None or self.implicit_damping >= 0, "implicit_damping must be >= 0")
+        need(not self.packed or self.method == "lm_scalar", f"packed=True is only defined for method lm_scalar, got {self.method!r}")
         b1, b2 = self.adam_betas
         need(0 <= b1 < 1 and 0 <= b2 < 1 and self.adam_eps > 0, "adam_betas must be in [0, 1) and adam_eps > 0")
         if self.bounds is not None:
@@ -328,6 +342,8 @@ class TrajOptimizer:
                 S.t = torch.zeros(B, dtype=dt, device=dev)
             S.best_c = S.c.detach().clone()
             S.best_U = U.clone() if self._keeps_best_graph() else U.detach().clone()
+            if self.packed:  # the packed problem's best iterate is the one with the lowest |r|
+                S.best_r = self._packed_r(S, S.c.detach()).abs()
             S.iters = torch.zeros(B, dtype=torch.long, device=dev)
             S.plateau = zeros_b.clone()
             S.ref_c = S.best_c.clone()  # best cost at the previous plateau check
@@ -464,8 +480,17 @@ class TrajOptimizer:
         U_safe = torch.where(_bcast(bad, U_try), S.U.detach(), U_try)
         return self._evaluate(ev, U_safe, level, True)
 
+    def _packed_r(self, S, c: torch.Tensor) -> torch.Tensor:
+        """The packed problem's residual r = mean over the live samples of (offset + c_i) (0-d)."""
+        return torch.where(S.live, self.offset + c, 0.0).sum() / S.live.sum().clamp_min(1)
+
     def _record(self, S, acc, c_t, U_try, moving):
-        better = acc & (c_t.detach() < S.best_c)
+        if self.packed:  # one problem: the best iterate is the whole batch's, by |r|
+            r_t = self._packed_r(S, c_t.detach()).abs()
+            better = acc & (r_t < S.best_r)
+            S.best_r = torch.where(better.any(), r_t, S.best_r)
+        else:
+            better = acc & (c_t.detach() < S.best_c)
         S.best_c = torch.where(better, c_t.detach(), S.best_c)
         keep = self._keeps_best_graph() and U_try.requires_grad  # unroll: the returned best point keeps its graph
         with torch.enable_grad() if keep else nullcontext():
@@ -481,13 +506,20 @@ class TrajOptimizer:
             if self.tol > 0:
                 # projected gradient (project mode); with clamp_in_cost the gradient outside the box is already 0
                 pg = g.masked_fill(_active(U, g, *box), 0.0) if project else g
-                moving = self._converged(S, torch.linalg.vector_norm(pg.flatten(1), dim=1), freeze)
+                gn = torch.linalg.vector_norm(pg.flatten(1), dim=1)
+                if self.packed:  # one problem: ||dr/dvec(U)|| = ||g||_F / B, shared by every sample
+                    gn = (gn.square().sum().sqrt() / S.live.sum().clamp_min(1)).expand_as(gn)
+                moving = self._converged(S, gn, freeze)
             else:
                 moving = ~S.done if freeze else ~S.dead
         if self.method == "gd":
             d = g * (-self.step_size * S.lr)[:, None, None]
         elif self.method == "lm_scalar":
-            coef = (self.offset + c) * (-self.step_size * S.lr) / (self.damping + (g * g).sum((1, 2)))
+            if self.packed:  # one residual, J = [g_1 .. g_n] / n over the n live samples
+                n = S.live.sum().clamp_min(1)
+                coef = self._packed_r(S, c) * (-self.step_size * S.lr) / (n * (self.damping + (g * g).sum() / n**2))
+            else:
+                coef = (self.offset + c) * (-self.step_size * S.lr) / (self.damping + (g * g).sum((1, 2)))
             d = g * coef[:, None, None]
         else:  # adam
             b1, b2 = self.adam_betas
@@ -507,6 +539,8 @@ class TrajOptimizer:
         with torch.no_grad():
             # one fused finiteness test: NaN/inf anywhere in U_try or g_t makes the sum non-finite
             ok = torch.isfinite((c_t if g_t is None else c_t + g_t.sum((1, 2))) + U_try.detach().sum((1, 2)))
+            if self.packed:  # one problem: a non-finite trial anywhere rejects the whole step
+                ok = ok & (ok | ~moving).all()
             acc = moving & ok
             rej = moving ^ acc
             any_rej = True if U.device.type != "cpu" else bool(rej.any())  # the check is free on CPU
@@ -524,7 +558,10 @@ class TrajOptimizer:
             S.t = torch.where(acc, t_new, S.t)
         with torch.no_grad():
             if self.step_tol > 0:
-                small = acc & (torch.linalg.vector_norm((S.U - U).flatten(1), dim=1) <= self.step_tol)
+                sn = torch.linalg.vector_norm((S.U - U).flatten(1), dim=1)
+                if self.packed:  # the norm of the whole (packed) step
+                    sn = sn.square().sum().sqrt().expand_as(sn)
+                small = acc & (sn <= self.step_tol)
                 S.conv = S.conv | small
                 S.done = S.done | small
             if any_rej:
@@ -537,7 +574,7 @@ class TrajOptimizer:
         """Damped Newton / GN / LM step with per-sample damping, chosen from a ladder of candidates.
 
         newton/lm: the damping is shifted past the most negative eigenvalue of the (reduced) model
-        matrix (``eigvalsh``; negative curvature marks the sample FALLBACK), then ``n_ladder``
+        matrix (``eigvalsh``; negative curvature is counted in ``neg_curvature``), then ``n_ladder``
         dampings ``shift + lam * 4^j`` are factorised (``cholesky_ex``) and their trial points
         evaluated in ONE batched cost-only call; each sample takes its lowest-cost candidate if it
         decreases the cost (accept: lam <- chosen), else stays (reject: lam grows 256x). The

@@ -163,10 +163,15 @@ def _collect(ns: dict[str, Any], cls: type, prefix: str) -> dict[str, Any]:
     return out
 
 
-def dataclass_from_args(cls: type, ns: argparse.Namespace, base: Any | None = None):
-    """Build ``cls`` from parsed args; fields not given keep ``base``'s (or the default) value."""
+def dataclass_from_args(cls: type, ns: argparse.Namespace, base: Any | None = None, preset: dict[str, Any] | None = None):
+    """Build ``cls`` from parsed args; fields not given keep ``base``'s (or the default) value.
+
+    ``preset`` (a partial, nested dict of field values) is applied over ``base`` and under the args.
+    """
     overrides = _collect(vars(ns), cls, "")
     start = to_dict(base) if base is not None else {}
+    if preset:
+        start = _deep_merge(start, preset)
     return from_dict(cls, _deep_merge(start, overrides))
 
 

@@ -1,0 +1,94 @@
+"""``difftori il train --preset``, and clear errors for a wrong ``--base-policy`` or ``il eval --obs-type``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from difftori.cli import main
+from difftori.il.config import IL_PRESETS
+from difftori.il.policies import resolve_checkpoint
+from difftori.utils.io import load_checkpoint, save_checkpoint
+from tests.il.test_cli import _args, _run_dir, dataset  # noqa: F401  (module fixture)
+
+SMALL = ["--diffusion.down-dims", "16", "32", "--diffusion.step-embed-dim", "16"]
+
+
+@pytest.fixture(scope="module")
+def diffusion_ckpt(tmp_path_factory, dataset) -> Path:  # noqa: F811
+    root = tmp_path_factory.mktemp("base")
+    assert main(_args(root, dataset, "diffusion", "--steps", "1", "--eval-episodes", "0", *SMALL)) == 0
+    return resolve_checkpoint(_run_dir(root, "diffusion"))
+
+
+def test_preset_applies_under_the_given_options(tmp_path, dataset):  # noqa: F811
+    assert main(_args(tmp_path, dataset, "bc", "--preset", "paper", "--steps", "1", "--eval-episodes", "0")) == 0
+    cfg = json.loads((_run_dir(tmp_path, "bc") / "config.json").read_text())
+    assert cfg["batch_size"] == 8 and cfg["eval_episodes"] == 0, "options given win over the preset"
+    s = cfg["difftori"]["solver"]
+    assert (cfg["lr"], cfg["lr_min"], cfg["encoder_dim"]) == (1e-4, 1e-6, 64)
+    assert (s["method"], s["max_iters"], s["step_size"], s["damping"], s["backward"], s["backward_iters"], s["packed"]) == (
+        "lm_scalar", 100, 3e-5, 0.01, "truncated", 5, True)
+    assert (cfg["difftori"]["action_loss_weight"], cfg["difftori"]["kl_weight"], cfg["difftori"]["inference_samples"]) == (3000.0, 10.0, 128)
+    assert IL_PRESETS["paper"]["batch_size"] == 128
+    assert IL_PRESETS["small"]["difftori"]["solver"]["packed"] is True
+
+
+def test_difftori_small_preset_trains_from_a_base(tmp_path, dataset, diffusion_ckpt):  # noqa: F811
+    rc = main(_args(tmp_path, dataset, "difftori", "--preset", "small", "--steps", "2", "--base-policy", str(diffusion_ckpt),
+                    "--difftori.solver.max-iters", "3", "--difftori.inference-samples", "4", "--eval-episodes", "1"))
+    assert rc == 0
+    cfg = json.loads((_run_dir(tmp_path, "difftori") / "config.json").read_text())
+    assert cfg["difftori"]["solver"]["packed"] and cfg["difftori"]["base_pool"] == 8 and cfg["difftori"]["solver"]["max_iters"] == 3
+
+
+def _variant(src: Path, dst: Path, edit) -> Path:
+    ckpt = load_checkpoint(src)
+    edit(ckpt)
+    save_checkpoint(dst, ckpt)
+    return dst
+
+
+def test_wrong_base_policy_is_a_clear_error_before_any_file(tmp_path, dataset, diffusion_ckpt, capsys):  # noqa: F811
+    root = tmp_path / "runs"
+
+    def other_task(c):
+        c["config"]["task"] = "door-open"
+
+    def other_obs(c):
+        c["config"]["obs_type"] = "pointcloud"
+        c["policy_info"]["obs_shapes"] = {"pointcloud": [512, 3], "state": [9]}
+
+    def other_window(c):
+        c["policy_info"]["action_steps"] = 8
+
+    def not_diffusion(c):
+        c["policy_info"]["policy"] = "bc"
+
+    cases = {
+        other_task: "trained on task 'door-open'",
+        other_obs: "trained on obs_type 'pointcloud'",
+        other_window: "(obs_steps, action_steps, action_dim) = (2, 8, 4)",
+        not_diffusion: "it is a 'bc' policy",
+    }
+    for edit, msg in cases.items():
+        bad = _variant(diffusion_ckpt, tmp_path / f"{edit.__name__}.pt", edit)
+        capsys.readouterr()
+        assert main(_args(root, dataset, "difftori", "--steps", "1", "--base-policy", str(bad))) == 2
+        err = capsys.readouterr().err
+        assert "must be a diffusion checkpoint" in err and msg in err and len(err.strip().splitlines()) == 1, err
+    assert not root.exists(), "no run directory may be created for a bad --base-policy"
+
+
+def test_eval_with_another_obs_type_is_a_clear_error(tmp_path, diffusion_ckpt, capsys):
+    capsys.readouterr()
+    assert main(["il", "eval", "--checkpoint", str(diffusion_ckpt), "--obs-type", "pointcloud", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on obs_type 'state'" in err and "'pointcloud'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_preset_with_resume_is_refused(tmp_path, capsys):
+    assert main(["il", "train", "--resume", str(tmp_path), "--preset", "paper"]) == 2
+    assert "--preset applies to new runs" in capsys.readouterr().err

@@ -1,0 +1,141 @@
+"""``lm_scalar`` with ``packed=True``: the batch as ONE Levenberg-Marquardt problem (the original DiffTORI-IL).
+
+The reference is the textbook LM step on the flattened batch variable, computed densely:
+r(vec U) = mean_i(offset + c_i(U_i)), J = dr/dvec(U), delta = -step * (J^T J + damping I)^-1 J^T r.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from difftori.optim import Status, TrajOptimizer
+
+from .helpers import MLPCost
+
+DT = torch.float64
+B, H, A = 3, 2, 2
+STEP, DAMPING, OFFSET = 2e-4, 0.01, 1000.0
+
+
+def dense_packed(cost, U0, iters, bounds=(-1.0, 1.0), create_graph=False):
+    """``iters`` dense LM steps on the single packed residual (clamp in the cost, as lm_scalar)."""
+    shape = U0.shape
+    clamp = (lambda V: V.clamp(*bounds)) if bounds is not None else (lambda V: V)
+
+    def r_of(v):
+        return (OFFSET + cost(clamp(v.reshape(shape)))).mean().reshape(1)
+
+    u = U0.reshape(-1)
+    eye = torch.eye(u.numel(), dtype=u.dtype)
+    for _ in range(iters):
+        J = torch.autograd.functional.jacobian(r_of, u, create_graph=create_graph)  # (1, B*H*A)
+        r = r_of(u)
+        u = u - STEP * torch.linalg.solve(J.T @ J + DAMPING * eye, J.T @ r)
+    return clamp(u.reshape(shape))
+
+
+def solver(**kw):
+    base = dict(method="lm_scalar", packed=True, step_size=STEP, damping=DAMPING, offset=OFFSET, tol=0.0, early_stop=False)
+    return TrajOptimizer(**{**base, **kw})
+
+
+@pytest.mark.parametrize("bounds", [None, (-1.0, 1.0)], ids=["unbounded", "clamp_in_cost"])
+@pytest.mark.parametrize("iters", [1, 4])
+def test_packed_step_equals_dense_lm_on_the_flattened_batch(bounds, iters):
+    torch.manual_seed(0)
+    cost = MLPCost(B, H, A)
+    U0 = 0.3 * torch.randn(B, H, A, dtype=DT)
+    U, info = solver(max_iters=iters, bounds=bounds, backward="none").solve(cost, U0)
+    ref = dense_packed(cost, U0, iters, bounds=bounds).detach()
+    assert (U - U0.clamp(-1, 1)).abs().max() > 1e-3, "the test problem must actually move"
+    torch.testing.assert_close(U, ref, rtol=1e-10, atol=1e-12)
+    # a per-sample solve with the same step moves ~B times further: the packing is what sets the scale
+    U_ps, _ = solver(max_iters=iters, bounds=bounds, backward="none", packed=False).solve(cost, U0)
+    assert not torch.allclose(U_ps, U, atol=1e-4)
+    assert info.cost.shape == (B,) and torch.isfinite(info.cost).all()
+
+
+def test_packed_unrolled_gradient_equals_dense_reference():
+    torch.manual_seed(1)
+    cost = MLPCost(B, H, A)
+    U0 = 0.3 * torch.randn(B, H, A, dtype=DT)
+    w = torch.randn(B, H, A, dtype=DT)
+    params = [cost.z, cost.lin, *cost.net.parameters()]
+    U, _ = solver(max_iters=3, backward="unroll").solve(cost, U0)
+    g_solver = torch.autograd.grad((w * U).sum(), params)
+    ref = dense_packed(cost, U0, 3, create_graph=True)
+    g_ref = torch.autograd.grad((w * ref).sum(), params)
+    torch.testing.assert_close(U.detach(), ref.detach(), rtol=1e-10, atol=1e-12)
+    for a, b in zip(g_solver, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    # the coupling is real: sample 0's output depends on sample 1's parameters
+    U, _ = solver(max_iters=3, backward="unroll").solve(cost, U0)
+    (g_z,) = torch.autograd.grad(U[0].sum(), cost.z)
+    assert g_z[1].abs().sum() > 0
+
+
+def test_packed_convergence_and_best_iterate_are_shared():
+    torch.manual_seed(2)
+    cost = MLPCost(B, H, A)
+    U0 = 0.3 * torch.randn(B, H, A, dtype=DT)
+    opt = solver(max_iters=200, step_size=1e-3, tol=0.5, early_stop=True, bounds=None)
+    U, info = opt.solve(cost, U0)
+    assert info.converged.all() and (info.status == Status.OK).all()
+    assert (info.iterations == info.iterations[0]).all() and int(info.iterations[0]) < 200
+    assert (info.grad_norm == info.grad_norm[0]).all()
+    # the shared test is on ||dr/dvec(U)|| = ||[g_1 .. g_B]||_F / B, at the last point where g was taken
+    assert float(info.grad_norm[0]) <= 0.5
+    # best iterate: the whole batch's, by the packed residual, so best_cost is the cost vector of ONE iterate
+    Ub = info.best_U
+    torch.testing.assert_close(info.best_cost, cost(Ub).detach())
+    assert (OFFSET + info.best_cost).mean() <= (OFFSET + cost(U0).detach()).mean()
+
+
+def test_packed_excludes_samples_non_finite_at_start():
+    torch.manual_seed(3)
+    cost4 = MLPCost(4, H, A)
+    bad = torch.tensor([False, False, True, False])
+
+    def cost(U):
+        c = cost4(U)
+        return torch.where(bad, torch.full_like(c, float("inf")), c)
+
+    U0 = 0.3 * torch.randn(4, H, A, dtype=DT)
+    U, info = solver(max_iters=4).solve(cost, U0)
+    assert info.status[2] == Status.NON_FINITE and torch.equal(U[2], U0[2])
+    keep = torch.tensor([0, 1, 3])
+
+    def cost_live(V):  # the same problem without the dead sample: B counts the live samples only
+        full = U0.clone().index_copy(0, keep, V)
+        return cost4(full)[keep]
+
+    ref = dense_packed(cost_live, U0[keep], 4).detach()
+    torch.testing.assert_close(U[keep], ref, rtol=1e-10, atol=1e-12)
+    assert torch.isfinite(U).all()
+
+
+def test_packed_rejects_the_whole_step_on_a_non_finite_trial():
+    torch.manual_seed(4)
+    cost3 = MLPCost(B, H, A)
+    U0 = torch.zeros(B, H, A, dtype=DT)
+    U1, _ = solver(max_iters=1, bounds=None).solve(cost3, U0)
+    moved = (U1 - U0).flatten(1)[1, 0].item()  # where sample 1's first coordinate goes in one full step
+    assert abs(moved) > 1e-4
+
+    def cost(U):  # NaN for sample 1 beyond 3/4 of its first step
+        c = cost3(U)
+        hit = (U.flatten(1)[:, 0] - 0.75 * moved) * (1 if moved > 0 else -1) > 0
+        return torch.where(hit & (torch.arange(B) == 1), torch.full_like(c, float("nan")), c)
+
+    U, info = solver(max_iters=2, bounds=None).solve(cost, U0)
+    assert torch.isfinite(U).all() and torch.isfinite(info.cost).all()
+    assert (info.fallback_steps == 1).all(), "the step of ONE problem was rejected: every sample saw it"
+    # step 1 (full) rejected for every sample, sample 0 included; step 2 = half a step of the whole batch
+    U_half, _ = solver(max_iters=1, bounds=None, step_size=STEP / 2).solve(cost3, U0)
+    torch.testing.assert_close(U, U_half, rtol=1e-12, atol=1e-14)
+
+
+def test_packed_needs_lm_scalar():
+    with pytest.raises(ValueError, match="packed=True is only defined for method lm_scalar"):
+        TrajOptimizer(method="gd", packed=True)

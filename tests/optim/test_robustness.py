@@ -260,7 +260,7 @@ def newton_stop_stats(seed: int) -> dict[str, float]:
 NEWTON_STOP_LIMITS = {
     "converged": (">=", 1.0),
     "ok": (">=", 1.0),
-    "max_iterations": ("<", 25),  # measured
+    "max_iterations": ("<", 10),  # measured
 }
 
 

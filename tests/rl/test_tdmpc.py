@@ -59,9 +59,11 @@ def test_act_in_bounds_and_warm_start():
 
 
 def update_stats(seed: int) -> dict[str, float]:
-    """Reward loss (mean of 5 updates) after 60 updates on random-action data, relative to before."""
+    """Reward loss (mean of 5 updates) after 60 updates on random-action data, relative to before.
+
+    (reacher-easy was used before: its sparse reward is 0 on most random-action seeds, giving 0/0.)"""
     torch.manual_seed(seed)
-    agent, env = _agent(lr=3e-3, seed=seed)
+    agent, env = _agent("cartpole-swingup", lr=3e-3, seed=seed)  # dense rewards: random actions earn some
     buf = _fill(agent, env, seed=seed)
     first = agent.update(buf, 0)
     assert {"consistency_loss", "reward_loss", "value_loss", "pi_loss", "grad_norm"} <= set(first)

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -88,3 +89,6 @@ def test_two_node_cluster_runs_cells_on_both_nodes(tmp_path, monkeypatch):
     finally:
         for n in reversed(nodes):
             n.stop()
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # written by our head: ray.init() would try it
+        if current.exists() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()

@@ -231,7 +231,8 @@ def _init_ray(ray, opts: SweepOptions) -> bool:
             raise ConfigError("--num-cpus sizes a local cluster; with --address the cluster's own resources are used")
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        ray.init(num_cpus=opts.num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        # "local": a new cluster of this process, never one that `ray start` left running on the machine
+        ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     return True
 
 

@@ -15,7 +15,7 @@ $(VENV)/bin/python:
 # Re-install only when the package metadata or constraints change (quick when already installed).
 $(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[dmc,metaworld,dev]"
+	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[dmc,metaworld,dev,sweep]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,10 +1,12 @@
 """Compare IL policies (bc, ibc, diffusion, difftori) on MetaWorld tasks: success rate and training time.
 
-For every task and modality: collect demos with the scripted expert (reused if present), train
-bc, ibc and diffusion, then difftori initialised from the trained diffusion checkpoint; evaluate
-each on ``--eval-episodes`` episodes. Results go to ``<out>/il_compare.csv`` (one row per task,
-modality and policy, rewritten atomically after every policy, so an interrupted benchmark resumes
-where it stopped) and ``<out>/il_compare.md`` (success-rate table + training times).
+A grid of the sweep runner (``difftori.sweep``): for every task and modality, collect demos with the
+scripted expert, train bc, ibc and diffusion, then difftori initialised from the trained diffusion
+run of the same task and modality; evaluate each on ``--eval-episodes`` episodes. Each step is a cell
+of the sweep in ``--run-root`` (default ``<out>/il_runs``): finished cells are reused, interrupted
+ones resumed, so an interrupted benchmark continues where it stopped. Results go to
+``<out>/il_compare.csv`` (one row per task, modality and policy) and ``<out>/il_compare.md``
+(success-rate table + training times); the sweep's own report is in the run root.
 
     python benchmarks/il_compare.py --tasks door-open --modalities pointcloud
     python benchmarks/il_compare.py --tasks door-open reach --steps 2000 --difftori-steps 500
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import time
 from pathlib import Path
 
 from difftori.utils.io import atomic_write_text
@@ -38,8 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
     p.add_argument("--run-root", type=Path, default=None, help="run dirs (default: <out>/il_runs)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 is best on a busy machine)")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (= CPUs) per run (default: 1)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel on the local Ray cluster (default: 1)")
+    p.add_argument("--progress", action="store_true", help="ignored (kept for old command lines): every run logs to its cell's log.txt")
     return p.parse_args(argv)
 
 
@@ -67,59 +69,41 @@ def _write(out: Path, rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    from difftori.data.collect import collect_demos
-    from difftori.il.config import ILConfig
-    from difftori.il.train import train
-    from difftori.utils.config import from_dict
+    from difftori.sweep.grid import il_grid
+    from difftori.sweep.runner import SweepOptions, cell_dir, read_state, run_sweep
+    from difftori.utils.config import ConfigError
     from difftori.utils.runs import read_csv
 
-    if "difftori" in args.policies and "diffusion" not in args.policies:
-        raise SystemExit("difftori is initialised from the trained diffusion policy: include diffusion in --policies")
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    run_root = args.run_root or out / "il_runs"
-    rows = read_csv(out / "il_compare.csv")
-    for task in args.tasks:
-        for mod in args.modalities:
-            data = out / "data" / f"{task}_{mod}_{args.demos}.zarr"
-            if not data.exists():
-                rep = collect_demos(task, episodes=args.demos, obs_type=mod, out=data, progress=args.progress)
-                print(rep.summary(), flush=True)
-            base_ckpt = None
-            for pol in [p for p in POLICIES if p in args.policies]:
-                done = next((r for r in rows if (r["task"], r["modality"], r["policy"]) == (task, mod, pol)), None)
-                if done is not None:
-                    if pol == "diffusion":
-                        base_ckpt = Path(done["run_dir"]) / "checkpoints" / "last.pt"
-                    continue
-                steps = args.difftori_steps if pol == "difftori" else args.steps
-                cfg = from_dict(ILConfig, {
-                    "task": task, "policy": pol, "obs_type": mod, "dataset": str(data), "steps": steps,
-                    "batch_size": args.batch_size, "eval_freq": 0, "eval_episodes": args.eval_episodes,
-                    "checkpoint_freq": max(1, steps // 4), "log_freq": max(1, min(50, steps // 10)),
-                    "seed": args.seed, "device": args.device, "run_root": str(run_root),
-                    "base_policy": str(base_ckpt) if pol == "difftori" else None,
-                })  # fmt: skip
-                t0 = time.time()
-                run = train(cfg, progress=args.progress)
-                wall = time.time() - t0
-                ev = read_csv(run / "eval.csv")[-1]
-                rows.append({
-                    "task": task, "modality": mod, "policy": pol, "steps": steps,
-                    "success_rate": float(ev["success_rate"]), "mean_return": float(ev["mean_return"]),
-                    "train_time_s": round(wall - float(ev["eval_time_s"]), 1), "eval_time_s": round(float(ev["eval_time_s"]), 1),
-                    "run_dir": str(run),
-                })  # fmt: skip
-                if pol == "diffusion":
-                    base_ckpt = run / "checkpoints" / "last.pt"
-                _write(out, rows)
-                print(f"{task} {mod} {pol}: success {float(ev['success_rate']):.2f}, train {wall / 60:.1f} min", flush=True)
-    print(f"wrote {out / 'il_compare.csv'} and {out / 'il_compare.md'}")
-    return 0
+    run_root = (args.run_root or args.out / "il_runs").absolute()
+    threads = args.threads or 1
+    options = ["--batch-size", args.batch_size, "--eval-freq", 0, "--eval-episodes", args.eval_episodes]
+    policies = [p for p in POLICIES if p in args.policies]
+    try:
+        cells = il_grid(args.tasks, policies, args.modalities, [args.seed], args.steps, demos=args.demos, options=options,
+                        policy_steps={"difftori": args.difftori_steps} if "difftori" in policies else None)
+    except ConfigError as exc:
+        raise SystemExit(f"il_compare: error: {exc}") from None
+    gpus = {"cpu": 0.0, "auto": None}.get(args.device, 1.0)
+    states = run_sweep(cells, run_root, SweepOptions(num_cpus=args.jobs * threads, cpus_per_run=threads, gpus_per_run=gpus,
+                                                     max_parallel=args.jobs),
+                       log=lambda m: print(m.replace("[sweep]", "[il_compare]"), flush=True))
+    rows = []
+    for c in cells:
+        st = {**read_state(run_root, c.id), **states.get(c.id, {})}
+        if c.area != "il" or st["status"] != "done":
+            continue
+        run = (cell_dir(run_root, c.id) / st["run_dir"]).resolve()
+        ev = read_csv(run / "eval.csv")[-1]
+        rows.append({
+            "task": c.task, "modality": c.obs_type, "policy": c.variant, "steps": c.steps,
+            "success_rate": float(ev["success_rate"]), "mean_return": float(ev["mean_return"]),
+            "train_time_s": round(float(st["wall_s"]) - float(ev["eval_time_s"]), 1), "eval_time_s": round(float(ev["eval_time_s"]), 1),
+            "run_dir": str(run),
+        })  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write(args.out, rows)
+    print(f"wrote {args.out / 'il_compare.csv'} and {args.out / 'il_compare.md'}")
+    return 0 if all(s["status"] == "done" for s in states.values()) else 1
 
 
 if __name__ == "__main__":

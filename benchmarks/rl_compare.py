@@ -1,17 +1,21 @@
-"""DiffTORI vs TD-MPC on DeepMind Control: tasks x seeds x variants through the normal trainer.
+"""DiffTORI vs TD-MPC on DeepMind Control: tasks x seeds x variants, a grid of the sweep runner (``difftori.sweep``).
 
-Each run is ``difftori rl train`` in its own subprocess (up to ``--jobs`` at once, ``--threads``
-torch threads each), in ``RUN_ROOT/<variant>/<task>/<agent>/seed<s>/<time>``. Variants:
-``tdmpc`` (MPPI planner baseline), ``difftori-episode`` (original: PG accumulated per episode),
-``difftori-replay`` (batched PG on replay), both with the library's default DiffTORI settings, and
-``difftori-faithful`` (the original: episode PG, pi-rollout init, clamp inside the cost). Finished runs are reused and interrupted ones resumed
-(``--fresh`` starts over), so an interrupted benchmark continues where it stopped; a run directory
-whose recorded options (``args.json``) differ from the current ones is never reused (a new run starts).
+Each run is a cell of ``difftori sweep`` (a Ray task running ``difftori rl train`` in its own process,
+``--threads`` torch threads, up to ``--jobs`` at once on a local Ray cluster, or on the cluster at
+``--address``), in ``RUN_ROOT/cells/<cell id>/`` (the run itself under ``run/<task>/<agent>/seed<s>/<time>``).
+Variants: ``tdmpc`` (MPPI planner baseline), ``difftori-episode`` (original: PG accumulated per episode),
+``difftori-replay`` (batched PG on replay), both with the library's default DiffTORI settings,
+``difftori-faithful`` (the original: episode PG, pi-rollout init, clamp inside the cost) and two diagnostics
+(``difftori-actplanner``, ``difftori-nopg``). A cell's id follows from its resolved options, so finished
+runs are reused, interrupted ones resumed from their checkpoint, and changed options start new cells
+(``--fresh`` starts every cell over). Runs of the earlier layout (``RUN_ROOT/<variant>/<task>/seed<s>`` with
+an ``args.json`` equal to the current options) are adopted by their cell, so nothing is run twice.
 
 Outputs in ``--out-dir`` (default ``benchmarks/results``): ``rl_compare.csv`` (every evaluation:
 task, variant, seed, env step, return), ``rl_compare.png`` (curves, mean and spread over seeds),
 ``rl_compare.md`` (final returns beside METHOD.md's reference TD-MPC numbers and a random policy,
-wall-clock ms per env step, crash / NaN flags) and ``rl_compare.json`` (the same + config).
+wall-clock ms per env step, crash / NaN flags) and ``rl_compare.json`` (the same + config). The sweep's
+own report (``results.csv``, ``summary.md``, plots) is in ``RUN_ROOT``.
 
 Presets (the CLI's, ``difftori.rl.config.preset_values``): ``paper`` = the published sizes and
 schedules (GPU scale); ``small`` (alias ``cpu``) = small networks (MLP 64, latent 32, batch 64, 64
@@ -29,7 +33,6 @@ import math
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -41,11 +44,13 @@ import numpy as np
 
 from difftori.envs import dmc
 from difftori.rl.config import SMALL_FRACTIONS, preset_values
+from difftori.sweep.grid import Cell, rl_cell
+from difftori.sweep.runner import SweepOptions, cell_dir, read_state, run_sweep
 from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args, to_dict
 from difftori.utils.io import atomic_write_json, atomic_write_text
 from difftori.utils.runs import read_csv
 
-__all__ = ["CompareConfig", "VARIANTS", "REFERENCE_TDMPC", "run_args", "run", "main"]
+__all__ = ["CompareConfig", "VARIANTS", "REFERENCE_TDMPC", "run_args", "cells", "run", "main"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "tdmpc": {"agent": "tdmpc"},
@@ -97,17 +102,21 @@ class CompareConfig:
     episode_length: int = 1000
     """Env steps per episode."""
     jobs: int = 2
-    """Runs in parallel."""
+    """Runs in parallel (the local Ray cluster gets jobs x threads CPUs; with --address, the most cells at once)."""
     threads: int = 1
     """torch threads per run."""
     timeout_s: Optional[float] = None
     """Kill a run after this many seconds (it is then flagged 'timeout'; rerun to resume it)."""
     run_root: Path = Path("runs/rl_compare")
-    """Where the runs go."""
+    """The sweep directory: cells (with their runs) and the sweep's report."""
+    address: Optional[str] = None
+    """Run the cells on this Ray cluster (HOST:PORT of `ray start --head`) instead of a local one."""
     out_dir: Path = Path("benchmarks/results")
     """Where rl_compare.{csv,png,md,json} go."""
     fresh: bool = False
     """Start every run over instead of reusing finished / resuming interrupted ones."""
+    retry_failed: bool = False
+    """Run cells that failed in an earlier invocation again (resumed from their checkpoint)."""
     random_episodes: int = 5
     """Episodes of the random-policy reference per task (0 skips it)."""
     extra: str = ""
@@ -132,43 +141,22 @@ class CompareConfig:
         check(self.timeout_s is None or self.timeout_s > 0, "timeout_s must be > 0")
 
 
-# ----------------------------------------------------------------------------------- runs
-@dataclass
-class Run:
-    task: str
-    variant: str
-    seed: int
-    root: Path
-    log: Path
-    proc: Optional[subprocess.Popen] = None
-    started: float = 0.0
-    wall_s: float = 0.0
-    returncode: Optional[int] = None
-    timed_out: bool = False
-    reused: bool = False
-
-    @property
-    def name(self) -> str:
-        return f"{self.task}/{self.variant}/seed{self.seed}"
-
-
+# ----------------------------------------------------------------------------------- the grid
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def run_args(cfg: CompareConfig, task: str, variant: str, seed: int, run_root: Path) -> list[str]:
-    """``difftori rl train`` options of one run."""
+def _options(cfg: CompareConfig, task: str, variant: str, seed: int, runner: dict[str, Any]) -> list[str]:
     ar = dmc.action_repeat_for(task)
     opts: dict[str, Any] = {
         "task": task, "seed": seed, "steps": cfg.steps, "episode_length": cfg.episode_length,
         "eval_freq": cfg.eval_freq or max(cfg.steps // 4, 1), "eval_episodes": cfg.eval_episodes,
-        "checkpoint_freq": max(cfg.steps // 4, 1), "num_threads": cfg.threads, "run_root": str(run_root),
-        "progress": "false",
+        "checkpoint_freq": max(cfg.steps // 4, 1), **runner,
     }
     if cfg.preset in ("small", "cpu"):
         agent_steps = max(cfg.steps // ar, 1)
         opts["preset"] = "small"
-        opts.update(preset_values("small", task, cfg.steps))  # the CLI's preset, spelled out in args.json
+        opts.update(preset_values("small", task, cfg.steps))  # the CLI's preset, spelled out
         opts.update({  # the benchmark's fractions (default: the preset's own)
             "seed_steps": int(cfg.seed_frac * agent_steps),
             "difftori.pg_start_step": int(cfg.pg_start_frac * agent_steps),
@@ -181,69 +169,33 @@ def run_args(cfg: CompareConfig, task: str, variant: str, seed: int, run_root: P
     return args + shlex.split(cfg.extra)
 
 
-def _find_run_dir(root: Path) -> Optional[Path]:
-    """The newest run directory (holding config.json) under ``root``."""
-    dirs = sorted((p.parent for p in root.rglob("config.json")), key=lambda p: p.name)
-    return dirs[-1] if dirs else None
+def run_args(cfg: CompareConfig, task: str, variant: str, seed: int) -> list[str]:
+    """``difftori rl train`` options of one run (threads, device and paths are the sweep runner's)."""
+    return _options(cfg, task, variant, seed, {})
 
 
-def _command(cfg: CompareConfig, r: Run) -> Optional[list[str]]:
-    """Command for ``r`` (resume if interrupted), or None if a finished run can be reused."""
-    base = [sys.executable, "-m", "difftori.cli"]
-    args_file = r.root / "args.json"
-    args = run_args(cfg, r.task, r.variant, r.seed, r.root)
-    same = args_file.exists() and json.loads(args_file.read_text()) == args
-    run_dir = None if (cfg.fresh or not same) else _find_run_dir(r.root)
-    if run_dir is not None:
-        final = run_dir / "final.json"
-        if final.exists() and json.loads(final.read_text()).get("step", 0) >= cfg.steps:
-            return None
-        if (run_dir / "checkpoints" / "last.pt").exists():
-            return base + ["rl", "train", "--resume", str(run_dir), "--steps", str(cfg.steps), "--progress", "false"]
-    r.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args_file, args)
-    return base + args
+def cells(cfg: CompareConfig) -> list[Cell]:
+    """The grid: one sweep cell per task, seed and variant (options checked here, before anything is written)."""
+    return [rl_cell(t, v, s, run_args(cfg, t, v, s)[6:]) for t in cfg.tasks for s in cfg.seeds for v in cfg.variants]
 
 
-def launch_all(cfg: CompareConfig, runs: list[Run]) -> None:
-    """Run everything, at most ``jobs`` subprocesses at a time (a crash never stops the others)."""
-    pending = list(runs)
-    active: list[Run] = []
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
-    env.setdefault("MUJOCO_GL", "egl")
-    while pending or active:
-        while pending and len(active) < cfg.jobs:
-            r = pending.pop(0)
-            cmd = _command(cfg, r)
-            if cmd is None:
-                r.reused, r.returncode = True, 0
-                print(f"[rl_compare] reuse   {r.name}", flush=True)
-                continue
-            r.root.mkdir(parents=True, exist_ok=True)
-            r.log.parent.mkdir(parents=True, exist_ok=True)
-            fh = r.log.open("a")
-            fh.write(f"$ {' '.join(cmd)}\n")
-            fh.flush()
-            r.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-            r.started = time.perf_counter()
-            active.append(r)
-            print(f"[rl_compare] start   {r.name}", flush=True)
-        time.sleep(1.0)
-        for r in list(active):
-            elapsed = time.perf_counter() - r.started
-            if r.proc.poll() is None and cfg.timeout_s is not None and elapsed > cfg.timeout_s:
-                r.proc.terminate()
-                try:
-                    r.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    r.proc.kill()
-                    r.proc.wait()
-                r.timed_out = True
-            if r.proc.poll() is not None:
-                r.returncode, r.wall_s = r.proc.returncode, elapsed
-                active.remove(r)
-                state = "timeout" if r.timed_out else ("done" if r.returncode == 0 else f"CRASH rc={r.returncode}")
-                print(f"[rl_compare] {state:7s} {r.name} ({elapsed:.0f} s)", flush=True)
+def _adopt_legacy(cfg: CompareConfig, cell: Cell) -> bool:
+    """Make a run of the earlier layout (``RUN_ROOT/<variant>/<task>/seed<s>``, whose ``args.json`` holds the same
+    options) the cell's run: its folder becomes the cell's ``run/`` (a link), finished runs count as done."""
+    legacy = cfg.run_root / cell.variant / cell.task / f"seed{cell.seed}"
+    d = cell_dir(cfg.run_root, cell.id)
+    if not (legacy / "args.json").exists() or (d / "run").exists():
+        return False
+    runner = {"num_threads": cfg.threads, "run_root": str(legacy), "progress": "false"}
+    if json.loads((legacy / "args.json").read_text()) != _options(cfg, cell.task, cell.variant, cell.seed, runner):
+        return False
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "run").symlink_to(legacy.absolute(), target_is_directory=True)
+    runs = sorted((p.parent for p in legacy.rglob("final.json")), key=lambda p: p.name)
+    if runs and json.loads((runs[-1] / "final.json").read_text()).get("step", 0) >= cfg.steps:
+        atomic_write_json(d / "state.json", {"status": "done", "adopted_from": str(legacy)})
+        atomic_write_json(d / "result.json", {"run_dir": str(Path("run") / runs[-1].relative_to(legacy)), "adopted_from": str(legacy)})
+    return True
 
 
 # ----------------------------------------------------------------------------------- results
@@ -262,15 +214,22 @@ def _finite_floats(rows: list[dict[str, str]]) -> bool:
     return True
 
 
-def summarise_run(cfg: CompareConfig, r: Run) -> dict[str, Any]:
-    """Final return, timings and flags of one run (from its run directory)."""
-    run_dir = _find_run_dir(r.root)
-    out: dict[str, Any] = {"task": r.task, "variant": r.variant, "seed": r.seed, "run_dir": str(run_dir) if run_dir else None,
-                           "flags": []}
-    if r.timed_out:
+def summarise_run(cfg: CompareConfig, cell: Cell, state: dict[str, Any]) -> dict[str, Any]:
+    """Final return, timings and flags of one cell (from its state and run directory)."""
+    d = cell_dir(cfg.run_root, cell.id)
+    if state.get("run_dir"):
+        run_dir: Optional[Path] = d / state["run_dir"]
+    else:  # unfinished: its newest run so far
+        found = sorted((p.parent for p in (d / "run").rglob("config.json")), key=lambda p: p.name) if (d / "run").exists() else []
+        run_dir = found[-1] if found else None
+    out: dict[str, Any] = {"task": cell.task, "variant": cell.variant, "seed": cell.seed, "cell": cell.id,
+                           "run_dir": str(run_dir) if run_dir else None, "flags": []}
+    if state["status"] == "interrupted" and "timeout" in state.get("error", ""):
         out["flags"].append("timeout")
-    elif r.returncode not in (0, None):
-        out["flags"].append(f"crash(rc={r.returncode})")
+    elif state["status"] in ("failed", "interrupted"):
+        rc = state.get("returncode")
+        out["flags"].append(f"crash(rc={rc})" if rc is not None else state["status"])
+        out["error"] = state.get("error", "")
     if run_dir is None:
         out["flags"].append("no-run-dir")
         return out
@@ -284,7 +243,7 @@ def summarise_run(cfg: CompareConfig, r: Run) -> dict[str, Any]:
     skipped = [float(t["pg_skipped_total"]) for t in train if t.get("pg_skipped_total") not in (None, "")]
     if skipped and skipped[-1] > 0:
         out["flags"].append(f"pg_skipped={int(skipped[-1])}")
-    ar = dmc.action_repeat_for(r.task)
+    ar = dmc.action_repeat_for(cell.task)
     config = json.loads((run_dir / "config.json").read_text())
     pg_start_env = int(config.get("difftori", {}).get("pg_start_step", 0)) * ar
     seed_env = int(config.get("seed_steps", 0)) * ar
@@ -307,7 +266,7 @@ def summarise_run(cfg: CompareConfig, r: Run) -> dict[str, Any]:
         "train_time_s": final.get("train_time_s"),
         "ms_per_env_step": ms_per_step(agent_rows),
         "ms_per_env_step_all": ms_per_step(train),
-        "wall_s": r.wall_s,
+        "wall_s": state.get("wall_s"),
     })
     for key in ("solver_iters", "solver_converged", "act_saturated", "pg_saturated", "pg_grad_norm"):
         vals = [float(t[key]) for t in train if t.get(key) not in (None, "")]
@@ -375,14 +334,16 @@ def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str
 
 
 def run(cfg: CompareConfig) -> dict[str, Any]:
-    """Run (or reuse) every run, then write the CSV, plot, Markdown table and JSON summary."""
+    """Run (or reuse) every cell on the sweep runner, then write the CSV, plot, Markdown table and JSON summary."""
     t0 = time.perf_counter()
-    runs = [
-        Run(task=t, variant=v, seed=s, root=cfg.run_root / v / t / f"seed{s}", log=cfg.run_root / "logs" / f"{t}_{v}_seed{s}.log")
-        for t in cfg.tasks for s in cfg.seeds for v in cfg.variants
-    ]
-    launch_all(cfg, runs)
-    summaries = [summarise_run(cfg, r) for r in runs]
+    grid = cells(cfg)
+    for c in grid:
+        if not cfg.fresh and _adopt_legacy(cfg, c):
+            print(f"[rl_compare] adopted {cfg.run_root / c.variant / c.task / f'seed{c.seed}'} as cell {c.id}", flush=True)
+    opts = SweepOptions(address=cfg.address, num_cpus=None if cfg.address else cfg.jobs * cfg.threads, cpus_per_run=cfg.threads,
+                        max_parallel=cfg.jobs, fresh=cfg.fresh, timeout_s=cfg.timeout_s, retry_failed=cfg.retry_failed)
+    states = run_sweep(grid, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[rl_compare]"), flush=True))
+    summaries = [summarise_run(cfg, c, {**read_state(cfg.run_root, c.id), **states.get(c.id, {})}) for c in grid]
     rand = random_returns(cfg)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     csv_lines = ["task,variant,seed,step,episode_return"]
@@ -414,9 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = dataclass_from_args(CompareConfig, args)
-    except ConfigError as exc:
+        res = run(cfg)
+    except ConfigError as exc:  # also a bad --extra option: raised by the grid before anything is written
         parser.error(str(exc))
-    res = run(cfg)
     print((cfg.out_dir / "rl_compare.md").read_text())
     bad = [f"{s['task']}/{s['variant']}/seed{s['seed']}: {', '.join(s['flags'])}" for s in res["runs"]
            if any(not f.startswith("pg_skipped") and f != "solver-never-acted" for f in s["flags"])]

@@ -7,7 +7,8 @@ from difftori.cli import main
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["rl", "train"], ["rl", "eval"], ["rl", "demo"], ["il", "collect"], ["il", "train"], ["il", "eval"], ["plot"]],
+    [[], ["rl", "train"], ["rl", "eval"], ["rl", "demo"], ["il", "collect"], ["il", "train"], ["il", "eval"], ["plot"],
+     ["sweep", "rl"], ["sweep", "il"], ["sweep", "report"]],
 )
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -39,6 +39,12 @@ TINY: dict[str, list[str]] = {
         "--diffusion.down-dims", "16", "32", "--diffusion.step-embed-dim", "16", "--difftori.solver.max-iters", "3", *_QUIET,
     ],
     "il eval": ["--episodes", "1", "--max-steps", "4", "--device", "cpu", "--num-threads", "1"],
+    "sweep rl": [  # one tiny cell on a 2-CPU local Ray cluster (threads, device and progress are the runner's)
+        "--tasks", "cartpole-balance", "--agents", "tdmpc", "--seeds", "1", "--steps", "96", "--num-cpus", "2",
+        "--episode-length", "96", "--seed-steps", "12", "--eval-episodes", "1", "--eval-freq", "96", "--checkpoint-freq", "96",
+        *_RL_NETS,
+    ],
+    "sweep report": [],
 }  # fmt: skip
 """Options appended to each README command, by subcommand (``--help`` commands run unchanged)."""
 
@@ -55,7 +61,7 @@ def readme_commands(text: str) -> list[list[str]]:
 
 
 def _key(argv: list[str]) -> str:
-    key = " ".join(argv[:2]) if argv[0] in ("rl", "il") else argv[0]
+    key = " ".join(argv[:2]) if argv[0] in ("rl", "il", "sweep") else argv[0]
     return f"{key} --resume" if "--resume" in argv else key
 
 

@@ -1,4 +1,4 @@
-"""``difftori`` command line: ``rl train|eval``, ``il collect|train|eval``, ``plot``.
+"""``difftori`` command line: ``rl train|eval``, ``il collect|train|eval``, ``sweep rl|il|report``, ``plot``.
 
 Each area registers its own subcommands (``difftori.rl.cli.register``,
 ``difftori.il.cli.register``); heavy imports happen inside the command handlers, so
@@ -29,11 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from difftori.il import cli as il_cli
     from difftori.rl import cli as rl_cli
+    from difftori.sweep import cli as sweep_cli
 
     rl_cli.register(sub)
     il_cli.register(sub)
+    sweep_cli.register(sub)
 
-    p = sub.add_parser("plot", help="learning curves of one or many runs (mean and spread over seeds) as PNG")
+    p = sub.add_parser("plot", help="learning curves of one or many runs (mean and spread over seeds, one line per variant) as PNG")
     p.add_argument("runs", nargs="+", help="run directories, or folders containing runs")
     p.add_argument("--out", type=Path, default=Path("curves.png"), help="output PNG path")
     p.add_argument("--metric", default=None, help="eval.csv column to plot (default: episode_return or success_rate)")
@@ -46,11 +48,21 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_gl()  # before anything imports mujoco
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sweep"]:
+        from difftori.sweep.cli import split_lists
+
+        argv = split_lists(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # only the sweep commands pass unknown options on (to every run, checked there)
+        if not getattr(args, "overrides_ok", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = extra
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        again = "run the same command again to resume" if args.area == "sweep" else "resume with --resume RUN_DIR"
+        print(f"interrupted; {again}", file=sys.stderr)
         return 130
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         # Expected user-facing failures: one clear line, no traceback (set DIFFTORI_DEBUG=1 for it).

@@ -1,4 +1,5 @@
-"""benchmarks/rl_compare.py: config checks, run options, and a tiny end-to-end comparison with a crash flagged."""
+"""benchmarks/rl_compare.py on the sweep runner: config checks, run options, cell ids, adoption of runs of the
+earlier layout, and a tiny end-to-end comparison (a local Ray cluster) whose second invocation re-runs nothing."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import rl_compare as bench  # noqa: E402
+from difftori.sweep.runner import cell_dir, read_state  # noqa: E402
 from difftori.utils.config import ConfigError  # noqa: E402
 
 TINY = ("--latent-dim 8 --mlp-dim 32 --enc-dim 32 --batch-size 16 --horizon 3 --num-samples 16 --num-elites 4 "
@@ -26,22 +28,53 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="unknown DMC task"):
         bench.CompareConfig(tasks=("cartpole-swingup", "no-such-task"))
     assert bench.CompareConfig(tasks=("cartpole_swingup",)).tasks == ("cartpole-swingup",)
+    with pytest.raises(ConfigError, match="--no-such-option"):
+        bench.cells(bench.CompareConfig(extra="--no-such-option 1"))
 
 
 def test_run_args_scale_schedules_and_select_variant():
     cfg = bench.CompareConfig(steps=8000, extra="--difftori.max-iters 7")
-    args = bench.run_args(cfg, "cartpole-swingup", "difftori-replay", 3, Path("root"))
+    args = bench.run_args(cfg, "cartpole-swingup", "difftori-replay", 3)
     opts = dict(zip(args[2::2], args[3::2]))
-    assert args[:2] == ["rl", "train"]
+    assert args[:2] == ["rl", "train"] and "--run-root" not in opts and "--num-threads" not in opts
     # 8000 env steps / action repeat 8 = 1000 agent steps: seed 10%, DiffTORI start 15%, schedules 50%.
     assert opts["--seed-steps"] == "100" and opts["--difftori.pg-start-step"] == "150" and opts["--schedule-steps"] == "500"
     assert opts["--agent"] == "difftori" and opts["--difftori.pg-mode"] == "replay" and opts["--label"] == "replay"
     assert opts["--seed"] == "3" and opts["--difftori.max-iters"] == "7"
-    paper = bench.run_args(bench.CompareConfig(preset="paper"), "cartpole-swingup", "tdmpc", 1, Path("root"))
+    paper = bench.run_args(bench.CompareConfig(preset="paper"), "cartpole-swingup", "tdmpc", 1)
     assert "--seed-steps" not in paper and "--mlp-dim" not in paper and "--agent" in paper
 
 
-def test_tiny_comparison_end_to_end(tmp_path, monkeypatch):
+def test_cells_follow_the_options():
+    cfg = bench.CompareConfig(tasks=("cartpole-swingup",), seeds=(1, 2), variants=("tdmpc", "difftori-nopg"), steps=100)
+    grid = bench.cells(cfg)
+    assert [(c.variant, c.seed) for c in grid] == [("tdmpc", 1), ("difftori-nopg", 1), ("tdmpc", 2), ("difftori-nopg", 2)]
+    assert grid[1].config["difftori"]["pg_lr"] == 1e-12 and grid[1].config["label"] == "nopg"
+    same = bench.cells(bench.CompareConfig(**{**cfg.__dict__, "jobs": 1, "threads": 2}))  # how it runs, not what
+    other = bench.cells(bench.CompareConfig(**{**cfg.__dict__, "extra": "--difftori.init pi"}))
+    assert [c.id for c in same] == [c.id for c in grid]
+    assert grid[1].id != other[1].id  # changed options: a new cell (never the stale run)
+
+
+def test_runs_of_the_earlier_layout_are_adopted(tmp_path):
+    cfg = bench.CompareConfig(tasks=("cartpole-swingup",), seeds=(1,), variants=("difftori-episode",), steps=100, run_root=tmp_path)
+    cell = bench.cells(cfg)[0]
+    legacy = tmp_path / "difftori-episode" / "cartpole-swingup" / "seed1"
+    done = legacy / "cartpole-swingup" / "difftori" / "seed1" / "20260101-000000"
+    done.mkdir(parents=True)
+    (done / "config.json").write_text("{}")
+    (done / "final.json").write_text(json.dumps({"step": 100}))
+    (legacy / "args.json").write_text(json.dumps(bench._options(cfg, "cartpole-swingup", "difftori-episode", 1, {"num_threads": 2})))
+    assert not bench._adopt_legacy(cfg, cell)  # recorded with other options: never reused
+    old_args = bench._options(cfg, "cartpole-swingup", "difftori-episode", 1,
+                              {"num_threads": cfg.threads, "run_root": str(legacy), "progress": "false"})
+    (legacy / "args.json").write_text(json.dumps(old_args))
+    assert bench._adopt_legacy(cfg, cell)
+    state = read_state(tmp_path, cell.id)
+    assert state["status"] == "done" and (cell_dir(tmp_path, cell.id) / state["run_dir"]).resolve() == done.resolve()
+
+
+def test_tiny_comparison_end_to_end(tmp_path):
     out = tmp_path / "out"
     cfg = bench.CompareConfig(
         tasks=("cartpole-swingup",), seeds=(1,), variants=("tdmpc", "difftori-episode"), steps=160, episode_length=80,
@@ -51,50 +84,25 @@ def test_tiny_comparison_end_to_end(tmp_path, monkeypatch):
     assert [(r["variant"], r["flags"]) for r in res["runs"]] == [("tdmpc", []), ("difftori-episode", [])]
     rows = list(csv.DictReader((out / "rl_compare.csv").open()))
     assert {r["variant"] for r in rows} == {"tdmpc", "difftori-episode"} and all(int(r["step"]) == 160 for r in rows)
-    assert (out / "rl_compare.png").stat().st_size > 0
+    assert (out / "rl_compare.png").stat().st_size > 0 and (cfg.run_root / "summary.md").exists()
     table = (out / "rl_compare.md").read_text()
     assert "| cartpole-swingup | difftori-episode |" in table and "not in the paper" in table
     for r in res["runs"]:
         assert r["ms_per_env_step"] > 0 and r["final_step"] >= 160
     assert json.loads((out / "rl_compare.json").read_text())["runs"][0]["task"] == "cartpole-swingup"
-    # A second invocation reuses the finished runs; a run that cannot start is flagged, not fatal.
-    again = bench.run(bench.CompareConfig(**{**cfg.__dict__, "variants": ("tdmpc",)}))
-    assert again["runs"][0]["flags"] == []
-    # A run that fails is flagged (and main exits 1) without stopping the others.
-    real_command = bench._command
-
-    def failing(cfg_, r):
-        if r.variant == "difftori-replay":
-            return [sys.executable, "-c", "import sys; sys.exit(3)"]
-        return real_command(cfg_, r)
-
-    monkeypatch.setattr(bench, "_command", failing)
-    broken = bench.CompareConfig(**{**cfg.__dict__, "variants": ("tdmpc", "difftori-replay")})
-    assert bench.main(_argv(broken)) == 1
-    runs = json.loads((out / "rl_compare.json").read_text())["runs"]
-    assert runs[0]["flags"] == [] and "crash(rc=3)" in runs[1]["flags"]
+    # A second invocation (through main) reuses the finished cells: nothing runs again.
+    stamp = [(cell_dir(cfg.run_root, c.id) / "result.json").stat().st_mtime_ns for c in bench.cells(cfg)]
+    argv = ["--tasks", "cartpole-swingup", "--seeds", "1", "--variants", "tdmpc", "difftori-episode", "--steps", "160",
+            "--episode-length", "80", "--eval-freq", "160", "--eval-episodes", "1", "--run-root", str(cfg.run_root),
+            "--out-dir", str(out), "--random-episodes", "0", "--extra", TINY]
+    assert bench.main(argv) == 0
+    assert [(cell_dir(cfg.run_root, c.id) / "result.json").stat().st_mtime_ns for c in bench.cells(cfg)] == stamp
 
 
-def _argv(cfg: bench.CompareConfig) -> list[str]:
-    return [
-        "--tasks", *cfg.tasks, "--seeds", *map(str, cfg.seeds), "--variants", *cfg.variants, "--steps", str(cfg.steps),
-        "--episode-length", str(cfg.episode_length), "--eval-episodes", str(cfg.eval_episodes), "--jobs", str(cfg.jobs),
-        "--eval-freq", str(cfg.eval_freq), "--run-root", str(cfg.run_root), "--out-dir", str(cfg.out_dir),
-        "--random-episodes", "0", "--extra", cfg.extra,
-    ]
-
-
-def test_finished_run_reused_only_with_the_same_options(tmp_path):
-    cfg = bench.CompareConfig(tasks=("cartpole-swingup",), seeds=(1,), steps=100, run_root=tmp_path)
-    r = bench.Run(task="cartpole-swingup", variant="difftori-episode", seed=1, root=tmp_path / "r", log=tmp_path / "r.log")
-    cmd = bench._command(cfg, r)  # nothing there: a fresh run, whose options are recorded
-    assert cmd is not None and "--resume" not in cmd
-    assert json.loads((r.root / "args.json").read_text()) == bench.run_args(cfg, r.task, r.variant, 1, r.root)
-    done = r.root / "cartpole-swingup" / "difftori" / "seed1" / "20260101-000000"
-    done.mkdir(parents=True)
-    (done / "config.json").write_text("{}")
-    (done / "final.json").write_text(json.dumps({"step": 100}))
-    assert bench._command(cfg, r) is None  # same options, finished: reused
-    other = bench.CompareConfig(tasks=("cartpole-swingup",), seeds=(1,), steps=100, run_root=tmp_path, extra="--difftori.init pi")
-    cmd = bench._command(other, r)  # different options: never reuse the stale run
-    assert cmd is not None and "--resume" not in cmd and cmd[-2:] == ["--difftori.init", "pi"]
+def test_failed_cell_is_flagged(tmp_path):
+    cfg = bench.CompareConfig(tasks=("cartpole-swingup",), seeds=(1,), variants=("tdmpc",), steps=100, run_root=tmp_path)
+    cell = bench.cells(cfg)[0]
+    s = bench.summarise_run(cfg, cell, {"status": "failed", "returncode": 3, "error": "exit 3: boom"})
+    assert s["flags"] == ["crash(rc=3)", "no-run-dir"] and s["error"] == "exit 3: boom"
+    s = bench.summarise_run(cfg, cell, {"status": "interrupted", "error": "timeout after 5 s (resumes at the next sweep)"})
+    assert s["flags"][0] == "timeout"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+import json
+
+import numpy as np
 import pytest
+import torch
 
 from difftori.utils.io import CorruptFileError, atomic_write_text, load_checkpoint, save_checkpoint
-from difftori.utils.plotting import plot_learning_curve, plot_runs
+from difftori.utils.plotting import Curve, aggregate, plot_learning_curve, plot_runs, run_variants
 from difftori.utils.runs import MetricsLogger, find_run, locate_checkpoint, make_run_dir, new_run_dir, read_csv
 
 
@@ -64,6 +67,48 @@ def test_plot_runs(tmp_path):
     assert out.exists() and out.stat().st_size > 1000
     with pytest.raises(FileNotFoundError):
         plot_runs([tmp_path / "nope"], tmp_path / "x.png")
+
+
+def _eval_run(root, task, method, seed, rows, config):
+    run = make_run_dir(root, task, method, seed, stamp="t")
+    (run / "config.json").write_text(json.dumps(config))
+    key = "episode_return" if "agent" in config else "success_rate"
+    (run / "eval.csv").write_text(f"step,{key}\n" + "".join(f"{s},{v}\n" for s, v in rows))
+    return run
+
+
+def test_plot_groups_by_variant_and_never_extrapolates(tmp_path, monkeypatch):
+    import difftori.utils.plotting as plotting
+
+    rl = {"task": "cartpole", "agent": "difftori", "lr": 1e-3}
+    _eval_run(tmp_path / "rl", "cartpole", "difftori", 1, [(100, 1.0), (200, 2.0)], {**rl, "seed": 1})
+    _eval_run(tmp_path / "rl", "cartpole", "difftori", 2, [(200, 4.0), (300, 6.0)], {**rl, "seed": 2})
+    _eval_run(tmp_path / "rl2", "cartpole", "difftori", 1, [(100, 9.0)], {**rl, "seed": 1, "lr": 3e-4})  # another config
+    _eval_run(tmp_path / "il", "door", "diffusion", 1, [(50, 0.5)], {"task": "door", "policy": "diffusion", "obs_type": "state"})
+    (tmp_path / "empty" / "r").mkdir(parents=True)
+    (tmp_path / "empty" / "r" / "eval.csv").write_text("step,episode_return\n")
+    drawn, warned = [], []
+    monkeypatch.setattr(plotting, "plot_curves", lambda curves, out: drawn.extend(curves) or out)
+    plot_runs([tmp_path], tmp_path / "c.png", warn=warned.append)
+    assert len(warned) == 1 and "empty" in warned[0] and "no rows" in warned[0]
+    by_variant = {}
+    for c in drawn:
+        by_variant.setdefault((c.panel, c.metric, c.variant), []).append(c)
+    assert set(by_variant) == {("cartpole", "episode_return", "difftori lr=0.0003"), ("cartpole", "episode_return", "difftori lr=0.001"),
+                               ("door (state)", "success_rate", "diffusion")}  # RL and IL both kept, configs not pooled
+    steps, mean, std, n = aggregate(by_variant[("cartpole", "episode_return", "difftori lr=0.001")])
+    assert steps.tolist() == [100, 200, 300] and n.tolist() == [1, 2, 1]
+    assert mean.tolist() == [1.0, 3.0, 6.0]  # seed 2 is not held flat back to step 100, seed 1 not carried to 300
+    assert np.isnan(std[0]) and std[1] == 1.0 and np.isnan(std[2])  # a band only where two runs have data
+    assert run_variants([{"task": "t", "agent": "a", "label": "x"}, {"task": "t", "agent": "a", "lr": 1}]) == ["a-x", "a lr=1"]
+
+
+def test_plot_curves_draws_single_points(tmp_path):
+    from difftori.utils.plotting import plot_curves
+
+    out = tmp_path / "one.png"  # an IL run with one evaluation: a marker, not an empty plot
+    curves = [Curve("door (state)", "diffusion", "success_rate", np.array([50.0]), np.array([0.5]))]
+    assert plot_curves(curves, out) == out and out.stat().st_size > 1000
 
 
 def _fake_run(root, seed, stamp, checkpoint="last.pt"):

@@ -25,7 +25,7 @@ from difftori.il.base import OBS_KEYS, Policy, policy_obs_shapes
 from difftori.il.config import IL_PRESETS, ILConfig
 from difftori.utils.config import ConfigError, add_dataclass_args, dataclass_from_args, load_config, save_config, to_dict
 
-__all__ = ["train", "evaluate_checkpoint", "load_windows", "fit_normalizer", "register_cli", "EVAL_SEED_BASE"]
+__all__ = ["train", "train_config", "evaluate_checkpoint", "load_windows", "fit_normalizer", "register_cli", "EVAL_SEED_BASE"]
 
 EVAL_SEED_BASE = 100_000
 """Evaluation episodes use env seeds from here on, away from the demo-collection seeds."""
@@ -358,6 +358,13 @@ def _announce(run_dir: Path) -> None:
     print(f"run directory: {run_dir}", flush=True)
 
 
+def train_config(args: argparse.Namespace) -> ILConfig:
+    """The config of a new ``il train`` run: defaults, then ``--config``, then ``--preset``, then the options given."""
+    preset = IL_PRESETS[args.preset] if getattr(args, "preset", None) else None
+    base = load_config(ILConfig, args.config) if getattr(args, "config", None) else None
+    return dataclass_from_args(ILConfig, args, base=base, preset=preset)
+
+
 def _train_cmd(args: argparse.Namespace) -> int:
     preset = IL_PRESETS[args.preset] if args.preset else None
     if preset and args.resume is not None:
@@ -372,9 +379,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
         cfg = resume_config(ILConfig, load_config(ILConfig, run_dir / "config.json"), args)
         train(cfg, resume=run_dir, announce=_announce)
     else:
-        base = load_config(ILConfig, args.config) if args.config else None
-        cfg = dataclass_from_args(ILConfig, args, base=base, preset=preset)
-        train(cfg, announce=_announce)
+        train(train_config(args), announce=_announce)
     return 0
 
 

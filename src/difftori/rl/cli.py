@@ -16,7 +16,7 @@ from pathlib import Path
 
 from difftori.rl.config import SMALL_SIZES, RLConfig, preset_config
 
-__all__ = ["register", "demo_config", "DEMO_PRESET"]
+__all__ = ["register", "demo_config", "train_config", "DEMO_PRESET"]
 
 DEMO_PRESET: dict = dict(
     preset="small",
@@ -43,9 +43,20 @@ def demo_config(**overrides) -> RLConfig:
     return RLConfig(**{**DEMO_PRESET, "agent": "difftori", "run_root": Path("runs/demo"), **overrides})  # dict -> DiffTORIConfig in __post_init__
 
 
+def train_config(args: argparse.Namespace) -> RLConfig:
+    """The config of a new ``rl train`` run from its parsed options: preset values first, the options given win."""
+    from difftori.utils.config import dataclass_from_args
+
+    cfg = dataclass_from_args(RLConfig, args)
+    if cfg.preset != "paper":
+        cfg = dataclass_from_args(RLConfig, args, base=preset_config(cfg.preset, task=cfg.task, steps=cfg.steps,
+                                                                    action_repeat=cfg.action_repeat))
+    return cfg
+
+
 def _train(args: argparse.Namespace) -> int:
     from difftori.rl import trainer
-    from difftori.utils.config import dataclass_from_args, load_config, resume_config
+    from difftori.utils.config import load_config, resume_config
 
     if args.resume is not None:
         from difftori.utils.runs import find_run
@@ -54,11 +65,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = resume_config(RLConfig, load_config(RLConfig, run_dir / "config.json"), args)
         tr = trainer.Trainer.from_run_dir(run_dir, cfg=cfg)
     else:
-        cfg = dataclass_from_args(RLConfig, args)
-        if cfg.preset != "paper":  # preset values first, the options given on the command line win
-            cfg = dataclass_from_args(RLConfig, args, base=preset_config(cfg.preset, task=cfg.task, steps=cfg.steps,
-                                                                        action_repeat=cfg.action_repeat))
-        tr = trainer.Trainer.new(cfg)
+        tr = trainer.Trainer.new(train_config(args))
     print(f"run directory: {tr.run_dir}", flush=True)
     final = tr.train()
     print(json.dumps({k: final[k] for k in ("task", "agent", "step", "episode_return", "return_std") if k in final}))

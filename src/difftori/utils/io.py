@@ -7,9 +7,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written, so light users (the sweep) stay light
+    import torch
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint", "CorruptFileError"]
 
@@ -44,6 +45,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """``torch.save`` a dict atomically, tagged so :func:`load_checkpoint` can recognise it."""
+    import torch
+
     buf = io.BytesIO()
     torch.save({"__difftori_checkpoint__": 1, **payload}, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -51,6 +54,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`, with a clear error if it is not one."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")

@@ -1,16 +1,36 @@
-"""Learning curves of one or many runs: mean and spread over seeds, grouped by task and method."""
+"""Learning curves of one or many runs (mean and spread over seeds, grouped by task and variant) and result bars."""
 
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from difftori.utils.runs import read_csv
 
-__all__ = ["find_runs", "plot_runs", "plot_learning_curve"]
+__all__ = ["find_runs", "plot_runs", "plot_learning_curve", "Curve", "aggregate", "plot_curves", "plot_bars", "run_variants", "METRICS"]
+
+METRICS = ("episode_return", "success_rate")
+"""The headline metric of an eval.csv: RL runs log episode_return, IL runs success_rate."""
+
+_NOT_A_VARIANT = {"seed", "run_root", "progress", "num_threads", "device", "dataset", "base_policy", "video", "label", "task",
+                  "agent", "policy", "obs_type"}
+"""Config fields that never distinguish variants in a plot (the seed is what the band spreads over)."""
+
+
+@dataclass
+class Curve:
+    """One run's evaluations: what panel and variant it belongs to, and its (step, value) points."""
+
+    panel: str
+    variant: str
+    metric: str
+    steps: np.ndarray
+    values: np.ndarray
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -25,63 +45,193 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     return runs
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def run_variants(configs: list[dict]) -> list[str]:
+    """A variant name per run config: ``method-label`` if labelled, else the method plus the config fields
+    (other than the seed and runtime fields) that differ between runs of the same task and method."""
+    flats = [_flat(c) for c in configs]
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, f in enumerate(flats):
+        groups[(f.get("task"), f.get("agent") or f.get("policy"), f.get("obs_type"))].append(i)
+    names = [""] * len(configs)
+    for (_, method, _), idx in groups.items():
+        keys = sorted({k for i in idx for k in flats[i]} - _NOT_A_VARIANT)
+        differ = [k for k in keys if len({json.dumps(flats[i].get(k), default=str) for i in idx}) > 1]
+        for i in idx:
+            f = flats[i]
+            method_name = str(method or "run")
+            if f.get("label"):
+                names[i] = f"{method_name}-{f['label']}"
+            elif differ:
+                names[i] = method_name + " " + ", ".join(f"{k}={f.get(k)}" for k in differ[:4]) + (" ..." if len(differ) > 4 else "")
+            else:
+                names[i] = method_name
+    return names
+
+
+def _run_config(run: Path) -> dict:
+    path = run / "config.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass
+    parts = run.parts  # ROOT/task/method/seed<s>/<time>
+    return {"task": parts[-4] if len(parts) >= 4 else "task", "agent": parts[-3] if len(parts) >= 3 else "run"}
+
+
 def _run_label(run: Path) -> tuple[str, str]:
-    cfg_path = run / "config.json"
-    if cfg_path.exists():
-        cfg = json.loads(cfg_path.read_text())
-        task = cfg.get("task", run.parts[-4] if len(run.parts) >= 4 else "task")
-        method = cfg.get("agent") or cfg.get("policy") or cfg.get("method") or run.parts[-3]
-        variant = cfg.get("label")
-        return str(task), f"{method}-{variant}" if variant else str(method)
-    return run.parts[-4], run.parts[-3]
+    cfg = _run_config(run)
+    method = cfg.get("agent") or cfg.get("policy") or cfg.get("method") or "run"
+    return str(cfg.get("task", "task")), f"{method}-{cfg['label']}" if cfg.get("label") else str(method)
 
 
-def plot_runs(paths: list[str | Path], out: str | Path, metric: str | None = None) -> Path:
-    """Plot ``metric`` (default: ``episode_return`` or ``success_rate``) vs step; one panel per task."""
+def _floats(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(float(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "") and r.get("step") not in (None, "")]
+    pts.sort()
+    return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+
+
+def aggregate(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(steps, mean, std, n)`` over runs: each run counts only between its first and last evaluation
+    (linear interpolation between its own points, never extrapolated); ``std`` is NaN where n < 2."""
+    grid = np.unique(np.concatenate([c.steps for c in curves]))
+    stack = np.full((len(curves), len(grid)), np.nan)
+    for i, c in enumerate(curves):
+        inside = (grid >= c.steps[0]) & (grid <= c.steps[-1])
+        stack[i, inside] = np.interp(grid[inside], c.steps, c.values)
+    n = np.sum(~np.isnan(stack), axis=0)
+    with np.errstate(invalid="ignore"):
+        mean = np.array([np.nanmean(col) if k else np.nan for col, k in zip(stack.T, n)])
+        std = np.array([np.nanstd(col) if k >= 2 else np.nan for col, k in zip(stack.T, n)])
+    return grid, mean, std, n
+
+
+def _save(fig, out: str | Path, dpi: int = 110) -> Path:
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def _axes(n: int, width: float = 5.0, height: float = 3.6):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = defaultdict(lambda: defaultdict(list))
-    chosen = metric
-    for run in find_runs(paths):
-        rows = read_csv(run / "eval.csv")
-        if not rows:
-            continue
-        key = chosen or next((m for m in ("episode_return", "success_rate") if m in rows[0]), None)
-        if key is None or key not in rows[0]:
-            continue
-        chosen = key
-        steps = np.array([float(r["step"]) for r in rows])
-        vals = np.array([float(r[key]) for r in rows])
-        task, method = _run_label(run)
-        groups[task][method].append((steps, vals))
-    if not groups:
-        raise ValueError(f"no run has eval rows with metric {metric!r}")
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
-    for ax, (task, methods) in zip(axes[0], sorted(groups.items())):
-        for method, curves in sorted(methods.items()):
-            grid = np.unique(np.concatenate([s for s, _ in curves]))
-            interp = np.stack([np.interp(grid, s, v, right=np.nan) for s, v in curves])
-            mean = np.nanmean(interp, axis=0)
-            ax.plot(grid, mean, label=f"{method} (n={len(curves)})")
-            if len(curves) > 1:
-                std = np.nanstd(interp, axis=0)
-                ax.fill_between(grid, mean - std, mean + std, alpha=0.25)
-        ax.set_title(task)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def plot_curves(curves: list[Curve], out: str | Path, sparse: int = 20) -> Path:
+    """One panel per (panel, metric), one line per variant: the mean over its runs where they have data, a
+    band of +-1 std where at least two runs do, markers when a curve has <= ``sparse`` points, and the
+    number of runs at every point where fewer than all of the variant's runs contribute."""
+    if not curves:
+        raise ValueError("nothing to plot")
+    panels: dict[tuple[str, str], dict[str, list[Curve]]] = defaultdict(lambda: defaultdict(list))
+    for c in curves:
+        panels[(c.panel, c.metric)][c.variant].append(c)
+    fig, axes = _axes(len(panels))
+    for ax, ((panel, metric), variants) in zip(axes, sorted(panels.items())):
+        for k, (variant, runs) in enumerate(sorted(variants.items())):
+            steps, mean, std, n = aggregate(runs)
+            color = f"C{k % 10}"
+            marker = "o" if len(steps) <= sparse else None
+            ax.plot(steps, mean, color=color, marker=marker, ms=4, label=f"{variant} (n={len(runs)})")
+            if np.any(n >= 2):
+                ax.fill_between(steps, mean - std, mean + std, where=n >= 2, color=color, alpha=0.2, lw=0)
+            for x, y, m in zip(steps, mean, n):
+                if m < len(runs):
+                    ax.annotate(f"n={m}", (x, y), textcoords="offset points", xytext=(2, 4), fontsize=7, color=color)
+        ax.set_title(panel)
         ax.set_xlabel("step")
-        ax.set_ylabel(chosen)
+        ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return _save(fig, out)
+
+
+def plot_bars(groups: dict[str, dict[str, list[float]]], out: str | Path, ylabel: str) -> Path:
+    """Grouped bars: ``groups[group][variant]`` = final values over seeds; bar = mean, error bar = std, dots = seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not groups:
+        raise ValueError("nothing to plot")
+    variants = sorted({v for g in groups.values() for v in g})
+    width = 0.8 / max(len(variants), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.5 * len(groups) * len(variants)), 3.8))
+    for k, v in enumerate(variants):
+        for j, g in enumerate(groups):
+            vals = groups[g].get(v)
+            if not vals:
+                continue
+            x = j - 0.4 + width * (k + 0.5)
+            ax.bar(x, np.mean(vals), width, yerr=np.std(vals) if len(vals) > 1 else None, color=f"C{k % 10}", capsize=3,
+                   label=v if j == min(i for i, gg in enumerate(groups) if groups[gg].get(v)) else None)
+            ax.plot([x] * len(vals), vals, "k.", ms=3)
+    ax.set_xticks(range(len(groups)), list(groups), rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_runs(paths: list[str | Path], out: str | Path, metric: str | None = None, warn=None) -> Path:
+    """Plot each run's ``metric`` (default: ``episode_return`` for RL, ``success_rate`` for IL) vs step.
+
+    One panel per task (and IL obs type) and metric; runs are grouped into variants by label or, without
+    one, by the config fields in which they differ (never pooled across configs); run directories that
+    cannot be plotted are named through ``warn`` (default: a line on stderr).
+    """
+    warn = warn or (lambda msg: print(f"difftori plot: {msg}", file=sys.stderr))
+    found, configs = [], []
+    for run in find_runs(paths):
+        rows = read_csv(run / "eval.csv")
+        if not rows:
+            warn(f"skipped {run}: eval.csv has no rows yet")
+            continue
+        key = metric or next((m for m in METRICS if m in rows[0]), None)
+        if key is None or key not in rows[0]:
+            warn(f"skipped {run}: eval.csv has no column {metric or ' or '.join(METRICS)} (it has {', '.join(rows[0])})")
+            continue
+        steps, vals = _floats(rows, key)
+        if not len(steps):
+            warn(f"skipped {run}: no {key} values")
+            continue
+        found.append((run, key, steps, vals))
+        configs.append(_run_config(run))
+    if not found:
+        raise ValueError(f"no run has eval rows with metric {metric or ' or '.join(METRICS)}")
+    curves = []
+    for (run, key, steps, vals), cfg, variant in zip(found, configs, run_variants(configs)):
+        panel = str(cfg.get("task", "task")) + (f" ({cfg['obs_type']})" if cfg.get("policy") and cfg.get("obs_type") else "")
+        curves.append(Curve(panel, variant, key, steps, vals))
+    return plot_curves(curves, out)
 
 
 def plot_learning_curve(
@@ -126,10 +276,4 @@ def plot_learning_curve(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return _save(fig, out)

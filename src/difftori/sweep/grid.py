@@ -1,0 +1,207 @@
+"""Cells of an experiment grid: one ``difftori rl train`` / ``il train`` / ``il collect`` run each.
+
+A cell's options are checked by the real CLI parser and resolved into the run's config (presets
+applied) when the grid is built, so a bad option fails before anything is written. The cell id is
+``<task>-[<obs>-]<variant>-seed<s>-<hash>``, the hash over the resolved config without the runtime
+fields (threads, device, progress, paths) and with the ids of the cells it depends on: the same
+grid always maps to the same ids, and any change to what a run computes gives a new cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from difftori.utils.config import ConfigError, to_dict
+
+__all__ = ["Cell", "rl_cell", "il_cell", "collect_cell", "rl_grid", "il_grid", "RUNNER_OPTIONS", "config_hash"]
+
+RUNNER_OPTIONS = ("--run-root", "--resume", "--progress", "--num-threads", "--device", "--dataset", "--base-policy", "--out", "--config")
+"""Options the sweep runner sets itself for every cell (paths, threads = CPUs per run, device = GPUs per run)."""
+
+_VOLATILE = {"run_root", "progress", "num_threads", "device", "dataset", "base_policy", "out", "overwrite"}
+"""Config fields left out of the cell id: where and how a run executes, not what it computes."""
+
+
+@dataclass
+class Cell:
+    """One run of a grid (or the demo collection some IL runs need)."""
+
+    area: Literal["rl", "il", "collect"]
+    """rl: ``difftori rl train``; il: ``difftori il train``; collect: ``difftori il collect``."""
+    task: str
+    """Task name (canonical)."""
+    variant: str
+    """Name of the compared variant (agent / policy, or a named option set)."""
+    seed: int
+    """Training seed (0 for collect cells)."""
+    options: list[str]
+    """CLI options of the run, without the ones the runner sets (:data:`RUNNER_OPTIONS`)."""
+    config: dict[str, Any]
+    """Resolved config of the run (``config.json`` as the CLI would write it, paths left out)."""
+    steps: int
+    """Training budget (env steps for RL, gradient steps for IL; episodes for collect)."""
+    obs_type: str | None = None
+    """Observation type (IL and collect cells)."""
+    deps: dict[str, str] = field(default_factory=dict)
+    """Cells that must finish first, by role: ``dataset`` (collect cell id), ``base_policy`` (diffusion cell id)."""
+    id: str = ""
+    """Stable id (see the module docstring); filled in by the constructors."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("id", "area", "task", "variant", "seed", "obs_type", "steps", "options", "deps", "config")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Cell":
+        return cls(**{k: data[k] for k in ("id", "area", "task", "variant", "seed", "obs_type", "steps", "options", "deps", "config")})
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises one-line :class:`ConfigError` instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _parse(area: Literal["rl", "il"], cmd: str, options: list[str]) -> argparse.Namespace:
+    top = _Parser(prog="difftori")
+    sub = top.add_subparsers(dest="area", required=True)
+    if area == "rl":
+        from difftori.rl import cli as rl_cli
+
+        rl_cli.register(sub)
+    else:
+        from difftori.il import cli as il_cli
+
+        il_cli.register(sub)
+    return top.parse_args([area, cmd, *options])
+
+
+def _check_owned(options: list[str], owned: tuple[str, ...]) -> None:
+    bad = sorted({o.split("=", 1)[0] for o in options if o.split("=", 1)[0] in owned})
+    if bad:
+        raise ConfigError(f"{', '.join(bad)} cannot be given to a sweep cell: the runner sets it (threads = --cpus-per-run, "
+                          "device from --gpus-per-run, paths inside the sweep directory)")
+
+
+def config_hash(config: dict[str, Any], deps: dict[str, str]) -> str:
+    """10 hex digits of sha1 over the config (minus :data:`_VOLATILE` fields) and the dependencies' ids."""
+    stable = {k: v for k, v in config.items() if k not in _VOLATILE}
+    blob = json.dumps({"config": stable, "deps": deps}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def _cell_id(task: str, obs_type: str | None, variant: str, seed: int, digest: str) -> str:
+    parts = [task] + ([obs_type] if obs_type else []) + [variant, f"seed{seed}", digest]
+    return "-".join(str(p).replace("/", "_").replace(" ", "_") for p in parts)
+
+
+def _str_options(options: list[Any]) -> list[str]:
+    return [str(o) for o in options]
+
+
+def rl_cell(task: str, variant: str, seed: int, options: list[Any]) -> Cell:
+    """A ``difftori rl train`` cell: ``options`` (any train option except :data:`RUNNER_OPTIONS`) plus task and seed."""
+    from difftori.envs import dmc
+    from difftori.rl.cli import train_config
+
+    if dmc.canonical(task) is None:
+        raise ConfigError(f"unknown DMC task {task!r}; known: {', '.join(sorted(dmc.TASKS))}")
+    task = dmc.canonical(task)
+    options = _str_options(options)
+    _check_owned(options, RUNNER_OPTIONS)
+    if "--task" in options or "--seed" in options:
+        raise ConfigError("give tasks and seeds as the grid's --tasks / --seeds, not as a per-cell option")
+    full = ["--task", task, "--seed", str(seed), *options]
+    cfg = train_config(_parse("rl", "train", full))
+    config = to_dict(cfg)
+    return Cell(area="rl", task=task, variant=variant, seed=seed, options=full, config=config, steps=cfg.steps,
+                id=_cell_id(task, None, variant, seed, config_hash(config, {})))
+
+
+def collect_cell(task: str, obs_type: str, episodes: int, options: list[Any] = ()) -> Cell:
+    """A ``difftori il collect`` cell: ``episodes`` scripted-expert demos of ``task`` with ``obs_type`` observations."""
+    from difftori.data.collect import CollectConfig
+    from difftori.envs.metaworld import canonical
+    from difftori.utils.config import dataclass_from_args
+
+    options = _str_options(options)
+    _check_owned(options, RUNNER_OPTIONS)
+    full = ["--task", task, "--obs-type", obs_type, "--episodes", str(episodes), *options]
+    cfg = dataclass_from_args(CollectConfig, _parse("il", "collect", full))
+    config = to_dict(cfg)
+    name = canonical(task) or task
+    return Cell(area="collect", task=name, variant="demos", seed=0, obs_type=obs_type, options=full, config=config,
+                steps=cfg.episodes, id=_cell_id(name, obs_type, f"demos{cfg.episodes}", 0, config_hash(config, {})))
+
+
+def il_cell(task: str, variant: str, seed: int, obs_type: str, options: list[Any], dataset: Cell, base: Cell | None = None) -> Cell:
+    """A ``difftori il train`` cell on ``dataset`` (a collect cell); ``base``: the diffusion cell a difftori run starts from."""
+    from difftori.il.train import train_config
+
+    options = _str_options(options)
+    _check_owned(options, RUNNER_OPTIONS)
+    if "--task" in options or "--seed" in options or "--obs-type" in options:
+        raise ConfigError("give tasks, seeds and obs types as the grid's --tasks / --seeds / --obs-types, not as a per-cell option")
+    full = ["--task", dataset.task, "--seed", str(seed), "--obs-type", obs_type, *options]
+    # Placeholders let the config validate; the runner passes the real paths of the cells named in deps.
+    ns = _parse("il", "train", [*full, "--dataset", "<collect cell>", "--base-policy", "<diffusion cell>"])
+    cfg = train_config(ns)
+    deps = {"dataset": dataset.id}
+    if cfg.policy == "difftori" and cfg.difftori.init == "base":
+        if base is None:
+            raise ConfigError(f"difftori on {dataset.task}/{obs_type}/seed{seed} starts from the diffusion run of the same "
+                              "task, obs type and seed: include diffusion in the grid's policies (or pass --difftori.init zeros)")
+        if (base.task, base.obs_type, base.seed, base.config.get("policy")) != (dataset.task, obs_type, seed, "diffusion"):
+            raise ConfigError(f"base cell {base.id} is not a diffusion run of {dataset.task}/{obs_type}/seed{seed}")
+        deps["base_policy"] = base.id
+    config = to_dict(cfg)
+    config["demos"] = dataset.steps
+    return Cell(area="il", task=dataset.task, variant=variant, seed=seed, obs_type=obs_type, options=full, config=config,
+                steps=cfg.steps, deps=deps, id=_cell_id(dataset.task, obs_type, variant, seed, config_hash(config, deps)))
+
+
+def _variant_name(method: str, options: list[str]) -> str:
+    label = options[options.index("--label") + 1] if "--label" in options[:-1] else None
+    return f"{method}-{label}" if label else method
+
+
+def rl_grid(tasks, agents, seeds, steps: int, preset: str | None = None, options: list[Any] = ()) -> list[Cell]:
+    """Tasks x agents x seeds of ``difftori rl train`` with the same extra ``options`` everywhere."""
+    extra = _str_options(options)
+    if "--agent" in extra or "--steps" in extra:
+        raise ConfigError("give agents and steps as the grid's --agents / --steps")
+    common = ["--steps", str(steps), *(["--preset", preset] if preset else []), *extra]
+    return [rl_cell(t, _variant_name(a, extra), s, ["--agent", a, *common]) for t in tasks for a in agents for s in seeds]
+
+
+def il_grid(tasks, policies, obs_types, seeds, steps: int, demos: int = 10, preset: str | None = None, options: list[Any] = (),
+            policy_steps: dict[str, int] | None = None, collect_options: list[Any] = ()) -> list[Cell]:
+    """Demo collection per task and obs type, then tasks x policies x obs types x seeds of ``difftori il train``.
+
+    A difftori cell depends on the diffusion cell of the same task, obs type and seed (its base
+    policy) and every training cell on its collect cell; ``policy_steps`` overrides ``steps`` per policy.
+    """
+    extra = _str_options(options)
+    if "--policy" in extra or "--steps" in extra:
+        raise ConfigError("give policies and steps as the grid's --policies / --steps")
+    unknown = sorted(set(policy_steps or {}) - set(policies))
+    if unknown:
+        raise ConfigError(f"steps given for policies not in the grid: {unknown}")
+    order = sorted(policies, key=lambda p: p != "diffusion")  # the base before the runs that need it
+    cells: list[Cell] = []
+    for t in tasks:
+        for o in obs_types:
+            data = collect_cell(t, o, demos, collect_options)
+            cells.append(data)
+            for s in seeds:
+                made: dict[str, Cell] = {}
+                for p in order:
+                    n = (policy_steps or {}).get(p, steps)
+                    opts = ["--policy", p, "--steps", str(n), *(["--preset", preset] if preset else []), *extra]
+                    made[p] = il_cell(t, _variant_name(p, extra), s, o, opts, data, base=made.get("diffusion"))
+                cells.extend(made[p] for p in policies)
+    return cells

@@ -78,8 +78,8 @@ def update_stats(seed: int) -> dict[str, float]:
 
 
 UPDATE_LIMITS = {
-    "reward_loss_ratio": ("<", 0.5),  # measured
-    "distinct_priorities": (">", 10),  # measured
+    "reward_loss_ratio": ("<", 0.5),  # measured 0.068-0.283 (seeds 0-5 x 3 CPU capabilities)
+    "distinct_priorities": (">", 10),  # measured 24
 }
 
 

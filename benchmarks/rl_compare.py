@@ -57,7 +57,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "difftori-episode": {"agent": "difftori", "label": "episode", "difftori.pg_mode": "episode"},
     "difftori-replay": {"agent": "difftori", "label": "replay", "difftori.pg_mode": "replay"},
     "difftori-faithful": {"agent": "difftori", "label": "faithful", "difftori.pg_mode": "episode",
-                          "difftori.init": "pi", "difftori.bound_mode": "clamp_in_cost"},
+                          "difftori.init": "pi", "difftori.bound_mode": "clamp_in_cost", "difftori.plateau_window": 0},
     "difftori-actplanner": {"agent": "difftori", "label": "actplanner", "difftori.pg_mode": "episode",
                             "difftori.act": "planner"},
     "difftori-nopg": {"agent": "difftori", "label": "nopg", "difftori.pg_mode": "episode", "difftori.pg_lr": 1e-12},

@@ -106,8 +106,8 @@ class DiffTORIConfig:
     """Weight of the raw-observation critic Q_s TD loss."""
     act: Literal["solver", "planner"] = "solver"
     """What is executed once DiffTORI acts: solver (the trajectory optimizer's best first action, original) or planner (TD-MPC's MPPI action; the solver then only provides the policy-gradient solve, started from the MPPI plan)."""
-    plateau_window: int = 0
-    """Acting-solve stop rule: every this many iterations a solve whose best predicted return improved by less than plateau_rtol (relative) stops; 0 = off (original: fixed iterations)."""
+    plateau_window: int = 5
+    """Acting-solve stop rule: every this many iterations a solve whose best predicted return improved by less than plateau_rtol (relative) stops; 0 = off (the original: a fixed number of iterations)."""
     plateau_rtol: float = 1e-4
     """Relative improvement per plateau_window below which an acting solve stops."""
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from difftori.envs import dmc
 from difftori.rl.config import SMALL_FRACTIONS, preset_values
+from difftori.sweep.archive import archive_done, restore
 from difftori.sweep.grid import Cell, rl_cell
 from difftori.sweep.runner import SweepOptions, cell_dir, read_state, run_sweep
 from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args, to_dict
@@ -117,6 +118,9 @@ class CompareConfig:
     """Start every run over instead of reusing finished / resuming interrupted ones."""
     retry_failed: bool = False
     """Run cells that failed in an earlier invocation again (resumed from their checkpoint)."""
+    report_only: bool = False
+    """Run nothing: archive the finished cells and write the tables / plots from what is on disk (e.g. while
+    the grid still runs, or at the end of a session before its remaining cells continue elsewhere)."""
     random_episodes: int = 5
     """Episodes of the random-policy reference per task (0 skips it)."""
     extra: str = ""
@@ -340,9 +344,16 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
     for c in grid:
         if not cfg.fresh and _adopt_legacy(cfg, c):
             print(f"[rl_compare] adopted {cfg.run_root / c.variant / c.task / f'seed{c.seed}'} as cell {c.id}", flush=True)
+    archive = cfg.out_dir / "cells"
+    for cid in restore(grid, cfg.run_root, archive):
+        print(f"[rl_compare] restored {cid} from the committed results in {archive}", flush=True)
     opts = SweepOptions(address=cfg.address, num_cpus=None if cfg.address else cfg.jobs * cfg.threads, cpus_per_run=cfg.threads,
                         max_parallel=cfg.jobs, fresh=cfg.fresh, timeout_s=cfg.timeout_s, retry_failed=cfg.retry_failed)
-    states = run_sweep(grid, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[rl_compare]"), flush=True))
+    if cfg.report_only:
+        states = {}
+    else:
+        states = run_sweep(grid, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[rl_compare]"), flush=True))
+    archive_done(grid, cfg.run_root, archive)  # small committable records: a later session skips these cells
     summaries = [summarise_run(cfg, c, {**read_state(cfg.run_root, c.id), **states.get(c.id, {})}) for c in grid]
     rand = random_returns(cfg)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,63 @@
+"""Finished cells as small committable records, so a grid spread over several machines or sessions
+never re-runs a cell whose result is already committed.
+
+``archive_done(grid, out, dest)`` copies each finished cell's records (``cell.json``, ``state.json``,
+``result.json``) and its run's logs (``config.json``, ``train.csv``, ``eval.csv``, ``final.json``; no
+checkpoints, TensorBoard events or videos) to ``dest/<cell id>/``. ``restore(grid, out, dest)`` copies
+them back into ``out/cells/<cell id>/`` where that cell has no directory yet: the runner then sees it
+done and reports read it as if it had run here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from difftori.sweep.runner import cell_dir, read_state
+
+__all__ = ["archive_done", "restore", "RUN_FILES"]
+
+RUN_FILES = ("config.json", "train.csv", "eval.csv", "final.json")
+"""The files of a run directory an archive keeps."""
+_CELL_FILES = ("cell.json", "state.json", "result.json")
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def archive_done(grid: Iterable, out: Path, dest: Path) -> list[str]:
+    """Archive every finished cell of ``grid`` (run under ``out``) into ``dest``; returns the archived ids."""
+    done = []
+    for c in grid:
+        state = read_state(out, c.id)
+        if state.get("status") != "done" or not state.get("run_dir"):
+            continue
+        src, dst = cell_dir(out, c.id), Path(dest) / c.id
+        run = (src / state["run_dir"]).resolve()
+        for name in _CELL_FILES:
+            if (src / name).exists():
+                _copy(src / name, dst / name)
+        for name in RUN_FILES:
+            if (run / name).exists():
+                _copy(run / name, dst / state["run_dir"] / name)
+        done.append(c.id)
+    return done
+
+
+def restore(grid: Iterable, out: Path, dest: Path) -> list[str]:
+    """Restore archived cells of ``grid`` that have no directory under ``out``; returns the restored ids."""
+    restored = []
+    for c in grid:
+        src, dst = Path(dest) / c.id, cell_dir(out, c.id)
+        if not (src / "result.json").exists() or (dst / "result.json").exists() or (dst / "state.json").exists():
+            continue
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                _copy(p, dst / p.relative_to(src))
+        restored.append(c.id)
+    return restored

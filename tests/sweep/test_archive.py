@@ -1,0 +1,42 @@
+"""Committed cell records: archive a finished cell without its checkpoints, restore it elsewhere as done."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from difftori.sweep.archive import archive_done, restore
+from difftori.sweep.runner import cell_dir, read_state
+
+
+def _cell(out, cid, done=True):
+    d = cell_dir(out, cid)
+    run = d / "run" / "task" / "tdmpc" / "seed1" / "t0"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("config.json", "final.json"):
+        (run / name).write_text("{}")
+    (run / "eval.csv").write_text("step,episode_return\n100,5.0\n")
+    (run / "checkpoints" / "last.pt").write_bytes(b"x" * 100)
+    (d / "cell.json").write_text(json.dumps({"id": cid}))
+    (d / "state.json").write_text(json.dumps({"status": "done" if done else "running"}))
+    if done:
+        (d / "result.json").write_text(json.dumps({"run_dir": "run/task/tdmpc/seed1/t0"}))
+
+
+def test_archive_keeps_logs_not_checkpoints_and_restore_marks_done(tmp_path):
+    out, dest, elsewhere = tmp_path / "out", tmp_path / "committed", tmp_path / "next_session"
+    _cell(out, "a-done")
+    _cell(out, "b-running", done=False)
+    grid = [SimpleNamespace(id="a-done"), SimpleNamespace(id="b-running")]
+    assert archive_done(grid, out, dest) == ["a-done"]
+    kept = {p.relative_to(dest / "a-done").as_posix() for p in (dest / "a-done").rglob("*") if p.is_file()}
+    assert kept == {"cell.json", "state.json", "result.json", "run/task/tdmpc/seed1/t0/config.json",
+                    "run/task/tdmpc/seed1/t0/final.json", "run/task/tdmpc/seed1/t0/eval.csv"}
+    assert not (dest / "b-running").exists()
+    # a fresh checkout: the committed cell is done, the other still pending
+    assert restore(grid, elsewhere, dest) == ["a-done"]
+    assert read_state(elsewhere, "a-done")["status"] == "done"
+    assert read_state(elsewhere, "b-running")["status"] == "pending"
+    assert (cell_dir(elsewhere, "a-done") / "run/task/tdmpc/seed1/t0/eval.csv").read_text().endswith("5.0\n")
+    # never overwrites a cell that exists locally
+    assert restore(grid, out, dest) == []

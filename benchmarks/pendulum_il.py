@@ -189,7 +189,7 @@ class AmosModel(Learner):
         g, m, l = self.log_gml.detach().exp().tolist()
         out = {"3g/(2l)": 3 * g / (2 * l), "3/(ml^2)": 3 / (m * l * l)}
         if self.db is not None:
-            out.update(d=float(self.db[0]), b=float(self.db[1]))
+            out.update(d=float(self.db[0].detach()), b=float(self.db[1].detach()))
         return out
 
     def _cost(self, x0):

@@ -43,7 +43,11 @@ from difftori.utils.io import atomic_write_text  # noqa: E402
 
 SETTINGS = ("simple", "damped")
 METHODS = ("expert", "lstm", "amos_difftori", "difftori_paper")
+OPTIONAL_METHODS = ("amos_mpcpytorch",)
+"""Rows run only when asked for with --methods (they need mpc.pytorch: pip install --no-deps mpc==0.0.6)."""
+ALL_METHODS = ("expert", "lstm", "amos_difftori", "amos_mpcpytorch", "difftori_paper")
 LABELS = {"expert": "Expert", "lstm": "LSTM", "amos_difftori": "Amos et al. (difftori)",
+          "amos_mpcpytorch": "Amos et al. (mpc.pytorch)",
           "difftori_paper": "DiffTORI paper"}
 COLUMNS = ("method", "setting", "seed", "test_cost", "imitation_mse", "train_s", "init_test_cost",
            "init_imitation_mse", "restarts_used")
@@ -61,11 +65,11 @@ class Budget:
     lstm_iters: int = 2000
     lstm_lr: float = 3e-3
     lstm_hidden: int = 64
-    amos_iters: int = 60
+    amos_iters: int = 40
     amos_lr: float = 0.05
     amos_batch: int = 32
     amos_solver_iters: int = 50
-    paper_iters: int = 300
+    paper_iters: int = 200
     paper_lr: float = 3e-3
     paper_batch: int = 32
     paper_solver_iters: int = 20
@@ -205,6 +209,36 @@ class AmosModel(Learner):
         return U
 
 
+class AmosMPCPytorch(AmosModel):
+    """Amos et al. with their own library: the same learnable model, solved and differentiated by mpc.pytorch.
+
+    mpc.pytorch's box-DDP from zeros (``lqr_iter`` = the solver budget) with its analytic LQR backward; needs
+    ``pip install --no-deps mpc==0.0.6``. Acting uses the same solver from zeros (no restarts)."""
+
+    def _mpc(self, x0: torch.Tensor, iters: int) -> torch.Tensor:
+        from mpc import mpc
+        from mpc.env_dx.pendulum import PendulumDx
+        from mpc.mpc import GradMethods, QuadCost
+
+        B = x0.shape[0]
+        dx = PendulumDx(self.theta(), simple=self.db is None)
+        q, p = P.cost_weights()
+        Q = torch.diag(q).expand(P.T, B, 4, 4).contiguous()
+        pp = p.expand(P.T, B, 4).contiguous()
+        with torch.enable_grad():  # AUTO_DIFF needs grad mode
+            _, u, _ = mpc.MPC(3, 1, P.T, u_init=torch.zeros(P.T, B, 1, dtype=P.DT), u_lower=-P.U_MAX,
+                              u_upper=P.U_MAX, lqr_iter=iters, verbose=-1, exit_unconverged=False,
+                              detach_unconverged=False, grad_method=GradMethods.AUTO_DIFF, eps=1e-8,
+                              linesearch_decay=0.2, max_linesearch_iter=10)(x0, QuadCost(Q, pp), dx)
+        return u.transpose(0, 1)
+
+    def act(self, x0):
+        return self._mpc(x0, self.bud.expert_iters).detach()
+
+    def train_forward(self, x0):
+        return self._mpc(x0, self.bud.amos_solver_iters)
+
+
 def _mlp(i: int, h: int, o: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(i, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, o)).double()
 
@@ -290,6 +324,8 @@ def make_learner(method: str, setting: str, seed: int, bud: Budget) -> tuple[Lea
         return LSTMPolicy(bud.lstm_hidden), dict(iters=bud.lstm_iters, lr=bud.lstm_lr, batch=32)
     if method == "amos_difftori":
         return AmosModel(setting, gen, bud), dict(iters=bud.amos_iters, lr=bud.amos_lr, batch=bud.amos_batch)
+    if method == "amos_mpcpytorch":
+        return AmosMPCPytorch(setting, gen, bud), dict(iters=bud.amos_iters, lr=bud.amos_lr, batch=bud.amos_batch)
     if method == "difftori_paper":
         return DiffToriPaper(bud), dict(iters=bud.paper_iters, lr=bud.paper_lr, batch=bud.paper_batch)
     raise ValueError(f"unknown method {method!r}")
@@ -338,13 +374,13 @@ def _fmt(vals: list[float]) -> str:
 def table(rows: list[dict]) -> str:
     """Markdown table in Table 8's layout: methods x (without / with damping), test cost mean +- std."""
     lines = ["| Method | Without damping | With damping |", "|---|---|---|"]
-    for m in METHODS:
+    for m in ALL_METHODS:
         cells = [_fmt([r["test_cost"] for r in rows if r["method"] == m and r["setting"] == s]) for s in SETTINGS]
         if any(c != "-" for c in cells):
             lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
     lines += ["", "Imitation MSE on the test states (mean +- std over seeds):", "",
               "| Method | Without damping | With damping |", "|---|---|---|"]
-    for m in METHODS[1:]:
+    for m in ALL_METHODS[1:]:
         cells = [_fmt([r["imitation_mse"] for r in rows if r["method"] == m and r["setting"] == s]) for s in SETTINGS]
         if any(c != "-" for c in cells):
             lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
@@ -368,7 +404,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="learner seeds")
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the initial-state draw (train/val/test)")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS, help="simple and/or damped")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="rows to run")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=ALL_METHODS,
+                    help=f"rows to run (optional, needs mpc.pytorch: {', '.join(OPTIONAL_METHODS)})")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = ap.parse_args(argv)

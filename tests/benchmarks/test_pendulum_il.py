@@ -71,3 +71,15 @@ def test_expert_matches_paper_on_many_states(setting):
     U, info = bench.newton(100, "none").solve(cost, torch.zeros(400, P.T, 1, dtype=P.DT))
     assert bool(info.converged.all())
     assert abs(float(info.cost.mean()) - PAPER_EXPERT[setting]) < 0.6
+
+
+def test_quick_mpc_pytorch_row_agrees_with_difftori(tmp_path):
+    """Amos et al. trained with mpc.pytorch (optional row) learns, and lands near the difftori row (same init)."""
+    pytest.importorskip("mpc", reason="the mpc.pytorch row needs: pip install --no-deps mpc==0.0.6")
+    rows = bench.main(["--quick", "--seeds", "0", "--settings", "damped", "--methods", "amos_difftori",
+                       "amos_mpcpytorch", "--out", str(tmp_path)])
+    ours, theirs = ([r for r in rows if r["method"] == m][0] for m in ("amos_difftori", "amos_mpcpytorch"))
+    assert theirs["imitation_mse"] < theirs["init_imitation_mse"]
+    assert theirs["init_test_cost"] == pytest.approx(ours["init_test_cost"], rel=0.05)
+    assert theirs["test_cost"] == pytest.approx(ours["test_cost"], rel=0.1)
+    assert "Amos et al. (mpc.pytorch)" in (tmp_path / "table.md").read_text()

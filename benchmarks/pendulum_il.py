@@ -71,7 +71,7 @@ class Budget:
     amos_lr: float = 0.05
     amos_batch: int = 32
     amos_solver_iters: int = 50
-    paper_iters: int = 200
+    paper_iters: int = 150
     paper_lr: float = 3e-3
     paper_batch: int = 32
     paper_solver_iters: int = 20

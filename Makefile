@@ -16,6 +16,9 @@ $(VENV)/bin/python:
 $(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[dmc,metaworld,dev,sweep]"
+	# mpc.pytorch (the differentiable-MPC peer of the pendulum benchmark and its test): its metadata pins numpy<2,
+	# which it does not need, so it is installed without dependencies (as theseus-ai for the optimizer benchmark).
+	$(PIP) install -q --disable-pip-version-check --no-deps mpc==0.0.6
 	touch $(STAMP)
 
 setup: $(STAMP)

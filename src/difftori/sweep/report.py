@@ -22,6 +22,7 @@ import numpy as np
 
 from difftori.sweep.grid import Cell
 from difftori.sweep.runner import cell_dir, load_cells, read_state
+from difftori.utils.config import flat_config
 from difftori.utils.io import atomic_write_text
 from difftori.utils.runs import read_csv
 
@@ -90,23 +91,13 @@ def collect(dirs: list[str | Path]) -> list[Record]:
     return records
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
-    return out
-
-
 def tidy(records: list[Record]) -> tuple[list[str], list[dict[str, Any]]]:
     """``(columns, rows)`` of ``results.csv``."""
     if not records:
         return [], []
     area = records[0].cell.area
     metric = METRIC[area]
-    flats = [_flat(r.cell.config) for r in records]
+    flats = [flat_config(r.cell.config) for r in records]
     method = "agent" if area == "rl" else "policy"
     keys = sorted({k for f in flats for k in f} - _SKIP_COLUMNS - {method, "steps"})
     varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]

@@ -28,6 +28,7 @@ __all__ = [
     "save_config",
     "load_config",
     "resume_config",
+    "flat_config",
     "parse_bool",
     "RUNTIME_FIELDS",
     "ConfigError",
@@ -192,6 +193,17 @@ def _plain(v: Any) -> Any:
     if isinstance(v, Path):
         return str(v)
     return v
+
+
+def flat_config(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as ``{"a.b": value}`` (lists JSON-encoded), for grouping and comparing runs."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

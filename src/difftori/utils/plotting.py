@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from difftori.utils.config import flat_config
 from difftori.utils.runs import read_csv
 
 __all__ = ["find_runs", "plot_runs", "plot_learning_curve", "Curve", "aggregate", "plot_curves", "plot_bars", "run_variants", "METRICS"]
@@ -45,20 +46,10 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     return runs
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
-    return out
-
-
 def run_variants(configs: list[dict]) -> list[str]:
     """A variant name per run config: ``method-label`` if labelled, else the method plus the config fields
     (other than the seed and runtime fields) that differ between runs of the same task and method."""
-    flats = [_flat(c) for c in configs]
+    flats = [flat_config(c) for c in configs]
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, f in enumerate(flats):
         groups[(f.get("task"), f.get("agent") or f.get("policy"), f.get("obs_type"))].append(i)

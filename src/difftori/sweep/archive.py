@@ -10,11 +10,11 @@ done and reports read it as if it had run here.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterable
 
 from difftori.sweep.runner import cell_dir, read_state
+from difftori.utils.io import atomic_write_bytes
 
 __all__ = ["archive_done", "restore", "RUN_FILES"]
 
@@ -24,10 +24,7 @@ _CELL_FILES = ("cell.json", "state.json", "result.json")
 
 
 def _copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    atomic_write_bytes(dst, src.read_bytes())  # small log files
 
 
 def archive_done(grid: Iterable, out: Path, dest: Path) -> list[str]:

@@ -95,7 +95,7 @@ def test_demo_cli_writes_random_vs_trained(tmp_path, capsys):
 
 
 def test_preset_small_then_explicit_options_win(tmp_path, capsys):
-    from difftori.rl.config import SMALL_SIZES, preset_config, preset_values
+    from difftori.rl.config import SMALL_SIZES, preset_overrides, preset_values
 
     argv = ["rl", "train", "--preset", "small", "--agent", "tdmpc", "--task", "cartpole-balance", "--steps", "200",
             "--episode-length", "96", "--eval-episodes", "1", "--mlp-dim", "32", "--device", "cpu", "--progress", "false",
@@ -108,7 +108,7 @@ def test_preset_small_then_explicit_options_win(tmp_path, capsys):
     # schedules scale with the budget: 200 env steps / action repeat 8 = 25 agent steps
     assert (cfg["seed_steps"], cfg["difftori"]["pg_start_step"], cfg["schedule_steps"]) == (2, 3, 12)
     assert preset_values("paper", "cartpole-balance", 10**5) == {}
-    assert preset_config("small", task="walker-walk", steps=100_000).difftori.pg_start_step == 7500
+    assert preset_overrides("small", "walker-walk", 100_000)["difftori"]["pg_start_step"] == 7500
     with pytest.raises(ValueError, match="unknown preset"):
         preset_values("tiny", "walker-walk", 1000)
 

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from difftori.rl.config import SMALL_SIZES, RLConfig, preset_config
+from difftori.rl.config import SMALL_SIZES, RLConfig, preset_overrides
 
 __all__ = ["register", "demo_config", "train_config", "DEMO_PRESET"]
 
@@ -49,8 +49,7 @@ def train_config(args: argparse.Namespace) -> RLConfig:
 
     cfg = dataclass_from_args(RLConfig, args)
     if cfg.preset != "paper":
-        cfg = dataclass_from_args(RLConfig, args, base=preset_config(cfg.preset, task=cfg.task, steps=cfg.steps,
-                                                                    action_repeat=cfg.action_repeat))
+        cfg = dataclass_from_args(RLConfig, args, preset=preset_overrides(cfg.preset, cfg.task, cfg.steps, cfg.action_repeat))
     return cfg
 
 

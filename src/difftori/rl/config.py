@@ -17,7 +17,7 @@ from typing import Literal, Optional
 from difftori.envs.spec import EnvSpec
 from difftori.utils.config import check
 
-__all__ = ["RLConfig", "DiffTORIConfig", "Resolved", "resolve", "preset_config", "PRESETS", "SMALL_SIZES", "SMALL_FRACTIONS", "preset_values"]
+__all__ = ["RLConfig", "DiffTORIConfig", "Resolved", "resolve", "preset_overrides", "PRESETS", "SMALL_SIZES", "SMALL_FRACTIONS", "preset_values"]
 
 PRESETS = ("paper", "small")
 """Named presets: paper (the published sizes and schedules, GPU scale) and small (CPU sizes, schedules scaled to the budget)."""
@@ -51,25 +51,16 @@ def preset_values(preset: str, task: str, steps: int, action_repeat: int | None 
     return out
 
 
-def preset_config(preset: str, **given) -> "RLConfig":
-    """An :class:`RLConfig` from ``preset`` for the run described by ``given`` (explicit values win)."""
-    task = given.get("task", RLConfig.task)
-    steps = given.get("steps", RLConfig.steps)
-    flat = {**preset_values(preset, task, steps, given.get("action_repeat")), "preset": preset}
-    nested: dict = {}
-    for k, v in flat.items():
-        if "." in k:
-            head, tail = k.split(".", 1)
+def preset_overrides(preset: str, task: str, steps: int, action_repeat: int | None = None) -> dict:
+    """:func:`preset_values` as a nested partial config (with ``preset`` recorded), for ``dataclass_from_args(preset=)``."""
+    nested: dict = {"preset": preset}
+    for k, v in preset_values(preset, task, steps, action_repeat).items():
+        head, _, tail = k.partition(".")
+        if tail:
             nested.setdefault(head, {})[tail] = v
         else:
             nested[k] = v
-    for k, v in given.items():
-        if isinstance(v, dict):
-            nested.setdefault(k, {}).update(v)
-        else:
-            nested[k] = v
-    return RLConfig(**nested)
-
+    return nested
 
 
 @dataclass

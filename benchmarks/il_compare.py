@@ -1,15 +1,28 @@
-"""Compare IL policies (bc, ibc, diffusion, difftori) on MetaWorld tasks: success rate and training time.
+"""IL policies on MetaWorld (bc, ibc, diffusion, difftori): tasks x modalities x seeds, a grid of the sweep runner.
 
-A grid of the sweep runner (``difftori.sweep``): for every task and modality, collect demos with the
-scripted expert, train bc, ibc and diffusion, then difftori initialised from the trained diffusion
-run of the same task and modality; evaluate each on ``--eval-episodes`` episodes. Each step is a cell
-of the sweep in ``--run-root`` (default ``<out>/il_runs``): finished cells are reused, interrupted
-ones resumed, so an interrupted benchmark continues where it stopped. Results go to
-``<out>/il_compare.csv`` (one row per task, modality and policy) and ``<out>/il_compare.md``
-(success-rate table + training times); the sweep's own report is in the run root.
+For every task and modality the scripted expert's demos are collected once (a collect cell), then each
+variant is trained on them (an ``il train`` cell); every ``difftori*`` cell starts from the *finished
+diffusion cell of the same task, modality and seed* (its fixed base checkpoint) and is evaluated on the
+same evaluation seeds (the trainer's: ``100000 + 1000 * seed``), so ``difftori - diffusion`` is a paired
+comparison. Variants:
 
-    python benchmarks/il_compare.py --tasks door-open --modalities pointcloud
-    python benchmarks/il_compare.py --tasks door-open reach --steps 2000 --difftori-steps 500
+- ``bc``, ``ibc``, ``diffusion``: the baselines, with the preset's settings;
+- ``difftori``: DiffTORI with the preset's settings (the library's default for that preset), lr 1e-3;
+- ``difftori-faithful``: the released code's algorithm at the run's batch size, lr 1e-3: the batch packed
+  into one LM problem, 100 iterations, a fresh base prediction at every training step, at inference
+  ``batch size`` packed draws of the observation and draw 0 executed.
+
+Protocol (the same for every variant): ``--eval-episodes`` episodes on fixed seeds every ``--eval-freq``
+steps and at the end. Two numbers per run: the **final** success rate (last evaluation) and **DP3's**
+(the mean of the best ``--top-k`` periodic evaluations, as 3D Diffusion Policy reports). Each cell is a
+resumable sweep cell in ``--run-root``; finished cells are archived as small records in
+``<out>/cells`` (committed), and a cell found there is never run again.
+
+Outputs in ``--out``: ``il_compare.csv`` (one row per run), ``il_compare.md`` (mean +- std over seeds per task,
+the average over tasks, wins of difftori per task, the paired difference to diffusion, training wall clock
+per policy) and ``il_compare.png`` (bars per task and the average, per modality).
+
+    python benchmarks/il_compare.py --tasks button-press reach --modalities state --seeds 1 2 3 --jobs 2
 """
 
 from __future__ import annotations
@@ -17,94 +30,317 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
+import os
+import platform
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, Optional
 
+import numpy as np
+
+from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args
 from difftori.utils.io import atomic_write_text
 
-POLICIES = ("bc", "ibc", "diffusion", "difftori")
-FIELDS = ["task", "modality", "policy", "steps", "success_rate", "mean_return", "train_time_s", "eval_time_s", "run_dir"]
+__all__ = ["CompareConfig", "VARIANTS", "variant_options", "cells", "summarise", "markdown", "run", "main"]
+
+VARIANTS: dict[str, list[str]] = {
+    "bc": ["--policy", "bc"],
+    "ibc": ["--policy", "ibc"],
+    "diffusion": ["--policy", "diffusion"],
+    "difftori": ["--policy", "difftori", "--lr", "1e-3"],
+    "difftori-faithful": ["--policy", "difftori", "--lr", "1e-3", "--label", "faithful", "--difftori.solver.packed", "true",
+                          "--difftori.solver.method", "lm_scalar", "--difftori.solver.max-iters", "100",
+                          "--difftori.solver.step-size", "3e-5", "--difftori.solver.damping", "0.01",
+                          "--difftori.solver.backward", "truncated", "--difftori.solver.backward-iters", "5",
+                          "--difftori.solver.tol", "0", "--difftori.base-pool", "0", "--difftori.inference-select", "first",
+                          "--difftori.init", "base"],
+}
+"""``il train`` options of each variant (added to the preset's); ``difftori-faithful`` also gets
+``--difftori.inference-samples <batch size>`` (the original packs as many draws as its training batch).
+Both difftori variants train at lr 1e-3 (the base's 1e-4 leaves the cost nearly flat at these budgets)."""
+
+FIELDS = ["task", "modality", "variant", "policy", "seed", "steps", "status", "final", "dp3", "n_evals", "train_time_s",
+          "eval_time_s", "eval_s_per_episode", "cell"]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", nargs="+", default=["door-open"], help="MetaWorld tasks (default: door-open)")
-    p.add_argument("--modalities", nargs="+", default=["pointcloud"], choices=["pointcloud", "image", "state"], help="observation types (default: pointcloud)")
-    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES, help="policies to train (difftori needs diffusion)")
-    p.add_argument("--demos", type=int, default=10, help="demos per task (default: 10)")
-    p.add_argument("--steps", type=int, default=1000, help="gradient steps for bc, ibc and diffusion (default: 1000)")
-    p.add_argument("--difftori-steps", type=int, default=300, help="gradient steps for difftori (default: 300)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
-    p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per policy (default: 20)")
-    p.add_argument("--seed", type=int, default=1, help="training seed (default: 1)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
-    p.add_argument("--run-root", type=Path, default=None, help="run dirs (default: <out>/il_runs)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (= CPUs) per run (default: 1)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel on the local Ray cluster (default: 1)")
-    p.add_argument("--progress", action="store_true", help="ignored (kept for old command lines): every run logs to its cell's log.txt")
-    return p.parse_args(argv)
+@dataclass
+class CompareConfig:
+    """The IL comparison grid (see the module docstring)."""
+
+    tasks: tuple[str, ...] = ("button-press", "drawer-open", "door-open", "reach", "push", "pick-place", "assembly", "hammer")
+    """MetaWorld tasks."""
+    modalities: tuple[str, ...] = ("state",)
+    """Observation types: state, pointcloud, image."""
+    seeds: tuple[int, ...] = (1, 2, 3)
+    """Training seeds (each also fixes the evaluation seeds)."""
+    variants: tuple[str, ...] = ("bc", "ibc", "diffusion", "difftori", "difftori-faithful")
+    """Compared variants (any difftori* needs diffusion)."""
+    preset: Literal["small", "paper"] = "small"
+    """``il train --preset`` of every run: small (CPU sizes) or paper (published settings)."""
+    steps: int = 2000
+    """Gradient steps of bc, ibc and diffusion."""
+    difftori_steps: int = 1000
+    """Gradient steps of the difftori variants (on top of the trained diffusion base)."""
+    demos: int = 10
+    """Scripted-expert demos per task and modality."""
+    eval_freq: int = 500
+    """Evaluate every this many gradient steps (and at the end): the periodic evaluations of the DP3 number."""
+    eval_episodes: Optional[int] = None
+    """Episodes per evaluation (None: the preset's)."""
+    top_k: int = 5
+    """DP3's number: the mean of the best this many evaluations of a run."""
+    jobs: int = 2
+    """Runs in parallel on the local Ray cluster."""
+    threads: int = 1
+    """torch threads per run."""
+    timeout_s: Optional[float] = None
+    """Kill a run after this many seconds (rerun to resume it)."""
+    run_root: Path = Path("runs/il_compare")
+    """The sweep directory: cells with their runs (checkpoints stay here, never committed)."""
+    out: Path = Path("benchmarks/results/il_compare")
+    """Where il_compare.{csv,md,png} and the archived cell records go."""
+    fresh: bool = False
+    """Start every cell over instead of reusing finished / resuming interrupted ones."""
+    retry_failed: bool = False
+    """Run cells that failed in an earlier invocation again."""
+    report_only: bool = False
+    """Run nothing: archive finished cells and write the tables from what is on disk."""
+    extra: str = ""
+    """Extra ``il train`` options for every training run (one shell-quoted string)."""
+
+    def __post_init__(self) -> None:
+        from difftori.envs.metaworld import canonical
+        from difftori.il.config import IL_PRESETS, OBS_TYPES
+
+        self.run_root, self.out = Path(self.run_root), Path(self.out)
+        self.tasks, self.modalities, self.seeds, self.variants = map(tuple, (self.tasks, self.modalities, self.seeds, self.variants))
+        check(len(self.tasks) > 0 and len(self.modalities) > 0 and len(self.seeds) > 0 and len(self.variants) > 0,
+              "need at least one task, modality, seed and variant")
+        for t in self.tasks:
+            check(canonical(t) is not None, f"unknown MetaWorld task {t!r}")
+        for m in self.modalities:
+            check(m in OBS_TYPES, f"unknown modality {m!r}; known: {', '.join(OBS_TYPES)}")
+        for v in self.variants:
+            check(v in VARIANTS, f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+        check("diffusion" in self.variants or not any(v.startswith("difftori") for v in self.variants),
+              "the difftori variants start from the diffusion run: include diffusion in --variants")
+        check(self.preset in IL_PRESETS, f"preset must be one of {', '.join(IL_PRESETS)}, got {self.preset!r}")
+        check(self.steps >= 1 and self.difftori_steps >= 1, "steps and difftori_steps must be >= 1")
+        check(self.eval_freq >= 0 and self.top_k >= 1, "eval_freq must be >= 0 and top_k >= 1")
+        check(self.eval_episodes is None or self.eval_episodes >= 1, "eval_episodes must be >= 1 (the comparison needs evaluations)")
+        check(self.jobs >= 1 and self.threads >= 1, "jobs and threads must be >= 1")
+        check(self.demos >= 1, "demos must be >= 1")
 
 
-def _write(out: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "il_compare.csv", buf.getvalue())
-    policies = [p for p in POLICIES if any(r["policy"] == p for r in rows)]
-    lines = [
-        "# IL success rates (MetaWorld)", "",
-        "| task | modality | " + " | ".join(policies) + " |",
-        "|---|---|" + "---|" * len(policies),
-    ]  # fmt: skip
-    for task, mod in dict.fromkeys((r["task"], r["modality"]) for r in rows):
-        cells = []
-        for pol in policies:
-            r = next((r for r in rows if (r["task"], r["modality"], r["policy"]) == (task, mod, pol)), None)
-            cells.append("-" if r is None else f"{float(r['success_rate']):.2f} ({float(r['train_time_s']) / 60:.1f} min, {r['steps']} steps)")
-        lines.append(f"| {task} | {mod} | " + " | ".join(cells) + " |")
-    lines += ["", "Cells: success rate over the evaluation episodes (training wall time, gradient steps)."]
-    atomic_write_text(out / "il_compare.md", "\n".join(lines) + "\n")
+# ----------------------------------------------------------------------------------- the grid
+def variant_options(cfg: CompareConfig, variant: str) -> list[str]:
+    """``il train`` options of one variant's runs (without task, seed, obs type and the runner's paths)."""
+    import shlex
+
+    from difftori.il.config import IL_PRESETS
+
+    steps = cfg.difftori_steps if variant.startswith("difftori") else cfg.steps
+    opts = ["--preset", cfg.preset, "--steps", str(steps), "--eval-freq", str(cfg.eval_freq),
+            *(["--eval-episodes", str(cfg.eval_episodes)] if cfg.eval_episodes is not None else []), *VARIANTS[variant]]
+    if variant == "difftori-faithful":
+        opts += ["--difftori.inference-samples", str(IL_PRESETS[cfg.preset].get("batch_size", 128))]
+    return opts + shlex.split(cfg.extra)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from difftori.sweep.grid import il_grid
-    from difftori.sweep.runner import SweepOptions, cell_dir, read_state, run_sweep
-    from difftori.utils.config import ConfigError
+def cells(cfg: CompareConfig) -> list:
+    """Collect cells, then per seed, modality and task: diffusion first, the others after (options checked here)."""
+    from difftori.sweep.grid import collect_cell, il_cell
+
+    data = {(t, m): collect_cell(t, m, cfg.demos) for m in cfg.modalities for t in cfg.tasks}
+    out = list(data.values())
+    order = sorted(cfg.variants, key=lambda v: v != "diffusion")
+    for s in cfg.seeds:  # seed-major: a grid stopped early covers every task with its first seeds
+        for m in cfg.modalities:
+            for t in cfg.tasks:
+                made: dict[str, Any] = {}
+                for v in order:
+                    made[v] = il_cell(t, v, s, m, variant_options(cfg, v), data[(t, m)], base=made.get("diffusion"))
+                out.extend(made[v] for v in cfg.variants)
+    return out
+
+
+# ----------------------------------------------------------------------------------- results
+def dp3_score(rates: list[float], k: int) -> float:
+    """DP3's protocol: the mean of the ``k`` best success rates among a run's evaluations."""
+    if not rates:
+        return float("nan")
+    return float(np.mean(sorted(rates, reverse=True)[:k]))
+
+
+def summarise(cfg: CompareConfig, cell, state: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row: final and DP3 success, training and evaluation time of one cell."""
+    from difftori.sweep.runner import cell_dir
     from difftori.utils.runs import read_csv
 
-    run_root = (args.run_root or args.out / "il_runs").absolute()
-    threads = args.threads or 1
-    options = ["--batch-size", args.batch_size, "--eval-freq", 0, "--eval-episodes", args.eval_episodes]
-    policies = [p for p in POLICIES if p in args.policies]
-    try:
-        cells = il_grid(args.tasks, policies, args.modalities, [args.seed], args.steps, demos=args.demos, options=options,
-                        policy_steps={"difftori": args.difftori_steps} if "difftori" in policies else None)
-    except ConfigError as exc:
-        raise SystemExit(f"il_compare: error: {exc}") from None
-    gpus = {"cpu": 0.0, "auto": None}.get(args.device, 1.0)
-    states = run_sweep(cells, run_root, SweepOptions(num_cpus=args.jobs * threads, cpus_per_run=threads, gpus_per_run=gpus,
-                                                     max_parallel=args.jobs),
-                       log=lambda m: print(m.replace("[sweep]", "[il_compare]"), flush=True))
-    rows = []
-    for c in cells:
-        st = {**read_state(run_root, c.id), **states.get(c.id, {})}
-        if c.area != "il" or st["status"] != "done":
+    row: dict[str, Any] = {"task": cell.task, "modality": cell.obs_type, "variant": cell.variant, "policy": cell.config["policy"],
+                           "seed": cell.seed, "steps": cell.steps, "status": state.get("status", "pending"), "cell": cell.id}
+    if row["status"] != "done" or not state.get("run_dir"):
+        return row
+    run = (cell_dir(cfg.run_root, cell.id) / state["run_dir"]).resolve()
+    evals = read_csv(run / "eval.csv")
+    rates = [float(e["success_rate"]) for e in evals]
+    eval_s = sum(float(e["eval_time_s"]) for e in evals)
+    episodes = int(cell.config.get("eval_episodes") or 1) * max(len(evals), 1)
+    row.update(final=rates[-1] if rates else float("nan"), dp3=dp3_score(rates, cfg.top_k), n_evals=len(rates),
+               train_time_s=round(float(state.get("wall_s", float("nan"))) - eval_s, 1), eval_time_s=round(eval_s, 1),
+               eval_s_per_episode=round(eval_s / episodes, 2))
+    return row
+
+
+def _ms(xs: list[float]) -> str:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return f"{np.mean(xs):.2f} ± {np.std(xs):.2f}" + ("" if len(xs) > 1 else " (n=1)") if xs else "-"
+
+
+def _table(cfg: CompareConfig, rows: list[dict[str, Any]], modality: str, key: str) -> list[str]:
+    by = defaultdict(list)
+    for r in rows:
+        if r["modality"] == modality and r.get(key) is not None:
+            by[(r["task"], r["variant"])].append(float(r[key]))
+    lines = ["| task | " + " | ".join(cfg.variants) + " |", "|---|" + "---|" * len(cfg.variants)]
+    tasks = [t for t in dict.fromkeys(r["task"] for r in rows if r["modality"] == modality)]
+    for t in tasks:
+        lines.append(f"| {t} | " + " | ".join(_ms(by[(t, v)]) for v in cfg.variants) + " |")
+    avg = []
+    for v in cfg.variants:
+        means = [float(np.mean(by[(t, v)])) for t in tasks if by[(t, v)]]
+        avg.append("-" if not means else f"**{np.mean(means):.3f}**" + ("" if len(means) == len(tasks) else f" ({len(means)}/{len(tasks)} tasks)"))
+    lines.append("| **average over tasks** | " + " | ".join(avg) + " |")
+    return lines
+
+
+def _paired(rows: list[dict[str, Any]], modality: str, variant: str, other: str, key: str) -> tuple[list[float], int, int, int]:
+    """Per (task, seed) differences ``variant - other`` and per-task wins / ties / losses (task means)."""
+    val = {(r["task"], r["seed"], r["variant"]): float(r[key]) for r in rows if r["modality"] == modality and r.get(key) is not None}
+    diffs, per_task = [], defaultdict(list)
+    for (t, s, v), x in val.items():
+        if v == variant and (t, s, other) in val:
+            diffs.append(x - val[(t, s, other)])
+            per_task[t].append(x - val[(t, s, other)])
+    means = [np.mean(d) for d in per_task.values()]
+    return diffs, sum(m > 0 for m in means), sum(m == 0 for m in means), sum(m < 0 for m in means)
+
+
+def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    from difftori.il.config import IL_PRESETS
+
+    preset = IL_PRESETS[cfg.preset]
+    episodes = cfg.eval_episodes or preset.get("eval_episodes", 20)
+    lines = [
+        "# IL on MetaWorld: bc / ibc / diffusion / DiffTORI", "",
+        f"Budget: preset `{cfg.preset}` (batch {preset.get('batch_size', 128)}), {cfg.steps} gradient steps for bc / ibc / "
+        f"diffusion, {cfg.difftori_steps} more for DiffTORI on top of the finished diffusion run of the same task, modality and "
+        f"seed; {cfg.demos} scripted-expert demos per task; seeds {list(cfg.seeds)}; {episodes} evaluation episodes on fixed "
+        f"seeds every {cfg.eval_freq} steps and at the end. {meta['jobs']} runs in parallel x {cfg.threads} thread(s) on "
+        f"{meta['cpu_count']} CPU cores ({meta['machine']}), no GPU. Entries: success rate, mean ± std over seeds.", "",
+    ]
+    counts = defaultdict(int)
+    for r in rows:
+        counts[r["status"]] += 1
+    lines += [f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".", ""]
+    for m in cfg.modalities:
+        if not any(r["modality"] == m for r in rows):
             continue
-        run = (cell_dir(run_root, c.id) / st["run_dir"]).resolve()
-        ev = read_csv(run / "eval.csv")[-1]
-        rows.append({
-            "task": c.task, "modality": c.obs_type, "policy": c.variant, "steps": c.steps,
-            "success_rate": float(ev["success_rate"]), "mean_return": float(ev["mean_return"]),
-            "train_time_s": round(float(st["wall_s"]) - float(ev["eval_time_s"]), 1), "eval_time_s": round(float(ev["eval_time_s"]), 1),
-            "run_dir": str(run),
-        })  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    _write(args.out, rows)
-    print(f"wrote {args.out / 'il_compare.csv'} and {args.out / 'il_compare.md'}")
-    return 0 if all(s["status"] == "done" for s in states.values()) else 1
+        lines += [f"## {m}", "", "**Final** success rate (last evaluation):", "", *_table(cfg, rows, m, "final"), "",
+                  f"**DP3 protocol** (mean of the best {cfg.top_k} evaluations of each run):", "", *_table(cfg, rows, m, "dp3"), ""]
+        pairs = []
+        for v in [v for v in cfg.variants if v.startswith("difftori")]:
+            for other in [o for o in ("diffusion", "ibc") if o in cfg.variants]:
+                for key in ("final", "dp3"):
+                    d, w, t, l_ = _paired(rows, m, v, other, key)
+                    if d:
+                        pairs.append(f"| {v} − {other} | {key} | {np.mean(d):+.3f} ± {np.std(d):.3f} (n={len(d)}) | {w} / {t} / {l_} |")
+        if pairs:
+            lines += ["Paired differences (same task, seed and evaluation seeds; difftori starts from that seed's diffusion "
+                      "checkpoint): mean ± std over (task, seed) pairs, and tasks won / tied / lost on the task mean:", "",
+                      "| comparison | metric | difference | tasks won / tied / lost |", "|---|---|---|---|", *pairs, ""]
+        tt = defaultdict(list)
+        for r in rows:
+            if r["modality"] == m and r.get("train_time_s") is not None:
+                tt[r["variant"]].append((float(r["train_time_s"]), float(r["eval_s_per_episode"]), int(r["steps"])))
+        if tt:
+            lines += ["Training wall clock per run (without evaluation; difftori excludes its base's training) and "
+                      "evaluation cost:", "", "| variant | steps | train min (mean ± std) | ms / step | eval s / episode |",
+                      "|---|---|---|---|---|"]
+            for v in cfg.variants:
+                if tt.get(v):
+                    tr = [x[0] for x in tt[v]]
+                    lines.append(f"| {v} | {tt[v][0][2]} | {np.mean(tr) / 60:.1f} ± {np.std(tr) / 60:.1f} | "
+                                 f"{1000 * np.mean(tr) / tt[v][0][2]:.0f} | {np.mean([x[1] for x in tt[v]]):.1f} |")
+            lines.append("")
+    bad = [r for r in rows if r["status"] not in ("done", "pending")]
+    if bad:
+        lines += ["## Not finished", "", *[f"- {r['cell']}: {r['status']}" for r in bad], ""]
+    return "\n".join(lines)
+
+
+def plot(cfg: CompareConfig, rows: list[dict[str, Any]], out: Path) -> Optional[Path]:
+    """Bars of the final success rate per task (and the average over tasks), one panel per modality."""
+    from difftori.utils.plotting import plot_bars
+
+    groups: dict[str, dict[str, list[float]]] = {}
+    for m in cfg.modalities:
+        per = defaultdict(lambda: defaultdict(list))
+        for r in rows:
+            if r["modality"] == m and r.get("final") is not None:
+                per[r["task"]][r["variant"]].append(float(r["final"]))
+        if not per:
+            continue
+        for t, vs in per.items():
+            groups[f"{t} ({m})" if len(cfg.modalities) > 1 else t] = dict(vs)
+        if len(per) > 1:
+            groups[f"average ({m})"] = {v: [float(np.mean(per[t][v])) for t in per if per[t].get(v)] for v in cfg.variants}
+    return plot_bars(groups, out, ylabel="final success rate") if groups else None
+
+
+def run(cfg: CompareConfig) -> list[dict[str, Any]]:
+    """Run (or reuse) every cell, archive the finished ones, write the CSV, Markdown and PNG; returns the rows."""
+    from difftori.sweep.archive import archive_done, restore
+    from difftori.sweep.runner import SweepOptions, read_state, run_sweep
+
+    grid = cells(cfg)
+    archive = cfg.out / "cells"
+    for cid in restore(grid, cfg.run_root, archive):
+        print(f"[il_compare] restored {cid} from the committed results in {archive}", flush=True)
+    states: dict[str, Any] = {}
+    if not cfg.report_only:
+        opts = SweepOptions(num_cpus=cfg.jobs * cfg.threads, cpus_per_run=cfg.threads, max_parallel=cfg.jobs, fresh=cfg.fresh,
+                            timeout_s=cfg.timeout_s, retry_failed=cfg.retry_failed)
+        states = run_sweep(grid, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[il_compare]"), flush=True))
+    archive_done([c for c in grid if c.area == "il"], cfg.run_root, archive)
+    rows = [summarise(cfg, c, {**read_state(cfg.run_root, c.id), **states.get(c.id, {})}) for c in grid if c.area == "il"]
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(cfg.out / "il_compare.csv", buf.getvalue())
+    meta = {"jobs": cfg.jobs, "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine()}
+    atomic_write_text(cfg.out / "il_compare.md", markdown(cfg, rows, meta))
+    plot(cfg, rows, cfg.out / "il_compare.png")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_dataclass_args(parser, CompareConfig)
+    args = parser.parse_args(argv)
+    try:
+        cfg = dataclass_from_args(CompareConfig, args)
+        rows = run(cfg)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    print((cfg.out / "il_compare.md").read_text())
+    return 0 if all(r["status"] == "done" for r in rows) else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -20,6 +20,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "il/diffusion": ("tests.il.test_policies", "diffusion_stats", "DIFFUSION_LIMITS"),
     "il/ibc": ("tests.il.test_policies", "ibc_stats", "IBC_LIMITS"),
     "il/difftori_modes": ("tests.il.test_difftori", "modes_stats", "MODES_LIMITS"),
+    "il/difftori_refines": ("tests.il.test_difftori", "refine_stats", "REFINE_LIMITS"),
     "rl/tdmpc_update": ("tests.rl.test_tdmpc", "update_stats", "UPDATE_LIMITS"),
     "rl/tdmpc_learns": ("tests.rl.test_learning", "tdmpc_stats", "TDMPC_LIMITS"),
     "optim/newton_converges": ("tests.optim.test_robustness", "newton_stop_stats", "NEWTON_STOP_LIMITS"),

@@ -33,7 +33,8 @@ def test_preset_applies_under_the_given_options(tmp_path, dataset):  # noqa: F81
         "lm_scalar", 100, 3e-5, 0.01, "truncated", 5, True)
     assert (cfg["difftori"]["action_loss_weight"], cfg["difftori"]["kl_weight"], cfg["difftori"]["inference_samples"]) == (3000.0, 10.0, 128)
     assert IL_PRESETS["paper"]["batch_size"] == 128
-    assert IL_PRESETS["small"]["difftori"]["solver"]["packed"] is True
+    small = IL_PRESETS["small"]["difftori"]["solver"]
+    assert (small["method"], small["packed"], small["backward"]) == ("gd", False, "unroll")
 
 
 def test_difftori_small_preset_trains_from_a_base(tmp_path, dataset, diffusion_ckpt):  # noqa: F811
@@ -41,7 +42,8 @@ def test_difftori_small_preset_trains_from_a_base(tmp_path, dataset, diffusion_c
                     "--difftori.solver.max-iters", "3", "--difftori.inference-samples", "4", "--eval-episodes", "1"))
     assert rc == 0
     cfg = json.loads((_run_dir(tmp_path, "difftori") / "config.json").read_text())
-    assert cfg["difftori"]["solver"]["packed"] and cfg["difftori"]["base_pool"] == 8 and cfg["difftori"]["solver"]["max_iters"] == 3
+    assert not cfg["difftori"]["solver"]["packed"] and cfg["difftori"]["solver"]["method"] == "gd"
+    assert cfg["difftori"]["base_pool"] == 8 and cfg["difftori"]["solver"]["max_iters"] == 3
 
 
 def _variant(src: Path, dst: Path, edit) -> Path:

@@ -70,7 +70,7 @@ def test_packed_inference_solves_each_observations_draws_as_one_problem(monkeypa
 
 def test_per_sample_inference_defaults_to_one_draw_and_can_take_the_lowest_cost_of_many(monkeypatch):
     data = linear_state_data(n=64)
-    pol = build("difftori", data, difftori={"init": "noise", "solver": {"max_iters": 5}}).eval()
+    pol = build("difftori", data, difftori={"init": "noise", "solver": {"max_iters": 5, "packed": False}}).eval()
     assert pol.cfg.draws == 1
     pol.cfg.inference_samples, pol.cfg.inference_select = 16, "lowest_cost"
     seen = []

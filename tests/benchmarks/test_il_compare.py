@@ -1,0 +1,76 @@
+"""benchmarks/il_compare.py: config checks, the grid's wiring (difftori on its seed's diffusion cell), DP3's number,
+and the tables / paired differences / plot from rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import il_compare as bench  # noqa: E402
+from difftori.utils.config import ConfigError  # noqa: E402
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown variant"):
+        bench.CompareConfig(variants=("bc", "nope"))
+    with pytest.raises(ConfigError, match="include diffusion"):
+        bench.CompareConfig(variants=("bc", "difftori"))
+    with pytest.raises(ConfigError, match="unknown MetaWorld task"):
+        bench.CompareConfig(tasks=("not-a-task",))
+    with pytest.raises(SystemExit):
+        bench.main(["--modalities", "lidar"])
+
+
+def test_grid_pairs_every_difftori_with_its_seeds_diffusion_cell():
+    cfg = bench.CompareConfig(tasks=("reach",), seeds=(1, 2), variants=("diffusion", "difftori", "difftori-faithful", "bc"))
+    grid = bench.cells(cfg)
+    collect = [c for c in grid if c.area == "collect"]
+    assert len(collect) == 1 and len(grid) == 1 + 2 * 4
+    diffusion = {c.seed: c.id for c in grid if c.variant == "diffusion"}
+    for c in grid:
+        if c.variant.startswith("difftori"):
+            assert c.deps == {"dataset": collect[0].id, "base_policy": diffusion[c.seed]}
+            assert c.steps == cfg.difftori_steps
+        elif c.area == "il":
+            assert c.steps == cfg.steps and "base_policy" not in c.deps
+    faithful = next(c for c in grid if c.variant == "difftori-faithful").config["difftori"]
+    assert faithful["solver"]["packed"] and faithful["solver"]["max_iters"] == 100 and faithful["base_pool"] == 0
+    assert faithful["inference_samples"] == 32 and faithful["inference_select"] == "first"  # = the small preset's batch
+    ids = [c.id for c in grid]
+    assert ids == [c.id for c in bench.cells(cfg)] and len(set(ids)) == len(ids)  # stable, distinct
+
+
+def test_dp3_score_is_the_mean_of_the_best_k():
+    assert bench.dp3_score([0.1, 0.5, 0.3, 0.9], 2) == pytest.approx(0.7)
+    assert bench.dp3_score([0.2], 5) == pytest.approx(0.2)
+
+
+def _rows():
+    rows = []
+    for task, base in (("reach", 0.5), ("push", 0.2)):
+        for seed in (1, 2):
+            for variant, delta in (("diffusion", 0.0), ("difftori", 0.1 if task == "reach" else -0.1), ("ibc", -0.2)):
+                v = max(base + delta + 0.1 * seed, 0.0)
+                rows.append({"task": task, "modality": "state", "variant": variant, "policy": variant.split("-")[0], "seed": seed,
+                             "steps": 100, "status": "done", "final": v, "dp3": v + 0.05, "n_evals": 3, "train_time_s": 60.0,
+                             "eval_time_s": 10.0, "eval_s_per_episode": 1.0, "cell": f"{task}-{variant}-{seed}"})
+    return rows
+
+
+def test_markdown_has_means_averages_paired_differences_and_times(tmp_path):
+    cfg = bench.CompareConfig(tasks=("reach", "push"), seeds=(1, 2), variants=("ibc", "diffusion", "difftori"))
+    md = bench.markdown(cfg, _rows(), {"jobs": 2, "cpu_count": 2, "machine": "x86_64"})
+    assert "| reach | 0.45 ± 0.05 | 0.65 ± 0.05 | 0.75 ± 0.05 |" in md
+    assert "**average over tasks**" in md and "DP3 protocol" in md
+    # difftori - diffusion: +0.1 on both reach seeds, -0.1 on both push seeds -> mean 0, one task won, one lost
+    assert "| difftori − diffusion | final | +0.000 ± 0.100 (n=4) | 1 / 0 / 1 |" in md
+    assert "| difftori − ibc | final | +0.200 ± 0.100 (n=4) | 2 / 0 / 0 |" in md
+    assert "| difftori | 100 | 1.0 ± 0.0 | 600 | 1.0 |" in md
+    png = bench.plot(cfg, _rows(), tmp_path / "il.png")
+    assert png is not None and png.stat().st_size > 0

@@ -308,7 +308,10 @@ def run(cfg: CompareConfig) -> list[dict[str, Any]]:
 
     grid = cells(cfg)
     archive = cfg.out / "cells"
-    for cid in restore(grid, cfg.run_root, archive):
+    # An archive keeps no checkpoints: a diffusion cell whose difftori cells are not all archived runs again here.
+    archived = {p.name for p in archive.iterdir() if (p / "result.json").exists()} if archive.is_dir() else set()
+    needed = {c.deps["base_policy"] for c in grid if "base_policy" in c.deps and c.id not in archived}
+    for cid in restore([c for c in grid if c.id not in needed], cfg.run_root, archive):
         print(f"[il_compare] restored {cid} from the committed results in {archive}", flush=True)
     states: dict[str, Any] = {}
     if not cfg.report_only:

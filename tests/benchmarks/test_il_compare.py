@@ -74,3 +74,23 @@ def test_markdown_has_means_averages_paired_differences_and_times(tmp_path):
     assert "| difftori | 100 | 1.0 ± 0.0 | 600 | 1.0 |" in md
     png = bench.plot(cfg, _rows(), tmp_path / "il.png")
     assert png is not None and png.stat().st_size > 0
+
+
+def test_archived_cells_are_restored_except_a_base_whose_difftori_runs_are_missing(tmp_path, monkeypatch):
+    import json
+
+    cfg = bench.CompareConfig(tasks=("reach",), seeds=(1,), variants=("bc", "diffusion", "difftori"), run_root=tmp_path / "runs",
+                              out=tmp_path / "out", report_only=True)
+    grid = bench.cells(cfg)
+    by = {c.variant: c for c in grid}
+    for v in ("bc", "diffusion"):  # archived without the difftori cell that needs the diffusion checkpoint
+        d = cfg.out / "cells" / by[v].id
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"run_dir": "run/x"}))
+        (d / "state.json").write_text(json.dumps({"status": "done", "run_dir": "run/x", "wall_s": 1.0}))
+        (d / "run" / "x").mkdir(parents=True)
+        (d / "run" / "x" / "eval.csv").write_text("step,success_rate,mean_return,mean_length,eval_time_s\n10,0.5,1,1,0.1\n")
+    rows = {r["variant"]: r for r in bench.run(cfg)}
+    assert rows["bc"]["status"] == "done" and rows["bc"]["final"] == 0.5
+    assert rows["diffusion"]["status"] != "done", "its checkpoint is not archived: it must run again for difftori"
+    assert (cfg.out / "il_compare.md").exists()

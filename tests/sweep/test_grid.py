@@ -33,6 +33,12 @@ def test_cell_ids_are_stable_and_follow_the_resolved_config():
     p1 = rl_cell("cartpole-balance", "tdmpc", 1, ["--agent", "tdmpc", "--steps", "960", "--preset", "small"])
     p2 = rl_cell("cartpole-balance", "tdmpc", 1, ["--agent", "tdmpc", "--steps", "960", "--preset", "small", "--mlp-dim", "64"])
     assert p1.id == p2.id and p1.config["mlp_dim"] == 64
+    # A field added later at its neutral value leaves the id (and the committed results) alone; another value does not.
+    from difftori.sweep.grid import NEUTRAL_DEFAULTS, config_hash
+
+    key, neutral = next(iter(NEUTRAL_DEFAULTS.items()))
+    plain = {k: v for k, v in a.config.items() if k != key}
+    assert config_hash({**plain, key: neutral}, {}) == config_hash(plain, {}) != config_hash({**plain, key: "other"}, {})
 
 
 def test_bad_options_fail_before_anything_is_written(tmp_path):

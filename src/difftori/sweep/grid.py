@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from difftori.utils.config import ConfigError, to_dict
 
-__all__ = ["Cell", "rl_cell", "il_cell", "collect_cell", "rl_grid", "il_grid", "RUNNER_OPTIONS", "config_hash"]
+__all__ = ["Cell", "rl_cell", "il_cell", "collect_cell", "rl_grid", "il_grid", "RUNNER_OPTIONS", "NEUTRAL_DEFAULTS", "config_hash"]
 
 RUNNER_OPTIONS = ("--run-root", "--resume", "--progress", "--num-threads", "--device", "--dataset", "--base-policy", "--out", "--config")
 """Options the sweep runner sets itself for every cell (paths, threads = CPUs per run, device = GPUs per run)."""
@@ -87,9 +87,15 @@ def _check_owned(options: list[str], owned: tuple[str, ...]) -> None:
                           "device from --gpus-per-run, paths inside the sweep directory)")
 
 
+NEUTRAL_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
+"""Top-level config fields added after grids were committed, left out of the cell id at the value every
+earlier run had: adding such a field keeps the ids (and so the committed results) of the runs it does not change."""
+
+
 def config_hash(config: dict[str, Any], deps: dict[str, str]) -> str:
-    """10 hex digits of sha1 over the config (minus :data:`_VOLATILE` fields) and the dependencies' ids."""
-    stable = {k: v for k, v in config.items() if k not in _VOLATILE}
+    """10 hex digits of sha1 over the config (minus :data:`_VOLATILE` fields and fields at their
+    :data:`NEUTRAL_DEFAULTS` value) and the dependencies' ids."""
+    stable = {k: v for k, v in config.items() if k not in _VOLATILE and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
     blob = json.dumps({"config": stable, "deps": deps}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 

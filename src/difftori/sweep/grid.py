@@ -25,6 +25,10 @@ RUNNER_OPTIONS = ("--run-root", "--resume", "--progress", "--num-threads", "--de
 _VOLATILE = {"run_root", "progress", "num_threads", "device", "dataset", "base_policy", "out", "overwrite"}
 """Config fields left out of the cell id: where and how a run executes, not what it computes."""
 
+_ADDED_AT_DEFAULT = {"precision": "fp32"}
+"""Config fields added after cells were archived, with the value that computes what the code before them did:
+left out of the cell id at that value, so archived cells keep their ids (any other value gives a new cell)."""
+
 
 @dataclass
 class Cell:
@@ -88,8 +92,8 @@ def _check_owned(options: list[str], owned: tuple[str, ...]) -> None:
 
 
 def config_hash(config: dict[str, Any], deps: dict[str, str]) -> str:
-    """10 hex digits of sha1 over the config (minus :data:`_VOLATILE` fields) and the dependencies' ids."""
-    stable = {k: v for k, v in config.items() if k not in _VOLATILE}
+    """10 hex digits of sha1 over the config (minus :data:`_VOLATILE` fields and :data:`_ADDED_AT_DEFAULT` values) and the dependencies' ids."""
+    stable = {k: v for k, v in config.items() if k not in _VOLATILE and not (k in _ADDED_AT_DEFAULT and v == _ADDED_AT_DEFAULT[k])}
     blob = json.dumps({"config": stable, "deps": deps}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 

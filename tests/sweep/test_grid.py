@@ -12,7 +12,7 @@ import pytest
 
 from difftori.cli import main
 from difftori.sweep.cli import split_lists
-from difftori.sweep.grid import il_grid, rl_cell, rl_grid
+from difftori.sweep.grid import config_hash, il_grid, rl_cell, rl_grid
 from difftori.sweep.report import collect, summary_markdown, tidy, write_report
 from difftori.sweep.runner import RAY_HINT, SweepOptions, prepare
 from difftori.utils.config import ConfigError
@@ -34,11 +34,21 @@ def test_cell_ids_are_stable_and_follow_the_resolved_config():
     p2 = rl_cell("cartpole-balance", "tdmpc", 1, ["--agent", "tdmpc", "--steps", "960", "--preset", "small", "--mlp-dim", "64"])
     assert p1.id == p2.id and p1.config["mlp_dim"] == 64
     # A field added later at its neutral value leaves the id (and the committed results) alone; another value does not.
-    from difftori.sweep.grid import NEUTRAL_DEFAULTS, config_hash
+    from difftori.sweep.grid import NEUTRAL_DEFAULTS
 
     key, neutral = next(iter(NEUTRAL_DEFAULTS.items()))
     plain = {k: v for k, v in a.config.items() if k != key}
     assert config_hash({**plain, key: neutral}, {}) == config_hash(plain, {}) != config_hash({**plain, key: "other"}, {})
+
+
+def test_fields_added_later_keep_old_ids_at_their_default():
+    """``precision`` came after cells were archived: fp32 (the old computation) keeps the old id, bf16 is a new cell."""
+    opts = ["--agent", "tdmpc", "--steps", "96", *TINY_RL]
+    a = rl_cell("cartpole-balance", "tdmpc", 1, opts)
+    old = {k: v for k, v in a.config.items() if k != "precision"}  # the config as archived before the field existed
+    assert a.config["precision"] == "fp32" and a.id.endswith(config_hash(old, {}))
+    assert rl_cell("cartpole-balance", "tdmpc", 1, [*opts, "--precision", "fp32"]).id == a.id
+    assert rl_cell("cartpole-balance", "tdmpc", 1, [*opts, "--precision", "bf16"]).id != a.id
 
 
 def test_bad_options_fail_before_anything_is_written(tmp_path):

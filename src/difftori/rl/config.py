@@ -139,6 +139,8 @@ class RLConfig:
     """auto (CUDA if present, else CPU), cpu, cuda, cuda:N."""
     num_threads: Optional[int] = None
     """torch CPU threads; None leaves torch's default."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Compute precision of the batched network passes (world-model update, pi update, MPPI rollouts): fp32, or bf16 (torch.autocast; parameters, losses, optimizer steps and every difftori.optim solve stay fp32)."""
     action_repeat: Optional[int] = None
     """Env steps per agent step; None -> task preset (cartpole 8; hopper, quadruped, reacher 4; else 2)."""
     episode_length: int = 1000
@@ -244,6 +246,7 @@ class RLConfig:
         check(self.obs_type in ("state", "pixels"), f"obs_type must be 'state' or 'pixels', got {self.obs_type!r}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
+        check(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         check(self.action_repeat is None or self.action_repeat >= 1, f"action_repeat must be >= 1, got {self.action_repeat}")
         check(self.episode_length >= 1, f"episode_length must be >= 1, got {self.episode_length}")
         check(self.frame_stack >= 1 and self.img_size >= 16, "frame_stack must be >= 1 and img_size >= 16")

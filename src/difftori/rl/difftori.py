@@ -39,6 +39,11 @@ Measurements behind these choices: ``benchmarks/results/rl_diagnosis.md``.
 ``z_0 = h(obs)`` is part of the cost's computational graph. It is evaluated once per solve (it does
 not depend on ``U``) and closed over by the cost, which gives the same derivatives in every backward
 mode as re-encoding inside each cost call while running the encoder once instead of per iteration.
+
+With ``precision="bf16"`` the TD-MPC parts (update, Q_s loss, MPPI) run under bf16 autocast, while
+every difftori.optim solve (acting and policy-gradient) runs under ``autocast(False)`` in fp32: those
+are batch-1 solves, where bf16 is slower, and their step sizes and plateau tolerance (1e-4 relative)
+are below bf16's resolution (~4e-3).
 """
 
 from __future__ import annotations
@@ -148,31 +153,34 @@ class DiffTORI(TDMPC):
 
     def solve(self, obs: torch.Tensor, step: int, eval_mode: bool, backward: str,
               U0: torch.Tensor | None = None) -> tuple[torch.Tensor, SolverInfo]:
-        """Solve for a batch of observations from ``U0`` (default: pi rollout); ``U*`` is differentiable unless ``backward == "none"``."""
-        with torch.set_grad_enabled(backward != "none"):
-            z0 = self.model.encode(obs)
-        if U0 is None:
-            U0 = self.initial_plan(z0.detach(), self.plan_horizon(step), eval_mode)
+        """Solve for a batch of observations from ``U0`` (default: pi rollout); ``U*`` is differentiable unless ``backward == "none"``.
 
-        def cost(U: torch.Tensor) -> torch.Tensor:
-            return -self.predicted_return(z0, U)
+        Always fp32 (autocast off), whatever the precision or an enclosing autocast region."""
+        with self.autocast(False):
+            with torch.set_grad_enabled(backward != "none"):
+                z0 = self.model.encode(obs)
+            if U0 is None:
+                U0 = self.initial_plan(z0.detach(), self.plan_horizon(step), eval_mode)
 
-        if self.solver.method in _RESIDUAL_METHODS:
-            offset = self.solver.offset
+            def cost(U: torch.Tensor) -> torch.Tensor:
+                return -self.predicted_return(z0, U)
 
-            def residual(U: torch.Tensor) -> torch.Tensor:  # original: r = 1000 - G
-                return (offset + cost(U)).unsqueeze(-1)
+            if self.solver.method in _RESIDUAL_METHODS:
+                offset = self.solver.offset
 
-            return self.solver.solve(None, U0, residual_fn=residual, backward=backward)
-        return self.solver.solve(cost, U0, backward=backward)
+                def residual(U: torch.Tensor) -> torch.Tensor:  # original: r = 1000 - G
+                    return (offset + cost(U)).unsqueeze(-1)
+
+                return self.solver.solve(None, U0, residual_fn=residual, backward=backward)
+            return self.solver.solve(cost, U0, backward=backward)
 
     def pg_loss(self, obs: torch.Tensor, step: int, eval_mode: bool = False,
                 U0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, SolverInfo]:
         """``(loss, U*, info)``: ``mean_b -min Q_s(obs_b, U*_b[0])`` with graph into encoder/dynamics/reward/Q.
 
-        pi and Q_s are frozen while the graph is built, so they get no gradient from this loss.
+        pi and Q_s are frozen while the graph is built, so they get no gradient from this loss. fp32, as :meth:`solve`.
         """
-        with self._frozen_pi_qs():
+        with self._frozen_pi_qs(), self.autocast(False):
             U, info = self.solve(obs, step, eval_mode, self.dcfg.backward, U0)
             loss = -torch.min(*self.model.Qs(obs, U[:, 0])).mean()
         return loss, U, info
@@ -196,7 +204,7 @@ class DiffTORI(TDMPC):
             return a
         U0 = None
         if self.dcfg.init != "pi":
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast(False):  # batch-1 parts in fp32 (the MPPI plan inside sets its own)
                 U0 = self.acting_plan(obs, self.model.encode(obs), t0, eval_mode, step)
         if not eval_mode and self.dcfg.pg_mode == "episode":
             loss, U, info = self.pg_loss(obs, step, eval_mode, U0)
@@ -305,11 +313,15 @@ class DiffTORI(TDMPC):
         h, b = batch.next_obs.shape[:2]
         with torch.no_grad():  # all steps at once: Q_s needs no latent rollout
             next_obs = self.aug(batch.next_obs.flatten(0, 1))
-            a = self.model.pi(self.model.encode(next_obs), c.min_std)
-            target = batch.reward.flatten(0, 1) + c.discount * torch.min(*self.model_target.Qs(next_obs, a))
+            with self.autocast():
+                a = self.model.pi(self.model.encode(next_obs), c.min_std)
+                q_next = torch.min(*self.model_target.Qs(next_obs, a)).float()
+            target = batch.reward.flatten(0, 1) + c.discount * q_next
             # Input of step t is the (augmented) observation the target of step t-1 used (as the original).
             obs = torch.cat([self.aug(batch.obs), next_obs[: (h - 1) * b]])
-        q1, q2 = self.model.Qs(obs, batch.action.flatten(0, 1))
+        with self.autocast():
+            q1, q2 = self.model.Qs(obs, batch.action.flatten(0, 1))
+        q1, q2 = q1.float(), q2.float()
         err = ((q1 - target) ** 2 + (q2 - target) ** 2).view(h, b, 1)
         rho = c.rho ** torch.arange(h, device=err.device, dtype=err.dtype)
         return {"value_s_loss": self.dcfg.qs_coef * (rho.view(h, 1, 1) * err).sum(0)}

@@ -7,6 +7,10 @@ and 5% of the samples rolled out by pi. ``update`` takes one TD-MPC gradient ste
 consistency + reward + TD value losses over a ``horizon``-step sequence, prioritized replay
 weights and priorities, then the pi update and the target EMA. Subclasses (DiffTORI) override
 ``plan`` and add loss terms through ``_extra_losses`` and ``on_episode_end``.
+
+``precision="bf16"`` runs the batched network passes (update, pi update, MPPI rollouts) under bf16
+autocast (:meth:`TDMPC.autocast`); predictions are cast to fp32 before losses and MPPI statistics,
+so parameters, losses, gradients, optimizer steps, priorities and returned actions stay fp32.
 """
 
 from __future__ import annotations
@@ -64,6 +68,15 @@ class TDMPC:
         self.num_updates = 0
         self._prev_mean: torch.Tensor | None = None
 
+    def autocast(self, enabled: bool = True) -> torch.autocast:
+        """bf16 autocast on the agent's device if ``enabled`` and ``precision == "bf16"``, else autocast off.
+
+        ``autocast(False)`` also switches off an enclosing bf16 region, so fp32-only code (the
+        difftori.optim solves) can never inherit it.
+        """
+        on = enabled and self.cfg.precision == "bf16"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=on)
+
     # -- schedules ------------------------------------------------------------------------------
     def std(self, step: int) -> float:
         """Exploration std / minimum planner std at agent step ``step`` (0.5 -> 0.05)."""
@@ -92,14 +105,16 @@ class TDMPC:
 
     @torch.no_grad()
     def estimate_value(self, z: torch.Tensor, actions: torch.Tensor, horizon: int) -> torch.Tensor:
-        """Sum of discounted predicted rewards over ``actions (H, N, A)`` + terminal min-Q, ``(N, 1)``."""
+        """Sum of discounted predicted rewards over ``actions (H, N, A)`` + terminal min-Q, ``(N, 1)``, fp32."""
         g, discount = 0.0, 1.0
-        for t in range(horizon):
-            r = self.model.reward(z, actions[t])
-            z = self.model.next(z, actions[t])
-            g = g + discount * r
-            discount *= self.cfg.discount
-        return g + discount * torch.min(*self.model.Q(z, self.model.pi(z, self.cfg.min_std)))
+        with self.autocast():
+            for t in range(horizon):
+                r = self.model.reward(z, actions[t])
+                z = self.model.next(z, actions[t])
+                g = g + discount * r.float()
+                discount *= self.cfg.discount
+            q = torch.min(*self.model.Q(z, self.model.pi(z, self.cfg.min_std))).float()
+        return g + discount * q
 
     @torch.no_grad()
     def plan(self, obs: torch.Tensor, t0: bool, eval_mode: bool, step: int) -> torch.Tensor:
@@ -107,42 +122,45 @@ class TDMPC:
         c, adim, dev = self.cfg, self.spec.action_dim, self.device
         horizon = self.plan_horizon(step)
         min_std = self.std(step)
-        z0 = self.model.encode(obs)
-        n_pi = int(c.mixture_coef * c.num_samples)
-        pi_actions = None
-        if n_pi > 0:
-            pi_actions = torch.empty(horizon, n_pi, adim, device=dev)
-            z = z0.expand(n_pi, -1)
-            for t in range(horizon):
-                pi_actions[t] = self.model.pi(z, c.min_std)
-                z = self.model.next(z, pi_actions[t])
-        z = z0.expand(c.num_samples + n_pi, -1)
-        mean = torch.zeros(horizon, adim, device=dev)
-        std = torch.full((horizon, adim), c.max_std, device=dev)
-        if not t0 and self._prev_mean is not None:
-            prev = self._prev_mean[1:]
-            k = min(len(prev), horizon)
-            mean[:k] = prev[:k]
-        for _ in range(c.iterations):
-            actions = (mean.unsqueeze(1) + std.unsqueeze(1) * torch.randn(horizon, c.num_samples, adim, device=dev)).clamp(-1, 1)
-            if pi_actions is not None:
-                actions = torch.cat([actions, pi_actions], dim=1)
-            value = self.estimate_value(z, actions, horizon).nan_to_num_(0.0)
-            elite_idxs = torch.topk(value.squeeze(1), c.num_elites, dim=0).indices
-            elite_value, elite_actions = value[elite_idxs], actions[:, elite_idxs]
-            score = torch.exp(c.temperature * (elite_value - elite_value.max(0)[0]))
-            score = score / score.sum(0)
-            new_mean = (score.unsqueeze(0) * elite_actions).sum(1) / (score.sum(0) + 1e-9)
-            new_std = torch.sqrt((score.unsqueeze(0) * (elite_actions - new_mean.unsqueeze(1)) ** 2).sum(1) / (score.sum(0) + 1e-9))
-            new_std = new_std.clamp(min_std, c.max_std)
-            mean, std = c.momentum * mean + (1 - c.momentum) * new_mean, new_std
-        # Sample the executed sequence among the elites by score (as TD-MPC).
-        choice = torch.multinomial(score.squeeze(1), 1).item()
-        self._prev_mean = mean
-        a = elite_actions[0, choice]
-        if not eval_mode:
-            a = a + std[0] * torch.randn(adim, device=dev)
-        return a
+        # One autocast region for all rollouts (bf16 weight casts are cached within it); estimate_value
+        # returns fp32, so the MPPI statistics below are computed in fp32 in either precision.
+        with self.autocast():
+            z0 = self.model.encode(obs)
+            n_pi = int(c.mixture_coef * c.num_samples)
+            pi_actions = None
+            if n_pi > 0:
+                pi_actions = torch.empty(horizon, n_pi, adim, device=dev)
+                z = z0.expand(n_pi, -1)
+                for t in range(horizon):
+                    pi_actions[t] = self.model.pi(z, c.min_std)
+                    z = self.model.next(z, pi_actions[t])
+            z = z0.expand(c.num_samples + n_pi, -1)
+            mean = torch.zeros(horizon, adim, device=dev)
+            std = torch.full((horizon, adim), c.max_std, device=dev)
+            if not t0 and self._prev_mean is not None:
+                prev = self._prev_mean[1:]
+                k = min(len(prev), horizon)
+                mean[:k] = prev[:k]
+            for _ in range(c.iterations):
+                actions = (mean.unsqueeze(1) + std.unsqueeze(1) * torch.randn(horizon, c.num_samples, adim, device=dev)).clamp(-1, 1)
+                if pi_actions is not None:
+                    actions = torch.cat([actions, pi_actions], dim=1)
+                value = self.estimate_value(z, actions, horizon).nan_to_num_(0.0)
+                elite_idxs = torch.topk(value.squeeze(1), c.num_elites, dim=0).indices
+                elite_value, elite_actions = value[elite_idxs], actions[:, elite_idxs]
+                score = torch.exp(c.temperature * (elite_value - elite_value.max(0)[0]))
+                score = score / score.sum(0)
+                new_mean = (score.unsqueeze(0) * elite_actions).sum(1) / (score.sum(0) + 1e-9)
+                new_std = torch.sqrt((score.unsqueeze(0) * (elite_actions - new_mean.unsqueeze(1)) ** 2).sum(1) / (score.sum(0) + 1e-9))
+                new_std = new_std.clamp(min_std, c.max_std)
+                mean, std = c.momentum * mean + (1 - c.momentum) * new_mean, new_std
+            # Sample the executed sequence among the elites by score (as TD-MPC).
+            choice = torch.multinomial(score.squeeze(1), 1).item()
+            self._prev_mean = mean
+            a = elite_actions[0, choice]
+            if not eval_mode:
+                a = a + std[0] * torch.randn(adim, device=dev)
+            return a
 
     def reset(self) -> None:
         """Forget the warm-start plan (a new episode begins)."""
@@ -150,14 +168,19 @@ class TDMPC:
 
     # -- learning -------------------------------------------------------------------------------
     def td_target(self, next_obs: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
-        """``r + discount * min Q_target(h(s'), pi(h(s')))`` (no gradient)."""
+        """``r + discount * min Q_target(h(s'), pi(h(s')))`` (no gradient, fp32)."""
         with torch.no_grad():
-            next_z = self.model.encode(next_obs)
-            a = self.model.pi(next_z, self.cfg.min_std)
-            return reward + self.cfg.discount * torch.min(*self.model_target.Q(next_z, a))
+            with self.autocast():
+                next_z = self.model.encode(next_obs)
+                a = self.model.pi(next_z, self.cfg.min_std)
+                q = torch.min(*self.model_target.Q(next_z, a)).float()
+            return reward + self.cfg.discount * q
 
     def _extra_losses(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        """Extra per-sample losses ``{name: (B, 1)}`` (already weighted) added to the model loss; none here."""
+        """Extra per-sample fp32 losses ``{name: (B, 1)}`` (already weighted) added to the model loss; none here.
+
+        Called outside the update's autocast region: an override runs its forwards under :meth:`autocast`
+        and casts predictions to fp32 before its losses."""
         return {}
 
     def update_pi(self, zs: torch.Tensor) -> torch.Tensor:
@@ -165,8 +188,10 @@ class TDMPC:
         self.pi_optim.zero_grad(set_to_none=True)
         self.model.track_q_grad(False)
         try:
-            a = self.model.pi(zs, self.cfg.min_std)
-            q = torch.min(*self.model.Q(zs, a)).mean(dim=(1, 2))  # (H+1,)
+            with self.autocast():
+                a = self.model.pi(zs, self.cfg.min_std)
+                q_min = torch.min(*self.model.Q(zs, a)).float()
+            q = q_min.mean(dim=(1, 2))  # (H+1,)
             rho = self.cfg.rho ** torch.arange(len(zs), device=zs.device, dtype=q.dtype)
             loss = -(q * rho).sum()
             loss.backward()
@@ -185,22 +210,28 @@ class TDMPC:
         h, b = batch.next_obs.shape[:2]
         with torch.no_grad():  # targets for all steps at once (fewer, larger matmuls)
             next_obs = self.aug(batch.next_obs.flatten(0, 1))
-            next_z = self.model_target.encode(next_obs).view(h, b, -1)
-            target = self.td_target(next_obs, batch.reward.flatten(0, 1)).view(h, b, 1)
-        z = self.model.encode(self.aug(batch.obs))
-        zs = [z.detach()]
-        consistency = reward_loss = value_loss = priority = 0.0
-        for t in range(c.horizon):
-            a = batch.action[t]
-            q1, q2 = self.model.Q(z, a)
-            r_pred = self.model.reward(z, a)
-            z = self.model.next(z, a)
-            zs.append(z.detach())
-            rho = c.rho**t
-            consistency = consistency + rho * ((z - next_z[t]) ** 2).mean(dim=1, keepdim=True)
-            reward_loss = reward_loss + rho * (r_pred - batch.reward[t]) ** 2
-            value_loss = value_loss + rho * ((q1 - target[t]) ** 2 + (q2 - target[t]) ** 2)
-            priority = priority + rho * ((q1 - target[t]).abs() + (q2 - target[t]).abs())
+            with self.autocast():
+                next_z = self.model_target.encode(next_obs).float().view(h, b, -1)
+                target = self.td_target(next_obs, batch.reward.flatten(0, 1)).view(h, b, 1)
+        obs = self.aug(batch.obs)
+        # One autocast region for the whole rollout (bf16 weight casts are cached within it). The losses are taken
+        # on fp32 casts of the predictions; in fp32 the casts are no-ops and the graph is the plain one.
+        with self.autocast():
+            z = self.model.encode(obs)
+            zs = [z.detach().float()]
+            consistency = reward_loss = value_loss = priority = 0.0
+            for t in range(c.horizon):
+                a = batch.action[t]
+                q1, q2 = (q.float() for q in self.model.Q(z, a))
+                r_pred = self.model.reward(z, a).float()
+                z = self.model.next(z, a)
+                z32 = z.float()
+                zs.append(z32.detach())
+                rho = c.rho**t
+                consistency = consistency + rho * ((z32 - next_z[t]) ** 2).mean(dim=1, keepdim=True)
+                reward_loss = reward_loss + rho * (r_pred - batch.reward[t]) ** 2
+                value_loss = value_loss + rho * ((q1 - target[t]) ** 2 + (q2 - target[t]) ** 2)
+                priority = priority + rho * ((q1 - target[t]).abs() + (q2 - target[t]).abs())
         total = (
             c.consistency_coef * consistency.clamp(max=1e4)
             + c.reward_coef * reward_loss.clamp(max=1e4)

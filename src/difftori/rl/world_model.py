@@ -144,8 +144,9 @@ class TOLD(nn.Module):
         return self._Q1(x), self._Q2(x)
 
     def pi(self, z: torch.Tensor, std: float = 0.0) -> torch.Tensor:
-        """Policy: ``tanh(MLP(z))``, plus clipped Gaussian noise of ``std`` if ``std > 0``."""
-        mu = torch.tanh(self._pi(z))
+        """Policy: ``tanh(MLP(z))``, plus clipped Gaussian noise of ``std`` if ``std > 0``; fp32 under autocast too
+        (actions stay fp32, and the noise is drawn as in fp32)."""
+        mu = torch.tanh(self._pi(z).float())
         return truncated_normal_sample(mu, std) if std > 0 else mu
 
     def Qs(self, obs: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

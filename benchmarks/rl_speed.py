@@ -1,0 +1,221 @@
+"""Benchmark: the RL agents (TD-MPC, DiffTORI) in ``precision=fp32`` vs ``bf16``, part by part.
+
+Parts (ms of one call): ``update`` (one TD-MPC update on a batch from a replay buffer of random
+transitions; DiffTORI's adds the Q_s loss), ``plan`` (one MPPI plan of TD-MPC, also DiffTORI's default
+acting start), ``act_solve`` (one batch-1 DiffTORI acting solve from the pi rollout) and ``pg_grad`` (one
+episode-mode DiffTORI policy-gradient term: the truncated-backward solve and the gradient into the world
+model). Each part starts from fresh fp32 and bf16 agents with the same weights, whose repetitions are
+interleaved so load drift hits both alike; both solves start from a fixed plan, so every call does the
+same iterations. No environment is needed: the env spec is built directly (walker-walk: 24-D state,
+6-D action). Reward and critic heads are re-initialised (TD-MPC zeroes them, which would make the
+solver's cost flat and every solve stop at once).
+
+    python benchmarks/rl_speed.py                       # paper sizes (RLConfig defaults), 1 thread
+    python benchmarks/rl_speed.py --sizes small --quick
+
+Results: ``<out>/rl_speed.json`` and ``<out>/rl_speed.md`` (``--out``, default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # allow `python benchmarks/rl_speed.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import interleaved_timings, median, run_meta  # noqa: E402
+from difftori.envs.spec import EnvSpec  # noqa: E402
+from difftori.models.mlp import orthogonal_init  # noqa: E402
+from difftori.rl.buffer import ReplayBuffer  # noqa: E402
+from difftori.rl.config import PRESETS, SMALL_SIZES, RLConfig  # noqa: E402
+from difftori.rl.difftori import DiffTORI  # noqa: E402
+from difftori.rl.tdmpc import TDMPC  # noqa: E402
+from difftori.utils.config import add_dataclass_args, check, dataclass_from_args, to_dict  # noqa: E402
+from difftori.utils.device import resolve_device  # noqa: E402
+from difftori.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+__all__ = ["SpeedConfig", "QUICK", "PARTS", "PRECISIONS", "SPEC", "run", "markdown", "parse_config", "main"]
+
+DEFAULT_OUT = REPO / "benchmarks" / "results"
+PRECISIONS = ("fp32", "bf16")
+PARTS: dict[str, tuple[str, ...]] = {"tdmpc": ("update", "plan"), "difftori": ("update", "act_solve", "pg_grad")}
+"""Timed parts per agent (see the module docstring)."""
+SPEC = EnvSpec(task="walker-walk", suite="dmc", obs_type="state", obs_shapes={"obs": (24,)}, action_dim=6,
+               episode_length=500, action_repeat=2)
+SOLVE_PARTS = ("act_solve", "pg_grad")
+STEP = 10**6  # an agent step after every schedule: full planning horizon, minimum stds, DiffTORI acting
+
+
+@dataclass
+class SpeedConfig:
+    """What to time and how often."""
+
+    sizes: tuple[str, ...] = ("paper",)
+    """Network / planner sizes: paper (RLConfig defaults: latent 50, MLP 512, batch 512, 512 MPPI samples) and/or small (the small preset)."""
+    quick: bool = False
+    """Quick mode (a smoke run): few repetitions. Explicit options still override it."""
+    threads: int = 1
+    """torch.set_num_threads for the whole run."""
+    device: str = "auto"
+    """auto (CUDA if present, else CPU), cpu or cuda[:N]."""
+    repeats: int = 9
+    """Timed, interleaved repetitions per part and precision (median reported)."""
+    warmup: int = 2
+    """Untimed calls per part and precision first."""
+    seed: int = 0
+    """Seed of the weights, the replay data and the observation."""
+    out: str = str(DEFAULT_OUT)
+    """Folder of rl_speed.json and rl_speed.md (written atomically)."""
+
+    def __post_init__(self) -> None:
+        self.sizes = tuple(self.sizes)
+        check(bool(self.sizes) and all(s in PRESETS for s in self.sizes), f"sizes must be among {', '.join(PRESETS)}, got {self.sizes}")
+        check(self.threads >= 1, f"threads must be >= 1, got {self.threads}")
+        check(self.repeats >= 1, f"repeats must be >= 1, got {self.repeats}")
+        check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
+
+
+QUICK = SpeedConfig(quick=True, repeats=2, warmup=1)
+
+
+def agent_config(agent: str, precision: str, sizes: str, device: torch.device) -> RLConfig:
+    """RLConfig of one timed agent: the sizes' network/planner values, everything else default."""
+    extra = dict(SMALL_SIZES) if sizes == "small" else {}
+    return RLConfig(task=SPEC.task, agent=agent, precision=precision, preset=sizes, device=str(device), **extra)
+
+
+def make_agents(agent: str, sizes: str, device: torch.device, seed: int) -> dict[str, TDMPC]:
+    """fp32 and bf16 agents with the same weights; reward / critic heads randomised (orthogonal, as the other layers)."""
+    cls = DiffTORI if agent == "difftori" else TDMPC
+    torch.manual_seed(seed)
+    agents = {p: cls(agent_config(agent, p, sizes, device), SPEC) for p in PRECISIONS}
+    m = agents["fp32"].model
+    with torch.no_grad():
+        for net in [m._reward, m._Q1, m._Q2] + ([m._Qs1, m._Qs2] if m.obs_critic else []):
+            orthogonal_init(net[-1])
+    agents["fp32"].model_target.load_state_dict(m.state_dict())
+    agents["bf16"].load_state_dict(agents["fp32"].state_dict())
+    return agents
+
+
+def random_buffer(cfg: RLConfig, batch_size: int, seed: int) -> ReplayBuffer:
+    """A replay buffer of random transitions, large enough for ``batch_size`` sequences."""
+    length = 250
+    episodes = max(4, -(-2 * batch_size // length))
+    buf = ReplayBuffer(SPEC.obs_shape, SPEC.action_dim, episodes * (length + 1), cfg.horizon,
+                       cfg.per_alpha, cfg.per_beta, seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(episodes):
+        buf.add_episode(rng.standard_normal((length + 1, *SPEC.obs_shape)).astype(np.float32),
+                        rng.uniform(-1, 1, (length, SPEC.action_dim)).astype(np.float32), rng.random(length).astype(np.float32))
+    return buf
+
+
+def part_fn(part: str, agent: TDMPC, obs: torch.Tensor, buf: ReplayBuffer | None) -> Callable[[], object]:
+    """The call timed for ``part`` on ``agent``."""
+    if part == "update":
+        return lambda: agent.update(buf, STEP)
+    if part == "plan":
+        return lambda: TDMPC.plan(agent, obs, t0=True, eval_mode=True, step=STEP)
+    with torch.no_grad():  # one fixed start (the pi rollout), so every call solves the same problem
+        U0 = agent.initial_plan(agent.model.encode(obs), agent.plan_horizon(STEP), eval_mode=True)
+    if part == "act_solve":
+        def act_solve():
+            with torch.no_grad():
+                return agent.solve(obs, STEP, eval_mode=True, backward="none", U0=U0)
+        return act_solve
+    if part == "pg_grad":
+        def pg_grad():
+            loss, _, _ = agent.pg_loss(obs, STEP, eval_mode=False, U0=U0)
+            return torch.autograd.grad(loss, agent.pg_parameters(), allow_unused=True)
+        return pg_grad
+    raise ValueError(f"unknown part {part!r}; known: {sorted({p for ps in PARTS.values() for p in ps})}")
+
+
+def solver_iters(agent: DiffTORI, obs: torch.Tensor) -> int:
+    """Iterations of the acting solve from the pi rollout (the same in both precisions: it runs in fp32 in both)."""
+    with torch.no_grad():
+        U0 = agent.initial_plan(agent.model.encode(obs), agent.plan_horizon(STEP), eval_mode=True)
+        _, info = agent.solve(obs, STEP, eval_mode=True, backward="none", U0=U0)
+    return int(info.iterations.max())
+
+
+def run(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time every part of every agent at each of ``cfg.sizes``; writes ``rl_speed.json`` / ``.md`` to ``cfg.out``."""
+    torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    say = progress or (lambda _msg: None)
+    rows: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    for sizes in cfg.sizes:
+        for agent_name, parts in PARTS.items():
+            for part in parts:
+                say(f"{sizes} {agent_name} {part}")
+                agents = make_agents(agent_name, sizes, device, cfg.seed)  # fresh: earlier parts' updates changed the weights
+                obs = agents["fp32"].obs_tensor(np.random.default_rng(cfg.seed).standard_normal(SPEC.obs_shape).astype(np.float32))
+                c, batch = agents["fp32"].cfg, agents["fp32"].res.batch_size
+                bufs = {p: random_buffer(a.cfg, batch, cfg.seed) for p, a in agents.items()} if part == "update" else {}
+                rows_per_pass = {"update": batch, "plan": c.num_samples + int(c.mixture_coef * c.num_samples)}
+                fns = {p: part_fn(part, a, obs, bufs.get(p)) for p, a in agents.items()}
+                times = interleaved_timings(fns, repeats=cfg.repeats, warmup=cfg.warmup, device=device)
+                ms = {p: 1e3 * median(times[p]) for p in PRECISIONS}
+                rows.append({
+                    "sizes": sizes, "agent": agent_name, "part": part, "batch": rows_per_pass.get(part, 1),
+                    "fp32_ms": ms["fp32"], "bf16_ms": ms["bf16"], "ratio": ms["bf16"] / ms["fp32"],
+                    "solver_iters": {p: solver_iters(a, obs) for p, a in agents.items()} if part in SOLVE_PARTS else None,
+                    "repeats": cfg.repeats, "times_ms": {p: [1e3 * t for t in times[p]] for p in PRECISIONS},
+                })
+    results = {"meta": run_meta(cfg.threads, device, quick=cfg.quick, wall_s=time.perf_counter() - t_start,
+                                config=to_dict(cfg)), "rows": rows}
+    out = Path(cfg.out)
+    atomic_write_json(out / "rl_speed.json", results)
+    atomic_write_text(out / "rl_speed.md", markdown(results))
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as a Markdown table (median ms per precision and the bf16/fp32 ratio per part).
+
+    ``batch``: rows of each network pass (update: replay batch; plan: MPPI samples incl. pi's; solves: 1)."""
+    meta = results["meta"]
+    lines = [
+        "# RL agents: bf16 autocast vs fp32", "",
+        f"{meta['date']}, torch {meta['torch']}, {meta['processor']}, device {meta['device']}, {meta['threads']} thread(s)"
+        + (", **quick run** (few repetitions)" if meta.get("quick") else "") + ". Median of the interleaved repetitions; "
+        "ratio < 1: bf16 is faster. batch: rows of each network pass (replay batch, MPPI samples incl. pi's, 1 for the "
+        "solves). The acting and policy-gradient solves run in fp32 in both precisions.", "",
+        "| sizes | agent | part | batch | fp32 ms | bf16 ms | bf16/fp32 |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        lines.append(f"| {r['sizes']} | {r['agent']} | {r['part']} | {r['batch']} | {r['fp32_ms']:.1f} | {r['bf16_ms']:.1f} | {r['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_config(argv: list[str] | None = None) -> SpeedConfig:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(parser, SpeedConfig)
+    ns = parser.parse_args(argv)
+    base = QUICK if getattr(ns, "quick", False) else SpeedConfig()
+    return dataclass_from_args(SpeedConfig, ns, base=base)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    results = run(cfg, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    print(markdown(results))
+    print(f"wrote {Path(cfg.out) / 'rl_speed.json'} and {Path(cfg.out) / 'rl_speed.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Smoke test of benchmarks/rl_speed.py: a quick run at the small sizes writes every part for both precisions."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import rl_speed as bench  # noqa: E402
+from difftori.utils.config import ConfigError  # noqa: E402
+
+
+def test_quick_small_run_writes_every_part(tmp_path, capsys):
+    assert bench.main(["--quick", "--sizes", "small", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "rl_speed.json").read_text())
+    assert data["meta"]["quick"] and data["meta"]["threads"] == 1
+    got = [(r["agent"], r["part"]) for r in data["rows"]]
+    assert got == [(a, p) for a, parts in bench.PARTS.items() for p in parts]
+    for r in data["rows"]:
+        assert r["sizes"] == "small"
+        for p in bench.PRECISIONS:
+            assert r[f"{p}_ms"] > 0 and math.isfinite(r[f"{p}_ms"]), (r["part"], p)
+            assert len(r["times_ms"][p]) == 1
+        assert r["ratio"] == pytest.approx(r["bf16_ms"] / r["fp32_ms"])
+        if r["part"] in bench.SOLVE_PARTS:  # the solves run in fp32 in both precisions: same iterations
+            assert r["solver_iters"]["fp32"] == r["solver_iters"]["bf16"] >= 1
+    assert {r["batch"] for r in data["rows"] if r["part"] == "update"} == {bench.SMALL_SIZES["batch_size"]}
+    md = (tmp_path / "rl_speed.md").read_text()
+    assert md.count("| small |") == len(data["rows"]) and "bf16/fp32" in md
+    assert md in capsys.readouterr().out
+
+
+def test_config_validation_and_quick_preset():
+    with pytest.raises(ConfigError, match="sizes"):
+        bench.SpeedConfig(sizes=("huge",))
+    with pytest.raises(ConfigError, match="threads"):
+        bench.SpeedConfig(threads=0)
+    quick = bench.parse_config(["--quick", "--repeats", "3"])
+    assert quick.quick and quick.repeats == 3 and quick.warmup == bench.QUICK.warmup
+    assert bench.parse_config([]).sizes == ("paper",) and bench.parse_config(["--sizes", "paper", "small"]).sizes == ("paper", "small")

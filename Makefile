@@ -16,8 +16,9 @@ $(VENV)/bin/python:
 $(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[dmc,metaworld,dev,sweep]"
-	# mpc.pytorch (the differentiable-MPC peer of the pendulum benchmark and its test): its metadata pins numpy<2,
-	# which it does not need, so it is installed without dependencies (as theseus-ai for the optimizer benchmark).
+	# mpc.pytorch (the differentiable-MPC peer of the pendulum and optimizer benchmarks and their tests): its metadata
+	# pins numpy<2, which it does not need, so it is installed without dependencies (as theseus-ai for the optimizer
+	# benchmark).
 	$(PIP) install -q --disable-pip-version-check --no-deps mpc==0.0.6
 	touch $(STAMP)
 
@@ -35,7 +36,7 @@ test-kernels: setup
 demo: setup
 	$(VENV)/bin/difftori rl demo
 
-# theseus-ai is only for the optimizer benchmark; it must be installed without its deps.
+# theseus-ai is only for the optimizer benchmark (peer 1 of optim_peers.py); it must be installed without its deps.
 $(VENV)/.bench-installed: $(STAMP)
 	$(PIP) install -q -c constraints.txt -e ".[bench]"
 	$(PIP) install -q --no-deps --no-build-isolation theseus-ai==0.2.3
@@ -45,7 +46,7 @@ $(VENV)/.bench-installed: $(STAMP)
 bench-setup: $(VENV)/.bench-installed
 
 bench: bench-setup
-	$(PYTHON) benchmarks/optim_vs_theseus.py
+	$(PYTHON) benchmarks/optim_peers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

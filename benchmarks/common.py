@@ -1,6 +1,7 @@
-"""Shared benchmark pieces: TD-MPC-sized latent world model, DiffTORI RL/IL costs, timing helpers.
+"""Shared benchmark pieces: TD-MPC-sized latent world model, DiffTORI RL/IL costs, the learned-dynamics
+tracking problem, timing helpers.
 
-Used by ``benchmarks/optim_vs_theseus.py``; the RL/IL benchmarks may import the model builders
+Used by ``benchmarks/optim_peers.py``; the RL/IL benchmarks may import the model builders
 and :func:`interleaved_timings` so every benchmark measures the same way.
 """
 
@@ -22,18 +23,27 @@ from difftori.models.mlp import mlp, orthogonal_init
 __all__ = [
     "RLSizes",
     "ILSizes",
+    "TrackingSizes",
     "LatentWorldModel",
+    "MLPDynamics",
     "ILCostNet",
     "Problem",
     "build_rl_problem",
     "build_il_problem",
+    "build_tracking_problem",
     "rl_cost",
     "il_cost",
+    "tracking_cost",
+    "tracking_residual",
     "bare_cost_grad",
     "sync",
     "interleaved_timings",
     "median",
     "cosine",
+    "grads_or_zero",
+    "nan_to_none",
+    "fmt_or_dash",
+    "md_table",
     "run_meta",
 ]
 
@@ -59,6 +69,24 @@ class ILSizes:
     action: int = 4
     horizon: int = 4
     hidden: int = 256
+
+
+@dataclass(frozen=True)
+class TrackingSizes:
+    """Learned-dynamics tracking problem (the mpc.pytorch comparison): TD-MPC-sized latent dynamics MLP."""
+
+    state: int = 50
+    action: int = 6
+    hidden: int = 512
+    horizon: int = 5
+    action_gain: float = 3.0
+    """Scale of the first layer's action columns. With a plain orthogonal init a unit action moves the
+    next state far less than the state itself does; x3 makes the actions matter (a non-trivial problem)."""
+    ref_amplitude: float = 2.0
+    """The goal is the state reached after ``horizon`` steps of a reference U_ref ~ U(-a, a): with a > 1 it
+    is not reachable inside the box |u| <= 1, so the optimum sits on the bound in some coordinates."""
+    r_scale: float = 0.1
+    """R = r_scale * logspace(-2, 0, action): cheap action dims saturate, expensive ones stay interior."""
 
 
 # --------------------------------------------------------------------------- models
@@ -113,6 +141,24 @@ class ILCostNet(nn.Module):
         return self.net(torch.cat([feat, z, U.flatten(1)], dim=-1))
 
 
+class MLPDynamics(nn.Module):
+    """Learned latent dynamics ``x_{t+1} = f(x_t, u_t)``: (state + action) -> hidden -> hidden -> state, ELU.
+
+    An ``nn.Module`` with ``forward(x, u)`` (both (N, dim)), the interface mpc.pytorch expects of dynamics.
+    """
+
+    def __init__(self, sizes: TrackingSizes = TrackingSizes()):
+        super().__init__()
+        self.sizes = sizes
+        self.net = mlp(sizes.state + sizes.action, [sizes.hidden, sizes.hidden], sizes.state)
+        self.net.apply(orthogonal_init)
+        with torch.no_grad():
+            self.net[0].weight[:, sizes.state:] *= sizes.action_gain
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, u], dim=-1))
+
+
 # --------------------------------------------------------------------------- costs
 def rl_cost(model: LatentWorldModel, z0: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """``-(sum_t gamma^t R(z_t,u_t) + gamma^H min Q(z_H, pi(z_H)))`` per sample; U (B,H,A) clamped to [-1,1]."""
@@ -131,6 +177,27 @@ def rl_cost(model: LatentWorldModel, z0: torch.Tensor, U: torch.Tensor) -> torch
 def il_cost(net: ILCostNet, feat: torch.Tensor, z: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """IL cost to minimise: ``-C(features, z, clamp(U))`` per sample (the original maximises C)."""
     return -net(feat, z, U.clamp(-1.0, 1.0)).squeeze(-1)
+
+
+def tracking_residual(dyn: MLPDynamics, x0: torch.Tensor, goal: torch.Tensor, q: torch.Tensor, r: torch.Tensor,
+                      U: torch.Tensor) -> torch.Tensor:
+    """(B, H*(state+action)) residual whose half squared norm is :func:`tracking_cost` (for gauss_newton / lm)."""
+    x, parts = x0, []
+    sq, sr = (2.0 * q).sqrt(), (2.0 * r).sqrt()
+    for t in range(U.shape[1]):
+        x = dyn(x, U[:, t])
+        parts += [(x - goal) * sq, U[:, t] * sr]
+    return torch.cat(parts, dim=-1)
+
+
+def tracking_cost(dyn: MLPDynamics, x0: torch.Tensor, goal: torch.Tensor, q: torch.Tensor, r: torch.Tensor,
+                  U: torch.Tensor) -> torch.Tensor:
+    """``sum_{t=1..H} ||x_t - goal||^2_diag(q) + sum_{t=0..H-1} ||u_t||^2_diag(r)`` per sample, rolled out from x0."""
+    x, c = x0, 0.0
+    for t in range(U.shape[1]):
+        x = dyn(x, U[:, t])
+        c = c + ((x - goal) ** 2 * q).sum(-1) + (U[:, t] ** 2 * r).sum(-1)
+    return c
 
 
 @dataclass
@@ -183,6 +250,40 @@ def build_il_problem(batch: int, sizes: ILSizes = ILSizes(), seed: int = 0, devi
         grad_targets=[feat, *net.parameters()],
         loss_weights=w,
         extra={"net": net, "feat": feat, "z": z, "sizes": sizes},
+    )
+
+
+def build_tracking_problem(batch: int, sizes: TrackingSizes = TrackingSizes(), seed: int = 0,
+                           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Problem:
+    """Quadratic tracking through a random learned dynamics MLP, box |u| <= 1; U0 = 0.
+
+    x_0 ~ N(0,1); per-sample goal = the state after H steps of U_ref ~ U(-a, a) (see :class:`TrackingSizes`);
+    q ~ U(0.5, 1.5) per state dim, r per action dim. Gradients are taken for the dynamics parameters, the
+    goal and q (``grad_targets`` in that order); the same seed gives the same problem in any dtype.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    dyn = MLPDynamics(sizes)
+    x0 = torch.randn(batch, sizes.state, generator=g)
+    U_ref = sizes.ref_amplitude * (2.0 * torch.rand(batch, sizes.horizon, sizes.action, generator=g) - 1.0)
+    with torch.no_grad():
+        x = x0
+        for t in range(sizes.horizon):
+            x = dyn(x, U_ref[:, t])
+    q = torch.rand(sizes.state, generator=g) + 0.5
+    r = sizes.r_scale * torch.logspace(-2, 0, sizes.action)
+    w = torch.randn(batch, sizes.horizon, sizes.action, generator=g)
+    dyn = dyn.to(device=device, dtype=dtype)
+    x0, r, w = (t.to(device=device, dtype=dtype) for t in (x0, r, w))
+    goal = x.to(device=device, dtype=dtype).requires_grad_(True)
+    q = q.to(device=device, dtype=dtype).requires_grad_(True)
+    return Problem(
+        cost_fn=lambda U: tracking_cost(dyn, x0, goal, q, r, U),
+        U0=torch.zeros(batch, sizes.horizon, sizes.action, device=device, dtype=dtype),
+        grad_targets=[*dyn.parameters(), goal, q],
+        loss_weights=w,
+        extra={"dynamics": dyn, "x0": x0, "goal": goal, "q": q, "r": r, "sizes": sizes,
+               "residual_fn": lambda U: tracking_residual(dyn, x0, goal, q, r, U)},
     )
 
 
@@ -243,6 +344,26 @@ def cosine(a: torch.Tensor | list[torch.Tensor], b: torch.Tensor | list[torch.Te
     fa, fb = fa.double(), fb.double()
     den = fa.norm() * fb.norm()
     return float((fa @ fb) / den) if den > 0 else math.nan
+
+
+def grads_or_zero(grads, targets: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``autograd.grad(..., allow_unused=True)`` results with None (unused target) replaced by zeros."""
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
+
+
+def nan_to_none(x):
+    """A non-finite float becomes None (JSON null); anything else is returned unchanged."""
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def fmt_or_dash(x, fmt: str = "{:.2f}") -> str:
+    """Table cell: ``fmt.format(x)``, or "-" for a missing value."""
+    return "-" if x is None else fmt.format(x)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Lines of a Markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def run_meta(threads: int, device: torch.device, **extra) -> dict:

@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/optim_vs_theseus.py: tiny sizes, our side + bare only (no theseus needed)."""
+"""Smoke tests of benchmarks/optim_peers.py: tiny sizes; Theseus section on our side + bare only (no theseus
+needed), mpc.pytorch section when mpc is importable."""
 
 from __future__ import annotations
 
@@ -14,12 +15,20 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import optim_vs_theseus as bench  # noqa: E402
-from benchmarks.common import bare_cost_grad, build_il_problem, build_rl_problem, RLSizes, ILSizes  # noqa: E402
+from benchmarks import optim_peers as bench  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ILSizes,
+    RLSizes,
+    TrackingSizes,
+    bare_cost_grad,
+    build_il_problem,
+    build_rl_problem,
+    build_tracking_problem,
+)
 from difftori.utils.config import ConfigError  # noqa: E402
 
 TINY = dict(
-    no_theseus=True, threads=1, repeats=1, repeats_slow=1, warmup_iters=5, rl_batches=(1, 3), rl_iters=8,
+    no_theseus=True, no_mpc=True, threads=1, repeats=1, repeats_slow=1, warmup_iters=5, rl_batches=(1, 3), rl_iters=8,
     rl_hidden=16, il_batch=4, il_iters=8, packed_iters=8, il_hidden=16, newton_batches=(1, 3), newton_ref_iters=8,
     newton_max_iters=4,
 )
@@ -30,8 +39,9 @@ def test_tiny_run_writes_valid_results(tmp_path):
     res = bench.run(bench.BenchConfig(out=str(out), **TINY))
     data = json.loads(out.read_text())
     assert data["cases"] == json.loads(json.dumps(res["cases"]))
-    assert {"date", "torch", "threads", "theseus", "config"} <= set(data["meta"])
-    assert data["meta"]["threads"] == 1 and data["meta"]["theseus"] is None
+    assert {"date", "torch", "threads", "theseus", "mpc", "config", "notes", "loadavg_start"} <= set(data["meta"])
+    assert data["meta"]["threads"] == 1 and data["meta"]["theseus"] is None and data["mpc"] is None
+    assert any("--no-theseus" in n for n in data["meta"]["notes"]) and any("--no-mpc" in n for n in data["meta"]["notes"])
     names = [c["name"] for c in data["cases"]]
     assert names == ["rl_act_b1", "rl_train_b1", "rl_act_b3", "rl_train_b3", "il_train_b4",
                      "newton_vs_lm_scalar_b1", "newton_vs_lm_scalar_b3"]
@@ -49,23 +59,84 @@ def test_tiny_run_writes_valid_results(tmp_path):
     # every acting case is checked against the overhead target
     act = {t["case"] for t in data["targets"] if t["target"] == "overhead_vs_bare"}
     assert act == {"rl_act_b1", "rl_act_b3"}
-    assert "targets:" in bench.format_table(res)
+    md = out.with_suffix(".md").read_text()
+    assert md == bench.format_markdown(res) and "## Targets" in md and "| rl_act_b1 |" in md
 
 
-def test_missing_theseus_gives_install_hint(monkeypatch, capsys, tmp_path):
+def test_missing_theseus_skips_its_section_with_a_note(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "theseus", None)  # makes `import theseus` raise ImportError
     with pytest.raises(bench.TheseusMissingError, match="make bench-setup"):
         bench.import_theseus()
-    assert bench.main(["--quick", "--out", str(tmp_path / "x.json")]) == 2
-    assert "make bench-setup" in capsys.readouterr().err
-    assert not (tmp_path / "x.json").exists()
+    cfg = bench.BenchConfig(out=str(tmp_path / "x.json"), **{**TINY, "no_theseus": False, "rl_batches": (1,),
+                                                              "newton_batches": (1,)})
+    res = bench.run(cfg)
+    assert "Theseus skipped" in capsys.readouterr().err
+    assert res["meta"]["theseus"] is None and any("make bench-setup" in n for n in res["meta"]["notes"])
+    assert all(c["theseus_ms"] is None for c in res["cases"]) and (tmp_path / "x.json").exists()
+
+
+def test_missing_mpc_skips_its_section_with_a_note(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "mpc", None)
+    with pytest.raises(bench.MpcMissingError, match="make setup"):
+        bench.import_mpc()
+    res = bench.run(bench.BenchConfig(mpc_only=True, threads=1, out=str(tmp_path / "x.json")))
+    assert "mpc.pytorch section skipped" in capsys.readouterr().err
+    assert res["mpc"] is None and res["cases"] == [] and res["meta"]["mpc"] is None
+
+
+def test_mpc_section_tiny(tmp_path):
+    pytest.importorskip("mpc.mpc", reason="mpc.pytorch (mpc==0.0.6, installed by `make setup`) is not importable")
+    out = tmp_path / "res.json"
+    cfg = bench.BenchConfig(mpc_only=True, threads=1, track_hidden=16, track_batches=(1, 3), repeats=1,
+                            repeats_slow=1, track_final_iters=8, fd_iters=20, out=str(out))
+    res = bench.run(cfg)
+    data = json.loads(out.read_text())
+    assert data["mpc"] == json.loads(json.dumps(res["mpc"])) and data["cases"] == []
+    assert data["meta"]["mpc"] == "0.0.6"
+    names = {"ours_newton", "ours_gauss_newton", "mpc_auto_diff", "mpc_analytic"}
+    assert [c["name"] for c in data["mpc"]["cases"]] == ["track_b1", "track_b3"]
+    for c in data["mpc"]["cases"]:
+        assert set(c["solvers"]) == names and c["reference"] == "ours_newton"
+        for n, r in c["solvers"].items():
+            assert math.isfinite(r["final_cost"]) and r["final_cost"] > 0, (c["name"], n)
+            if n.startswith("ours_"):  # ours reach the target within the budget (mpc.pytorch's reaching is reported)
+                assert r["iters_to_target"] is not None, (c["name"], n)
+            if r["iters_to_target"] is not None:
+                assert r["ms_to_target"] > 0 and len(r["times_ms"]) == 1, (c["name"], n)
+            for g, v in r["grad_cosine_vs_ref"].items():
+                assert v is not None and -1.0 <= v <= 1.0 + 1e-9, (c["name"], n, g)
+        assert c["solvers"]["ours_newton"]["grad_cosine_vs_ref"]["all"] == pytest.approx(1.0)
+        # the same problem: ours at least as good as mpc.pytorch's final cost (float32)
+        assert c["final_cost_ours"] <= c["final_cost_mpc"] * (1 + 1e-4)
+        assert math.isfinite(c["solution_max_abs_diff"]) and c["ours_ms"] > 0
+        assert 0.0 < c["active_fraction"] < 1.0  # some coordinates on the bound, some interior
+        # both of our methods get the exact implicit gradient: they agree with each other
+        assert c["solvers"]["ours_gauss_newton"]["grad_cosine_vs_ref"]["all"] > 0.999
+    fd = data["mpc"]["fd_check"]
+    for d in ("dynamics", "cost_goal_q"):
+        res_d = fd["directions"][d]
+        assert set(res_d) == names - {"ours_gauss_newton"}  # ours: the first method only
+        assert res_d["ours_newton"]["rel_err_vs_reference_fd"] < 1e-4  # ours is the exact derivative
+        assert all(math.isfinite(r["fd"]) and math.isfinite(r["analytic"]) for r in res_d.values())
+    kinds = [t["target"] for t in data["targets"]]
+    assert sum(k.startswith("speedup_vs_mpc") for k in kinds) == 2
+    md = out.with_suffix(".md").read_text()
+    assert "## Peer 2: mpc.pytorch" in md and "| 3 | mpc_analytic |" in md and "Gradient check" in md
 
 
 def test_config_validation_and_quick_preset():
     with pytest.raises(ConfigError, match="rl_iters"):
         bench.BenchConfig(rl_iters=4, backward_iters=5)
+    with pytest.raises(ConfigError, match="track_methods"):
+        bench.BenchConfig(track_methods=("adam",))
+    with pytest.raises(ConfigError, match="mpc_variants"):
+        bench.BenchConfig(mpc_variants=("finite_diff",))
+    with pytest.raises(ConfigError, match="exclude"):
+        bench.BenchConfig(mpc_only=True, no_mpc=True)
     quick = bench.parse_config(["--quick", "--rl-iters", "12"])
     assert quick.quick and quick.rl_iters == 12 and quick.il_iters == bench.QUICK.il_iters
+    assert quick.track_hidden < bench.BenchConfig().track_hidden
+    assert bench.parse_config(["--mpc-only", "--track-batches", "1", "2"]).track_batches == (1, 2)
     assert bench.parse_config([]).rl_iters == bench.BenchConfig().rl_iters
 
 
@@ -82,3 +153,18 @@ def test_problems_and_bare_floor():
     V = torch.full_like(rl.U0, 2.0).requires_grad_(True)
     (g_out,) = torch.autograd.grad(rl.cost_fn(V).sum(), V)
     assert torch.count_nonzero(g_out) == 0
+
+
+def test_tracking_problem():
+    prob = build_tracking_problem(3, TrackingSizes(hidden=8))
+    assert prob.U0.shape == (3, 5, 6) and torch.count_nonzero(prob.U0) == 0
+    U = 0.5 * torch.randn(3, 5, 6)
+    r = prob.extra["residual_fn"](U)
+    assert r.shape == (3, 5 * (50 + 6))
+    assert torch.allclose(prob.cost_fn(U), 0.5 * (r * r).sum(-1), rtol=1e-5)
+    dyn = prob.extra["dynamics"]
+    assert prob.grad_targets[-2] is prob.extra["goal"] and prob.grad_targets[-1] is prob.extra["q"]
+    assert len(prob.grad_targets) == len(list(dyn.parameters())) + 2
+    # same seed, any dtype: the same problem
+    p64 = build_tracking_problem(3, TrackingSizes(hidden=8), dtype=torch.float64)
+    assert torch.allclose(p64.cost_fn(U.double()).float(), prob.cost_fn(U), rtol=1e-5)

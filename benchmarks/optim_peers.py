@@ -1,22 +1,32 @@
-"""Benchmark: difftori's TrajOptimizer vs Theseus' LevenbergMarquardt (the original DiffTORI solver)
-vs the bare cost+gradient floor, on the DiffTORI RL planning cost and the IL cost.
+"""Benchmark: difftori's TrajOptimizer against two peers.
 
-Both solvers run the same algorithm (LM on the single residual ``1000 + cost``, closed form), the
-same number of iterations (early stopping off on both sides), from the same start. Timings of
-ours / Theseus / bare are interleaved in one run, so the reported ratios are robust to load drift.
+Peer 1, Theseus' LevenbergMarquardt (the original DiffTORI solver), and the bare cost+gradient floor, on the
+DiffTORI RL planning cost and the IL cost. Both solvers run the same algorithm (LM on the single residual
+``1000 + cost``, closed form), the same number of iterations (early stopping off on both sides), from the
+same start. Timings of ours / Theseus / bare are interleaved in one run, so the ratios are robust to load drift.
 
-    python benchmarks/optim_vs_theseus.py            # full (~5 min on 2 cores)
-    python benchmarks/optim_vs_theseus.py --quick    # < 60 s
-    python benchmarks/optim_vs_theseus.py --no-theseus   # our side + bare only (no theseus needed)
+Peer 2, mpc.pytorch's box-constrained iLQR (Amos et al. 2018), on a quadratic tracking problem through a
+learned dynamics MLP (state 50, hidden 512 x 2, ELU, action 6, horizon 5, |u| <= 1). mpc.pytorch solves it in
+its own (x, u) form; ours in shooting form (U is the variable). Compared: time until each reaches the better
+final cost (1e-4 relative), the solutions, and d(sum(W * U*))/d(dynamics params, goal, Q) of our implicit
+backward vs mpc.pytorch's own, with a float64 central-difference check of two directions.
 
-Theseus is installed by ``make bench-setup``. Results: ``benchmarks/results/optim_vs_theseus.json``.
+    python benchmarks/optim_peers.py --threads 1            # full
+    python benchmarks/optim_peers.py --quick                # about a minute (tiny tracking sizes)
+    python benchmarks/optim_peers.py --no-theseus           # Theseus skipped (not needed installed)
+    python benchmarks/optim_peers.py --mpc-only             # only the mpc.pytorch section
+
+Theseus is installed by ``make bench-setup`` (when missing, its section is skipped with a note); mpc.pytorch
+by ``make setup``. Results: ``benchmarks/results/optim_peers.json`` and ``optim_peers.md`` next to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import math
+import os
 import sys
 import time
 import warnings
@@ -27,26 +37,40 @@ from typing import Any, Callable
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # allow `python benchmarks/optim_vs_theseus.py` from anywhere
+if str(REPO) not in sys.path:  # allow `python benchmarks/optim_peers.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 from benchmarks.common import (  # noqa: E402
     ILSizes,
     Problem,
     RLSizes,
+    TrackingSizes,
     bare_cost_grad,
     build_il_problem,
     build_rl_problem,
     cosine,
+    fmt_or_dash,
+    grads_or_zero,
     interleaved_timings,
+    md_table,
     median,
+    nan_to_none,
     run_meta,
+)
+from benchmarks.optim_peers_mpc import (  # noqa: E402
+    MPC_VARIANTS,
+    TRACK_METHODS,
+    MpcMissingError,
+    evaluate_mpc_targets,
+    format_mpc_section,
+    import_mpc,
+    run_mpc_section,
 )
 from difftori.utils.config import add_dataclass_args, check, dataclass_from_args, to_dict  # noqa: E402
 from difftori.utils.device import resolve_device  # noqa: E402
-from difftori.utils.io import atomic_write_json  # noqa: E402
+from difftori.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "optim_vs_theseus.json"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "optim_peers.json"
 INSTALL_HINT = "run `make bench-setup` (installs theseus-ai==0.2.3 with --no-deps), or pass --no-theseus"
 BOX = (-1.0, 1.0)
 OFFSET = 1000.0  # the original residual is 1000 - G = 1000 + cost
@@ -67,13 +91,19 @@ class TheseusMissingError(RuntimeError):
 @dataclass
 class BenchConfig:
     quick: bool = False
-    """Quick mode (< 60 s): fewer iterations and repeats. Explicit options still override it."""
+    """Quick mode (about a minute): fewer iterations and repeats, tiny tracking sizes. Explicit options still override it."""
     threads: int = 2
     """torch.set_num_threads for the whole run."""
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu or cuda[:N]."""
     no_theseus: bool = False
     """Skip Theseus (our side + bare floor only); theseus does not need to be installed."""
+    no_mpc: bool = False
+    """Skip the mpc.pytorch section; mpc does not need to be installed."""
+    mpc_only: bool = False
+    """Run only the mpc.pytorch section (no RL/IL cases, no Theseus)."""
+    note: str = ""
+    """Free text on the run conditions (e.g. machine load), stored in the JSON and the Markdown."""
     out: str = str(DEFAULT_OUT)
     """Where the JSON results are written (atomically)."""
     repeats: int = 11
@@ -120,6 +150,26 @@ class BenchConfig:
     """MLP width of the latent world model (TD-MPC: 512; the smoke test uses tiny widths)."""
     il_hidden: int = 256
     """MLP width of the IL cost network (original: 256)."""
+    track_batches: tuple[int, ...] = (1, 256)
+    """Batch sizes of the mpc.pytorch tracking cases."""
+    track_hidden: int = 512
+    """Hidden width of the tracking dynamics MLP (the smoke test uses tiny widths)."""
+    track_methods: tuple[str, ...] = ("newton", "gauss_newton")
+    """Our methods on the tracking problem (newton | gauss_newton | lm); the first one's implicit gradient is the reference."""
+    mpc_variants: tuple[str, ...] = MPC_VARIANTS
+    """mpc.pytorch dynamics Jacobians: auto_diff (its GradMethods.AUTO_DIFF) | analytic (ANALYTIC with a vmap(jacrev) grad_input)."""
+    track_final_iters: int = 10
+    """Iteration budget of the 'final' solves (ours also stops at track_tol, mpc.pytorch at its eps / no improvement)."""
+    track_tol: float = 1e-6
+    """Our gradient-norm tolerance in the final solves."""
+    track_rtol: float = 1e-4
+    """'Reached': mean cost <= (1 + track_rtol) x the better final mean cost."""
+    fd_batch: int = 1
+    """Batch of the float64 finite-difference check."""
+    fd_eps: float = 1e-4
+    """Central-difference step (along unit directions, float64)."""
+    fd_iters: int = 50
+    """Iteration budget of the finite-difference solves (both sides, float64, tight tolerances)."""
     seed: int = 0
     """Seed of the random model weights, z_0 and loss functional."""
 
@@ -137,7 +187,17 @@ class BenchConfig:
         check(min(self.rl_step, self.il_step, self.newton_ref_step) > 0, "step sizes must be > 0")
         check(min(self.rl_damping, self.il_damping, self.newton_ref_damping, self.newton_damping) > 0, "dampings must be > 0")
         check(self.newton_max_iters >= 1, "newton_max_iters must be >= 1")
-        check(min(self.rl_hidden, self.il_hidden) >= 1, "hidden widths must be >= 1")
+        check(min(self.rl_hidden, self.il_hidden, self.track_hidden) >= 1, "hidden widths must be >= 1")
+        check(not (self.mpc_only and self.no_mpc), "mpc_only and no_mpc exclude each other")
+        check(len(self.track_batches) > 0 and all(b >= 1 for b in self.track_batches),
+              f"track_batches must be positive batch sizes, got {self.track_batches}")
+        check(len(self.track_methods) > 0 and all(m in TRACK_METHODS for m in self.track_methods),
+              f"track_methods must be from {TRACK_METHODS}, got {self.track_methods}")
+        check(len(self.mpc_variants) > 0 and all(v in MPC_VARIANTS for v in self.mpc_variants),
+              f"mpc_variants must be from {MPC_VARIANTS}, got {self.mpc_variants}")
+        check(self.track_final_iters >= 1 and self.fd_iters >= 1, "track_final_iters and fd_iters must be >= 1")
+        check(self.track_rtol > 0 and self.fd_eps > 0 and self.track_tol >= 0, "track_rtol, fd_eps must be > 0, track_tol >= 0")
+        check(self.fd_batch >= 1, f"fd_batch must be >= 1, got {self.fd_batch}")
 
     @property
     def rl_sizes(self) -> RLSizes:
@@ -147,10 +207,14 @@ class BenchConfig:
     def il_sizes(self) -> ILSizes:
         return ILSizes(hidden=self.il_hidden)
 
+    @property
+    def track_sizes(self) -> TrackingSizes:
+        return TrackingSizes(hidden=self.track_hidden)
+
 
 QUICK = BenchConfig(
     quick=True, repeats=2, repeats_slow=1, packed_repeats=1, warmup_iters=5, rl_iters=10, il_iters=20, packed_iters=6,
-    newton_ref_iters=30, newton_max_iters=2,
+    newton_ref_iters=30, newton_max_iters=2, track_batches=(1, 8), track_hidden=64, track_final_iters=8, fd_iters=30,
 )
 
 
@@ -291,10 +355,6 @@ def theseus_run(solver: TheseusSolver, inputs, prob: Problem, train: bool) -> di
 
 
 # ============================================================================ cases
-def _grads_or_zero(grads, targets):
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
-
-
 def agreement(prob: Problem, ours: dict, theirs: dict) -> dict[str, Any]:
     """Solution / best-cost / gradient agreement between two runs of the same algorithm."""
     with torch.no_grad():
@@ -312,18 +372,14 @@ def agreement(prob: Problem, ours: dict, theirs: dict) -> dict[str, Any]:
         "grad_cosine": None,
     }
     if "grads" in ours and "grads" in theirs:
-        g1 = _grads_or_zero(ours["grads"], prob.grad_targets)
-        g2 = _grads_or_zero(theirs["grads"], prob.grad_targets)
+        g1 = grads_or_zero(ours["grads"], prob.grad_targets)
+        g2 = grads_or_zero(theirs["grads"], prob.grad_targets)
         res["grad_cosine"] = cosine(g1, g2)
         res["grad_cosine_input"] = cosine(g1[0], g2[0])  # w.r.t. z_0 (RL) / features (IL)
         res["grad_cosine_params"] = cosine(g1[1:], g2[1:])
         res["grad_norm_ratio"] = float(torch.cat([g.reshape(-1) for g in g1]).norm()
                                        / torch.cat([g.reshape(-1) for g in g2]).norm().clamp_min(1e-30))
     return res
-
-
-def _nan_to_none(x):
-    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def solver_case(name: str, kind: str, prob: Problem, train: bool, iters: int, step: float, damping: float,
@@ -368,7 +424,7 @@ def solver_case(name: str, kind: str, prob: Problem, train: bool, iters: int, st
         if not same_math:  # a different problem: gradients are not expected to match, keep them apart
             agree["grad_cosine_different_problem"] = agree.pop("grad_cosine")
             agree["grad_cosine"] = None
-        case.update({k: _nan_to_none(v) for k, v in agree.items()})
+        case.update({k: nan_to_none(v) for k, v in agree.items()})
     return case
 
 
@@ -465,28 +521,52 @@ def newton_case(batch: int, cfg: BenchConfig, device, dtype) -> dict[str, Any]:
     reps = cfg.repeats if batch <= 16 else cfg.repeats_slow
     times = interleaved_timings(fns, repeats=reps, warmup=1, device=device)
     ms = {k: 1e3 * median(v) for k, v in times.items()}
-    g_lm = _grads_or_zero(ours_solve(lm_trunc, prob, True)["grads"], prob.grad_targets)
-    g_nt = _grads_or_zero(ours_solve(newton_impl, prob, True)["grads"], prob.grad_targets)
+    g_lm = grads_or_zero(ours_solve(lm_trunc, prob, True)["grads"], prob.grad_targets)
+    g_nt = grads_or_zero(ours_solve(newton_impl, prob, True)["grads"], prob.grad_targets)
     case.update(
         ours_ms=ms["newton_none"], lm_scalar_ms=ms["lm_scalar_none"], time_ratio=ms["lm_scalar_none"] / ms["newton_none"],
         newton_implicit_ms=ms["newton_implicit"], lm_scalar_truncated_ms=ms["lm_scalar_truncated"],
         time_ratio_train=ms["lm_scalar_truncated"] / ms["newton_implicit"],
-        grad_cosine_implicit_vs_truncated=_nan_to_none(cosine(g_lm, g_nt)),
+        grad_cosine_implicit_vs_truncated=nan_to_none(cosine(g_lm, g_nt)),
         repeats=reps, times_ms={k: [1e3 * t for t in v] for k, v in times.items()},
     )
     return case
 
 
 # ============================================================================ driver
+def _note(notes: list[str], msg: str) -> None:
+    """Record a note in the results and print it (skipped sections must be visible in the console too)."""
+    notes.append(msg)
+    print(f"note: {msg}", file=sys.stderr, flush=True)
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return None
+
+
 def run(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run every case of ``cfg``; returns the results dict (also written to ``cfg.out`` if set)."""
+    """Run every section of ``cfg``; returns the results dict (also written to ``cfg.out`` and its .md if set)."""
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     dtype = torch.float32
     say = progress or (lambda _msg: None)
     t_start = time.perf_counter()
-    th = None if cfg.no_theseus else import_theseus()
+    load_start = _loadavg()
+    notes: list[str] = []
     _traj_optimizer()  # fail early with a clear ImportError if our optimizer is missing
+    th = None
+    if cfg.mpc_only:
+        _note(notes, "Theseus / RL / IL section skipped (--mpc-only)")
+    elif cfg.no_theseus:
+        _note(notes, "Theseus skipped (--no-theseus): RL / IL cases run our side and the bare floor only")
+    else:
+        try:
+            th = import_theseus()
+        except TheseusMissingError as exc:
+            _note(notes, f"Theseus skipped: {exc}")
     cases: list[dict[str, Any]] = []
 
     def add(name: str, make_case: Callable[[], dict[str, Any]]) -> None:
@@ -496,6 +576,33 @@ def run(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict
         case["wall_s"] = time.perf_counter() - t0
         cases.append(case)
 
+    if not cfg.mpc_only:
+        add_theseus_section(cfg, th, device, dtype, add)
+    mpc_lib = mpc_res = None
+    if cfg.no_mpc:
+        _note(notes, "mpc.pytorch section skipped (--no-mpc)")
+    else:
+        try:
+            mpc_lib = import_mpc()
+        except MpcMissingError as exc:
+            _note(notes, f"mpc.pytorch section skipped: {exc}")
+    if mpc_lib is not None:
+        mpc_res = run_mpc_section(cfg, mpc_lib, device, dtype, say)
+
+    meta = run_meta(cfg.threads, device, theseus=_theseus_version(th), mpc=_mpc_version(mpc_lib), config=to_dict(cfg),
+                    wall_s=time.perf_counter() - t_start, notes=notes, note=cfg.note,
+                    loadavg_start=load_start, loadavg_end=_loadavg(),
+                    rl_sizes=to_dict(cfg.rl_sizes), il_sizes=to_dict(cfg.il_sizes))
+    results = {"meta": meta, "cases": cases, "mpc": mpc_res,
+               "targets": evaluate_targets(cases) + evaluate_mpc_targets(mpc_res)}
+    if cfg.out:
+        atomic_write_json(cfg.out, _jsonable(results))
+        atomic_write_text(Path(cfg.out).with_suffix(".md"), format_markdown(results))
+    return results
+
+
+def add_theseus_section(cfg: BenchConfig, th, device, dtype, add: Callable) -> None:
+    """Peer 1: RL / IL cases (ours, bare floor, Theseus when ``th``) and the newton-vs-lm_scalar cases."""
     for B in cfg.rl_batches:
         rl = build_rl_problem(B, cfg.rl_sizes, seed=cfg.seed, device=device, dtype=dtype)
         reps = cfg.repeats if B <= 16 else cfg.repeats_slow
@@ -529,13 +636,14 @@ def run(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict
     for B in cfg.newton_batches:
         add(f"newton_vs_lm_scalar_b{B}", lambda B=B: newton_case(B, cfg, device, dtype))
 
-    meta = run_meta(cfg.threads, device, theseus=_theseus_version(th), config=to_dict(cfg),
-                    wall_s=time.perf_counter() - t_start,
-                    rl_sizes=to_dict(cfg.rl_sizes), il_sizes=to_dict(cfg.il_sizes))
-    results = {"meta": meta, "cases": cases, "targets": evaluate_targets(cases)}
-    if cfg.out:
-        atomic_write_json(cfg.out, _jsonable(results))
-    return results
+
+def _mpc_version(lib) -> str | None:
+    if lib is None:
+        return None
+    try:
+        return importlib.metadata.version("mpc")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _theseus_version(th) -> str | None:
@@ -581,40 +689,53 @@ def evaluate_targets(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def format_table(results: dict[str, Any]) -> str:
-    """Plain-text summary table of the solver cases, the newton cases and the targets."""
-    def f(x, fmt="{:.2f}"):
-        return "-" if x is None else fmt.format(x)
-
-    lines = [f"{'case':<26}{'B':>5}{'K':>5}{'ours ms':>10}{'ms/it':>8}{'theseus ms':>12}{'ms/it':>8}"
-             f"{'bare ms':>9}{'ms/it':>7}{'ovh/bare':>9}{'speedup':>9}{'U maxdiff':>10}{'g cos':>8}"]
-    for c in results["cases"]:
-        if c["kind"] == "newton_vs_lm_scalar":
-            continue
-        lines.append(f"{c['name']:<26}{c['batch']:>5}{c['iters']:>5}{f(c['ours_ms'], '{:.1f}'):>10}"
-                     f"{f(c['ours_ms_per_iter']):>8}{f(c['theseus_ms'], '{:.1f}'):>12}{f(c['theseus_ms_per_iter']):>8}"
-                     f"{f(c['bare_ms'], '{:.1f}'):>9}{f(c['bare_ms_per_iter']):>7}{f(c['overhead_vs_bare']):>9}"
-                     f"{f(c['speedup'], '{:.1f}x'):>9}{f(c.get('solution_max_abs_diff'), '{:.1e}'):>10}"
-                     f"{f(c['grad_cosine'], '{:.4f}'):>8}")
-    for c in results["cases"]:
+def format_theseus_section(results: dict[str, Any]) -> list[str]:
+    """Markdown table of the RL / IL solver cases and lines for the newton-vs-lm_scalar cases."""
+    cases = results["cases"]
+    if not cases:
+        return ["(not run)"]
+    rows = [[c["name"], str(c["batch"]), str(c["iters"]), fmt_or_dash(c["ours_ms"], "{:.1f}"), fmt_or_dash(c["ours_ms_per_iter"]),
+             fmt_or_dash(c["theseus_ms"], "{:.1f}"), fmt_or_dash(c["theseus_ms_per_iter"]), fmt_or_dash(c["bare_ms"], "{:.1f}"),
+             fmt_or_dash(c["bare_ms_per_iter"]), fmt_or_dash(c["overhead_vs_bare"]), fmt_or_dash(c["speedup"], "{:.1f}x"),
+             fmt_or_dash(c.get("solution_max_abs_diff"), "{:.1e}"), fmt_or_dash(c["grad_cosine"], "{:.4f}")]
+            for c in cases if c["kind"] != "newton_vs_lm_scalar"]
+    lines = md_table(["case", "B", "K", "ours ms", "ms/it", "Theseus ms", "ms/it", "bare ms", "ms/it", "ours/bare",
+                       "speedup", "U max diff", "grad cos"], rows)
+    lines.append("")
+    for c in cases:
         if c["kind"] != "newton_vs_lm_scalar":
             continue
         if c.get("newton_iters") is None:
-            lines.append(f"{c['name']}: lm_scalar x{c['ref_iters']} -> cost {c['ref_cost']:.4g} "
+            lines.append(f"- {c['name']}: lm_scalar x{c['ref_iters']} -> cost {c['ref_cost']:.4g} "
                          f"(start {c['start_cost']:.4g}) in {c['lm_scalar_ms']:.1f} ms; newton x{c['search'][-1]['iters']} "
                          f"-> {c['newton_cost']:.4g} in {c['newton_ms_at_max_iters']:.1f} ms: {c['note']}")
             continue
         lines.append(
-            f"{c['name']}: lm_scalar x{c['ref_iters']} -> cost {c['ref_cost']:.4g} (start {c['start_cost']:.4g}); "
+            f"- {c['name']}: lm_scalar x{c['ref_iters']} -> cost {c['ref_cost']:.4g} (start {c['start_cost']:.4g}); "
             f"newton x{c['newton_iters']} -> {c['newton_cost']:.4g} ({100 * c['fraction_samples_reached']:.0f}% of samples). "
             f"act: {c['lm_scalar_ms']:.1f} vs {c['ours_ms']:.1f} ms ({c['time_ratio']:.1f}x); "
             f"train (truncated vs implicit): {c['lm_scalar_truncated_ms']:.1f} vs {c['newton_implicit_ms']:.1f} ms "
             f"({c['time_ratio_train']:.1f}x)")
-    lines.append("targets:")
-    for t in results["targets"]:
-        mark = "n/a" if t["ok"] is None else ("PASS" if t["ok"] else "MISS")
-        lines.append(f"  [{mark}] {t['case']}: {t['target']} = {f(t['value'], '{:.3g}')} (target {t['threshold']})")
-    return "\n".join(lines)
+    return lines
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    """The whole report: run conditions, both peer sections and the targets, as Markdown."""
+    m = results["meta"]
+    lines = ["# Optimizer peers: difftori TrajOptimizer vs Theseus and mpc.pytorch", "",
+             f"- {m['date']}; torch {m['torch']}, threads {m['threads']}, device {m['device']}, "
+             f"theseus {m.get('theseus')}, mpc.pytorch {m.get('mpc')}; {m['processor']}; wall {m['wall_s']:.0f} s",
+             f"- load average (1/5/15 min) at start {m.get('loadavg_start')}, at end {m.get('loadavg_end')}"]
+    if m.get("note"):
+        lines.append(f"- run conditions: {m['note']}")
+    lines += [f"- note: {n}" for n in m.get("notes", [])]
+    lines += ["", "## Peer 1: Theseus LevenbergMarquardt (DiffTORI RL / IL costs)", ""] + format_theseus_section(results)
+    lines += ["", "## Peer 2: mpc.pytorch box-DDP (learned-dynamics tracking)", ""] + format_mpc_section(results.get("mpc"))
+    lines += ["", "## Targets", ""]
+    rows = [[t["case"], t["target"], fmt_or_dash(t["value"], "{:.3g}"), fmt_or_dash(t["threshold"], "{:.5g}"),
+             "n/a" if t["ok"] is None else ("met" if t["ok"] else "MISSED")] for t in results["targets"]]
+    lines += md_table(["case", "target", "value", "threshold", "met"], rows) if rows else ["(none)"]
+    return "\n".join(lines) + "\n"
 
 
 def parse_config(argv: list[str] | None = None) -> BenchConfig:
@@ -627,14 +748,10 @@ def parse_config(argv: list[str] | None = None) -> BenchConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
-    try:
-        results = run(cfg, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
-    except TheseusMissingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(results))
+    results = run(cfg, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    print(format_markdown(results))
     if cfg.out:
-        print(f"wrote {cfg.out}")
+        print(f"wrote {cfg.out} and {Path(cfg.out).with_suffix('.md')}")
     return 0
 
 

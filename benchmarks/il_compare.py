@@ -10,7 +10,9 @@ comparison. Variants:
 - ``difftori``: DiffTORI with the preset's settings (the library's default for that preset), lr 1e-3;
 - ``difftori-faithful``: the released code's algorithm at the run's batch size, lr 1e-3: the batch packed
   into one LM problem, 100 iterations, a fresh base prediction at every training step, at inference
-  ``batch size`` packed draws of the observation and draw 0 executed.
+  ``batch size`` packed draws of the observation and draw 0 executed;
+- ``difftori-paper``: the paper's Eq. 7 formulation (latent dynamics and reward, ``--preset paper-eq7``'s settings
+  except the batch size and the window, which come from the grid's preset).
 
 Protocol (the same for every variant): ``--eval-episodes`` episodes on fixed seeds every ``--eval-freq``
 steps and at the end. Two numbers per run: the **final** success rate (last evaluation) and **DP3's**
@@ -57,10 +59,19 @@ VARIANTS: dict[str, list[str]] = {
                           "--difftori.solver.backward", "truncated", "--difftori.solver.backward-iters", "5",
                           "--difftori.solver.tol", "0", "--difftori.base-pool", "0", "--difftori.inference-select", "first",
                           "--difftori.init", "base"],
+    "difftori-paper": ["--policy", "difftori", "--label", "paper", "--difftori.formulation", "paper", "--lr", "3e-4", "--lr-min", "3e-4",
+                       "--encoder-dim", "50", "--difftori.z-dim", "64", "--difftori.action-loss-weight", "1",
+                       "--difftori.kl-weight", "1", "--difftori.gamma", "0.99", "--difftori.init", "base",
+                       "--difftori.inference-samples", "1", "--difftori.inference-select", "first",
+                       "--difftori.solver.method", "gd", "--difftori.solver.max-iters", "50",
+                       "--difftori.solver.step-size", "0.1", "--difftori.solver.backward", "implicit",
+                       "--difftori.solver.tol", "1e-4", "--difftori.solver.packed", "false"],
 }
 """``il train`` options of each variant (added to the preset's); ``difftori-faithful`` also gets
 ``--difftori.inference-samples <batch size>`` (the original packs as many draws as its training batch).
-Both difftori variants train at lr 1e-3 (the base's 1e-4 leaves the cost nearly flat at these budgets)."""
+``difftori`` and ``difftori-faithful`` train at lr 1e-3 (the base's 1e-4 leaves the cost nearly flat at these budgets).
+``difftori-paper`` is the ``paper-eq7`` preset's formulation and hyperparameters except its batch size and its
+2-action window (the grid's preset sets those: the window must match the diffusion base it starts from)."""
 
 FIELDS = ["task", "modality", "variant", "policy", "seed", "steps", "status", "final", "dp3", "n_evals", "train_time_s",
           "eval_time_s", "eval_s_per_episode", "cell"]

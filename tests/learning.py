@@ -21,6 +21,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "il/ibc": ("tests.il.test_policies", "ibc_stats", "IBC_LIMITS"),
     "il/difftori_modes": ("tests.il.test_difftori", "modes_stats", "MODES_LIMITS"),
     "il/difftori_refines": ("tests.il.test_difftori", "refine_stats", "REFINE_LIMITS"),
+    "il/difftori_paper": ("tests.il.test_difftori_paper", "paper_stats", "PAPER_LIMITS"),
     "rl/tdmpc_update": ("tests.rl.test_tdmpc", "update_stats", "UPDATE_LIMITS"),
     "rl/tdmpc_learns": ("tests.rl.test_learning", "tdmpc_stats", "TDMPC_LIMITS"),
     "rl/difftori_learns": ("tests.rl.test_learning", "difftori_stats", "DIFFTORI_LIMITS"),

@@ -46,6 +46,17 @@ def test_grid_pairs_every_difftori_with_its_seeds_diffusion_cell():
     assert ids == [c.id for c in bench.cells(cfg)] and len(set(ids)) == len(ids)  # stable, distinct
 
 
+def test_paper_variant_is_the_paper_formulation_on_the_grids_window():
+    cfg = bench.CompareConfig(tasks=("reach",), seeds=(1,), variants=("diffusion", "difftori-paper"))
+    cell = next(c for c in bench.cells(cfg) if c.variant == "difftori-paper")
+    d = cell.config["difftori"]
+    assert (d["formulation"], d["action_loss_weight"], d["kl_weight"], d["solver"]["backward"], d["solver"]["packed"]) == (
+        "paper", 1.0, 1.0, "implicit", False)
+    assert (cell.config["lr"], cell.config["encoder_dim"]) == (3e-4, 50)
+    base = next(c for c in bench.cells(cfg) if c.variant == "diffusion")
+    assert cell.config["action_steps"] == base.config["action_steps"] and cell.config["batch_size"] == 32  # the small preset's
+
+
 def test_dp3_score_is_the_mean_of_the_best_k():
     assert bench.dp3_score([0.1, 0.5, 0.3, 0.9], 2) == pytest.approx(0.7)
     assert bench.dp3_score([0.2], 5) == pytest.approx(0.2)

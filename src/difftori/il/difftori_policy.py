@@ -13,6 +13,13 @@ and are solved without backward; with ``solver.packed`` the draws of ONE observa
 problem (the original's inference: 128 draws of its single observation), several observations
 are never packed together. The executed window is draw 0 (or the lowest-cost draw): its last
 iterate when packed (what the original executes), else its best iterate.
+
+``formulation="paper"`` (the paper's Eq. 7 / Appendix D instead of the released code): features ->
+latent state s0 (a linear map to ``encoder_dim``), a latent dynamics MLP d(s, a) and a reward MLP
+f(s, a, z); the cost of the window U = (a_0 .. a_{L-1}) is -sum_l gamma^l f(s_l, a_l, z) with
+s_{l+1} = d(s_l, a_l), L = action_steps. The CVAE posterior fuses an observation encoder h_o and an
+action encoder h_a with h_l. Everything else (init, solve, loss, inference) is shared; d is trained only
+by the imitation loss through the solver, as in the paper.
 """
 
 from __future__ import annotations
@@ -53,8 +60,19 @@ class DiffTORIPolicy(Policy):
         self.encoder = ObsEncoder(self.obs_shapes, obs_steps, encoder_dim)
         feat = self.encoder.feature_dim
         self.act_flat = action_steps * action_dim
-        self.cvae_encoder = mlp(feat + self.act_flat, (c.hidden, c.hidden), 2 * c.z_dim, act=nn.ELU)
-        self.cost_net = mlp(feat + c.z_dim + self.act_flat, (c.hidden, c.hidden), 1, act=nn.ELU)
+        hid = (c.hidden, c.hidden)
+        if c.formulation == "released":
+            self.cvae_encoder = mlp(feat + self.act_flat, hid, 2 * c.z_dim, act=nn.ELU)
+            self.cost_net = mlp(feat + c.z_dim + self.act_flat, hid, 1, act=nn.ELU)
+        else:
+            if action_steps < 2:
+                raise ValueError(f"formulation 'paper' needs action_steps >= 2 (planning horizon action_steps - 1), got {action_steps}")
+            self.latent = nn.Linear(feat, encoder_dim)  # all frames and modalities -> the latent state s0
+            self.obs_cvae = mlp(feat, (c.hidden,), c.hidden, act=nn.ELU)  # h_o
+            self.act_cvae = mlp(self.act_flat, (c.hidden,), c.hidden, act=nn.ELU)  # h_a
+            self.fuse_cvae = mlp(2 * c.hidden, (c.hidden,), 2 * c.z_dim, act=nn.ELU)  # h_l
+            self.dynamics = mlp(encoder_dim + action_dim, hid, encoder_dim, act=nn.ELU)  # d(s, a) -> s'
+            self.reward = mlp(encoder_dim + action_dim + c.z_dim, hid, 1, act=nn.ELU)  # f(s, a, z)
         self.base = base
         if base is not None:
             base.requires_grad_(False).eval()
@@ -98,14 +116,34 @@ class DiffTORIPolicy(Policy):
         return self._solvers[training]
 
     def posterior(self, feat: torch.Tensor, naction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z | features, actions): mean and log-variance ``(B, z_dim)`` each."""
-        mu, logvar = self.cvae_encoder(torch.cat([feat, naction.reshape(feat.shape[0], -1)], dim=-1)).chunk(2, dim=-1)
+        """q(z | features, actions): mean and log-variance ``(B, z_dim)`` each (paper: h_l(h_o(feat), h_a(actions)))."""
+        act = naction.reshape(feat.shape[0], -1)
+        if self.cfg.formulation == "released":
+            out = self.cvae_encoder(torch.cat([feat, act], dim=-1))
+        else:
+            out = self.fuse_cvae(torch.cat([self.obs_cvae(feat), self.act_cvae(act)], dim=-1))
+        mu, logvar = out.chunk(2, dim=-1)
         return mu, logvar
 
-    def cost(self, feat: torch.Tensor, z: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-        """C(features, z, U) -> ``(B,)``; actions are clamped to [-1, 1] inside (as the original)."""
-        x = torch.cat([feat, z, U.clamp(-1.0, 1.0).reshape(U.shape[0], -1)], dim=-1)
-        return self.cost_net(x).squeeze(-1)
+    def context(self, feat: torch.Tensor) -> torch.Tensor:
+        """What the cost conditions on: the features (released) or the latent state s0 (paper)."""
+        return feat if self.cfg.formulation == "released" else self.latent(feat)
+
+    def cost(self, ctx: torch.Tensor, z: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        """Cost of the window -> ``(B,)``; actions are clamped to [-1, 1] inside (as the original).
+
+        released: C(features, z, U). paper: -sum_l gamma^l f(s_l, a_l, z), s_0 = ``ctx``, s_{l+1} = d(s_l, a_l).
+        """
+        U = U.clamp(-1.0, 1.0)
+        if self.cfg.formulation == "released":
+            return self.cost_net(torch.cat([ctx, z, U.reshape(U.shape[0], -1)], dim=-1)).squeeze(-1)
+        s, ret = ctx, 0.0
+        for l in range(U.shape[1]):
+            a = U[:, l]
+            ret = ret + self.cfg.gamma**l * self.reward(torch.cat([s, a, z], dim=-1)).squeeze(-1)
+            if l + 1 < U.shape[1]:  # the last action's successor state is never scored
+                s = self.dynamics(torch.cat([s, a], dim=-1))
+        return -ret
 
     @torch.no_grad()
     def on_train_start(self, windows: Mapping[str, Any]) -> None:
@@ -145,9 +183,11 @@ class DiffTORIPolicy(Policy):
             U0 = U0 + self.cfg.init_noise * torch.randn_like(U0)
         return U0
 
-    def solve(self, feat: torch.Tensor, z: torch.Tensor, U0: torch.Tensor, training: bool):
-        """All ``B`` samples in one batched solve (one problem if ``solver.packed``); returns ``(U*, info)``."""
-        return self.solver(training).solve(lambda U: self.cost(feat, z, U), U0)
+    def solve(self, ctx: torch.Tensor, z: torch.Tensor, U0: torch.Tensor, training: bool):
+        """All ``B`` samples in one batched solve (one problem if ``solver.packed``); returns ``(U*, info)``.
+
+        ``ctx`` = :meth:`context` of the features (the features themselves in the released formulation)."""
+        return self.solver(training).solve(lambda U: self.cost(ctx, z, U), U0)
 
     # ------------------------------------------------------------------ interface -------
     def compute_loss(self, batch: Mapping[str, Any]):
@@ -158,7 +198,7 @@ class DiffTORIPolicy(Policy):
         mu, logvar = self.posterior(feat, target)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         U0 = self.initial_actions(batch["obs"], b, training=True, index=batch.get("index"))
-        U_star, info = self.solve(feat, z, U0, training=True)
+        U_star, info = self.solve(self.context(feat), z, U0, training=True)
         mse = F.mse_loss(U_star, target)
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
         loss = self.cfg.action_loss_weight * mse + self.cfg.kl_weight * kl
@@ -174,7 +214,7 @@ class DiffTORIPolicy(Policy):
     @torch.no_grad()
     def predict_action(self, obs):
         nobs = self.normalize_obs(obs)
-        feat = self.encoder(nobs)
+        feat = self.context(self.encoder(nobs))
         b, S = feat.shape[0], self.cfg.draws
         z = torch.randn(b * S, self.cfg.z_dim, device=feat.device)
         U0 = self.initial_actions(obs, b, training=False)  # one base call per observation, shared by its draws

@@ -409,7 +409,7 @@ def register_cli(sub) -> None:
     p = sub.add_parser("train", help="train an IL policy (bc, ibc, diffusion, difftori) on a demo dataset")
     add_dataclass_args(p, ILConfig)
     p.add_argument("--config", type=Path, default=None, help="start from this config.json (options given override it)")
-    p.add_argument("--preset", default=None, choices=sorted(IL_PRESETS), help="named settings applied over the defaults and --config, under the options given: paper (published DiffTORI-IL settings, packed solve), small (CPU-sized)")
+    p.add_argument("--preset", default=None, choices=sorted(IL_PRESETS), help="named settings applied over the defaults and --config, under the options given: paper (published DiffTORI-IL settings, packed solve), paper-eq7 (the paper's Eq. 7 formulation and Appendix D settings), small (CPU-sized)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue this run (or the newest run in this folder) from its last checkpoint; only --steps "
                         "(to extend), --progress, --num-threads and --device may be given with it")

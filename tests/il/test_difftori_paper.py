@@ -194,3 +194,15 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     b = loaded.predict_action(obs)
     assert a.shape == (5, 2, 4)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_base_init_packed_solve_and_base_pool_work_in_paper_mode():
+    data = linear_state_data(n=64, action_steps=2)
+    base = build("diffusion", data, action_steps=2, diffusion={"down_dims": (16, 32), "step_embed_dim": 16})
+    fit(base, data, 2)
+    obs = {k: v[:3] for k, v in data["obs"].items()}
+    for extra, draws in (({"solver": {"max_iters": 5}}, 128), ({"base_pool": 2, "solver": {"method": "newton", "max_iters": 3, "backward": "implicit"}}, 1)):
+        pol = build("difftori", data, base=base, action_steps=2, difftori={"formulation": "paper", **extra})
+        pol.on_train_start(data)
+        fit(pol, data, 2)
+        assert pol.cfg.draws == draws and pol.eval().predict_action(obs).shape == (3, 2, 4)

@@ -87,15 +87,25 @@ def _check_owned(options: list[str], owned: tuple[str, ...]) -> None:
                           "device from --gpus-per-run, paths inside the sweep directory)")
 
 
-NEUTRAL_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
-"""Top-level config fields added after grids were committed, left out of the cell id at the value every
+NEUTRAL_DEFAULTS: dict[str, Any] = {"precision": "fp32", "difftori.formulation": "released", "difftori.gamma": 0.99}
+"""Config fields (dotted paths) added after grids were committed, left out of the cell id at the value every
 earlier run had: adding such a field keeps the ids (and so the committed results) of the runs it does not change."""
+
+
+def _drop_neutral(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in config.items():
+        path = prefix + k
+        if path in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[path]:
+            continue
+        out[k] = _drop_neutral(v, path + ".") if isinstance(v, dict) else v
+    return out
 
 
 def config_hash(config: dict[str, Any], deps: dict[str, str]) -> str:
     """10 hex digits of sha1 over the config (minus :data:`_VOLATILE` fields and fields at their
     :data:`NEUTRAL_DEFAULTS` value) and the dependencies' ids."""
-    stable = {k: v for k, v in config.items() if k not in _VOLATILE and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
+    stable = _drop_neutral({k: v for k, v in config.items() if k not in _VOLATILE})
     blob = json.dumps({"config": stable, "deps": deps}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 

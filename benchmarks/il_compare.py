@@ -16,7 +16,8 @@ comparison. Variants:
 
 Protocol (the same for every variant): ``--eval-episodes`` episodes on fixed seeds every ``--eval-freq``
 steps and at the end. Two numbers per run: the **final** success rate (last evaluation) and **DP3's**
-(the mean of the best ``--top-k`` periodic evaluations, as 3D Diffusion Policy reports). Each cell is a
+(the mean of the best ``--top-k`` periodic evaluations, as 3D Diffusion Policy reports; k = 2 by default,
+the number of evaluations of a difftori run at the default budgets). Each cell is a
 resumable sweep cell in ``--run-root``; finished cells are archived as small records in
 ``<out>/cells`` (committed), and a cell found there is never run again.
 
@@ -101,8 +102,10 @@ class CompareConfig:
     """Evaluate every this many gradient steps (and at the end): the periodic evaluations of the DP3 number."""
     eval_episodes: Optional[int] = None
     """Episodes per evaluation (None: the preset's)."""
-    top_k: int = 5
-    """DP3's number: the mean of the best this many evaluations of a run."""
+    top_k: int = 2
+    """DP3's number: the mean of the best this many evaluations of a run (DP3: 5 of ~15). Keep it <= the fewest
+    evaluations any variant gets (difftori: difftori_steps / eval_freq), else a variant with more, earlier,
+    weaker evaluations is averaged over them and looks worse: with the defaults difftori has 2, the others 4."""
     jobs: int = 2
     """Runs in parallel on the local Ray cluster."""
     threads: int = 1

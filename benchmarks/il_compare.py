@@ -166,18 +166,15 @@ def variant_options(cfg: CompareConfig, variant: str) -> list[str]:
 
 def cells(cfg: CompareConfig) -> list:
     """Collect cells, then per seed, modality and task: diffusion first, the others after (options checked here)."""
-    from difftori.sweep.grid import collect_cell, il_cell
+    from difftori.sweep.grid import collect_cell, il_seed_cells
 
     data = {(t, m): collect_cell(t, m, cfg.demos) for m in cfg.modalities for t in cfg.tasks}
+    variants = {v: variant_options(cfg, v) for v in cfg.variants}
     out = list(data.values())
-    order = sorted(cfg.variants, key=lambda v: v != "diffusion")
     for s in cfg.seeds:  # seed-major: a grid stopped early covers every task with its first seeds
         for m in cfg.modalities:
             for t in cfg.tasks:
-                made: dict[str, Any] = {}
-                for v in order:
-                    made[v] = il_cell(t, v, s, m, variant_options(cfg, v), data[(t, m)], base=made.get("diffusion"))
-                out.extend(made[v] for v in cfg.variants)
+                out.extend(il_seed_cells(data[(t, m)], s, variants))
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from difftori.utils.config import ConfigError, to_dict
 
-__all__ = ["Cell", "rl_cell", "il_cell", "collect_cell", "rl_grid", "il_grid", "RUNNER_OPTIONS", "NEUTRAL_DEFAULTS", "config_hash"]
+__all__ = ["Cell", "rl_cell", "il_cell", "collect_cell", "rl_grid", "il_grid", "il_seed_cells", "RUNNER_OPTIONS", "NEUTRAL_DEFAULTS", "config_hash"]
 
 RUNNER_OPTIONS = ("--run-root", "--resume", "--progress", "--num-threads", "--device", "--dataset", "--base-policy", "--out", "--config")
 """Options the sweep runner sets itself for every cell (paths, threads = CPUs per run, device = GPUs per run)."""
@@ -207,17 +207,29 @@ def il_grid(tasks, policies, obs_types, seeds, steps: int, demos: int = 10, pres
     unknown = sorted(set(policy_steps or {}) - set(policies))
     if unknown:
         raise ConfigError(f"steps given for policies not in the grid: {unknown}")
-    order = sorted(policies, key=lambda p: p != "diffusion")  # the base before the runs that need it
+    variants = {_variant_name(p, extra): ["--policy", p, "--steps", str((policy_steps or {}).get(p, steps)),
+                                          *(["--preset", preset] if preset else []), *extra] for p in policies}
     cells: list[Cell] = []
     for t in tasks:
         for o in obs_types:
             data = collect_cell(t, o, demos, collect_options)
             cells.append(data)
             for s in seeds:
-                made: dict[str, Cell] = {}
-                for p in order:
-                    n = (policy_steps or {}).get(p, steps)
-                    opts = ["--policy", p, "--steps", str(n), *(["--preset", preset] if preset else []), *extra]
-                    made[p] = il_cell(t, _variant_name(p, extra), s, o, opts, data, base=made.get("diffusion"))
-                cells.extend(made[p] for p in policies)
+                cells.extend(il_seed_cells(data, s, variants))
     return cells
+
+
+def il_seed_cells(dataset: Cell, seed: int, variants: dict[str, list[str]]) -> list[Cell]:
+    """The ``il train`` cells of one collect cell and seed, one per variant (name -> options, with ``--policy``),
+    in the order given; the diffusion cell is built first and every difftori cell starts from it."""
+    def is_diffusion(name: str) -> bool:
+        opts = variants[name]
+        return opts[opts.index("--policy") + 1] == "diffusion"
+
+    made: dict[str, Cell] = {}
+    base: Cell | None = None
+    for name in sorted(variants, key=lambda v: not is_diffusion(v)):  # the base before the runs that need it
+        made[name] = il_cell(dataset.task, name, seed, dataset.obs_type, variants[name], dataset, base=base)
+        if base is None and is_diffusion(name):
+            base = made[name]
+    return [made[v] for v in variants]

@@ -13,7 +13,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ __all__ = [
     "fmt_or_dash",
     "md_table",
     "run_meta",
+    "parse_bench_config",
 ]
 
 
@@ -382,3 +383,16 @@ def run_meta(threads: int, device: torch.device, **extra) -> dict:
     }
     meta.update(extra)
     return meta
+
+
+def parse_bench_config(cls: type, quick: Any, description: str, argv: list[str] | None = None) -> Any:
+    """A benchmark's dataclass config from the command line: one option per field; with ``--quick`` the options
+    given apply over ``quick`` (the reduced config) instead of the defaults."""
+    import argparse
+
+    from difftori.utils.config import add_dataclass_args, dataclass_from_args
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(parser, cls)
+    ns = parser.parse_args(argv)
+    return dataclass_from_args(cls, ns, base=quick if getattr(ns, "quick", False) else cls())

@@ -22,7 +22,6 @@ by ``make setup``. Results: ``benchmarks/results/optim_peers.json`` and ``optim_
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.metadata
 import math
@@ -55,6 +54,7 @@ from benchmarks.common import (  # noqa: E402
     md_table,
     median,
     nan_to_none,
+    parse_bench_config,
     run_meta,
 )
 from benchmarks.optim_peers_mpc import (  # noqa: E402
@@ -66,7 +66,7 @@ from benchmarks.optim_peers_mpc import (  # noqa: E402
     import_mpc,
     run_mpc_section,
 )
-from difftori.utils.config import add_dataclass_args, check, dataclass_from_args, to_dict  # noqa: E402
+from difftori.utils.config import check, to_dict  # noqa: E402
 from difftori.utils.device import resolve_device  # noqa: E402
 from difftori.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -739,11 +739,7 @@ def format_markdown(results: dict[str, Any]) -> str:
 
 
 def parse_config(argv: list[str] | None = None) -> BenchConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_args(parser, BenchConfig)
-    ns = parser.parse_args(argv)
-    base = QUICK if getattr(ns, "quick", False) else BenchConfig()
-    return dataclass_from_args(BenchConfig, ns, base=base)
+    return parse_bench_config(BenchConfig, QUICK, __doc__.split("\n\n")[0], argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ Results: ``<out>/rl_speed.json`` and ``<out>/rl_speed.md`` (``--out``, default `
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -32,14 +31,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # allow `python benchmarks/rl_speed.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import interleaved_timings, median, run_meta  # noqa: E402
+from benchmarks.common import interleaved_timings, median, parse_bench_config, run_meta  # noqa: E402
 from difftori.envs.spec import EnvSpec  # noqa: E402
 from difftori.models.mlp import orthogonal_init  # noqa: E402
 from difftori.rl.buffer import ReplayBuffer  # noqa: E402
 from difftori.rl.config import PRESETS, SMALL_SIZES, RLConfig  # noqa: E402
 from difftori.rl.difftori import DiffTORI  # noqa: E402
 from difftori.rl.tdmpc import TDMPC  # noqa: E402
-from difftori.utils.config import add_dataclass_args, check, dataclass_from_args, to_dict  # noqa: E402
+from difftori.utils.config import check, to_dict  # noqa: E402
 from difftori.utils.device import resolve_device  # noqa: E402
 from difftori.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -202,11 +201,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def parse_config(argv: list[str] | None = None) -> SpeedConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_args(parser, SpeedConfig)
-    ns = parser.parse_args(argv)
-    base = QUICK if getattr(ns, "quick", False) else SpeedConfig()
-    return dataclass_from_args(SpeedConfig, ns, base=base)
+    return parse_bench_config(SpeedConfig, QUICK, __doc__.split("\n\n")[0], argv)
 
 
 def main(argv: list[str] | None = None) -> int:

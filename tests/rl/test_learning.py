@@ -7,6 +7,7 @@ benchmarks/results/learning_margins.md).
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,20 +23,30 @@ CFG = dict(
 )
 
 
-def tdmpc_stats(seed: int) -> dict[str, float]:
-    """Final eval return of TD-MPC after 5k env steps over the random-policy threshold measured on the same task."""
+def _train_against_random(cfg: RLConfig) -> dict[str, Any]:
+    """Train ``cfg`` on 1 thread; the final return over the random-policy threshold measured on the same task
+    (1.5x its mean return AND its best episode), and the run's ``train.csv`` rows / action repeat for more stats."""
+    from difftori.utils.runs import read_csv
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = RLConfig(**{**CFG, "seed": seed})
         rand = random_policy_return(cfg, episodes=10)
         with tempfile.TemporaryDirectory() as d:
-            final = Trainer.new(cfg, Path(d)).train()
+            trainer = Trainer.new(cfg, Path(d))
+            final = trainer.train()
+            rows = read_csv(trainer.run_dir / "train.csv")
     finally:
         torch.set_num_threads(n)
     threshold = max(1.5 * rand["episode_return"], max(rand["returns"]))
     return {"return_over_threshold": final["episode_return"] / threshold, "return": final["episode_return"],
-            "random_return": rand["episode_return"]}
+            "random_return": rand["episode_return"], "step": final["step"], "rows": rows, "action_repeat": trainer.spec.action_repeat}
+
+
+def tdmpc_stats(seed: int) -> dict[str, float]:
+    """Final eval return of TD-MPC after 5k env steps over the random-policy threshold measured on the same task."""
+    s = _train_against_random(RLConfig(**{**CFG, "seed": seed}))
+    return {k: s[k] for k in ("return_over_threshold", "return", "random_return")}
 
 
 TDMPC_LIMITS = {"return_over_threshold": (">", 1.0)}  # measured 1.52-2.06 (seeds 0-5 x 3 CPU capabilities; returns 373-493)
@@ -54,23 +65,10 @@ def difftori_stats(seed: int) -> dict[str, float]:
     solver statistics); ``return_over_threshold`` as for TD-MPC.
     """
     from difftori.rl.config import DiffTORIConfig
-    from difftori.utils.runs import read_csv
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = RLConfig(**{**CFG, "seed": seed, "agent": "difftori"}, difftori=DiffTORIConfig(pg_start_step=94))
-        rand = random_policy_return(cfg, episodes=10)
-        with tempfile.TemporaryDirectory() as d:
-            trainer = Trainer.new(cfg, Path(d))
-            final = trainer.train()
-            rows = read_csv(trainer.run_dir / "train.csv")
-    finally:
-        torch.set_num_threads(n)
-    acted = sum(float(r["episode_length"]) for r in rows if r.get("solver_iters") not in (None, "")) * trainer.spec.action_repeat
-    threshold = max(1.5 * rand["episode_return"], max(rand["returns"]))
-    return {"return_over_threshold": final["episode_return"] / threshold, "acting_fraction": acted / final["step"],
-            "return": final["episode_return"], "random_return": rand["episode_return"]}
+    s = _train_against_random(RLConfig(**{**CFG, "seed": seed, "agent": "difftori"}, difftori=DiffTORIConfig(pg_start_step=94)))
+    acted = sum(float(r["episode_length"]) for r in s["rows"] if r.get("solver_iters") not in (None, "")) * s["action_repeat"]
+    return {**{k: s[k] for k in ("return_over_threshold", "return", "random_return")}, "acting_fraction": acted / s["step"]}
 
 
 DIFFTORI_LIMITS = {

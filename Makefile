@@ -24,14 +24,18 @@ $(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# One pytest worker per core (tests use one torch thread each); the Ray tests share one worker (xdist_group).
+TEST_WORKERS ?= auto
+PYTEST := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: setup
-	$(PYTHON) -m pytest -q tests
+	$(PYTEST) tests
 
 # The learning tests once more under a second CPU kernel set (avx2 where the native one is avx512, else the
 # portable default), so a test that only passes with one kind of float kernels fails here.
 SECOND_CAPABILITY = $(shell $(PYTHON) -c "import torch; print('avx2' if torch.backends.cpu.get_cpu_capability() == 'AVX512' else 'default')" 2>/dev/null)
 test-kernels: setup
-	ATEN_CPU_CAPABILITY=$(SECOND_CAPABILITY) $(PYTHON) -m pytest -q -m learning tests
+	ATEN_CPU_CAPABILITY=$(SECOND_CAPABILITY) $(PYTEST) -m learning tests
 
 demo: setup
 	$(VENV)/bin/difftori rl demo

@@ -18,6 +18,9 @@ if str(REPO) not in sys.path:
 from benchmarks import pendulum_il as bench  # noqa: E402
 from difftori.envs import pendulum as P  # noqa: E402
 
+# The module-scoped fixture is expensive: keep this module's tests on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("pendulum_il")
+
 # Expert test cost of the --quick split (seed 0: states 30..39 of a 40-state draw), measured with the
 # newton expert; the margin absorbs solver-tolerance changes but not a wrong model, cost or box.
 QUICK_EXPERT = {"simple": 12.178, "damped": 9.217}

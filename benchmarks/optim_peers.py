@@ -9,7 +9,10 @@ Peer 2, mpc.pytorch's box-constrained iLQR (Amos et al. 2018), on a quadratic tr
 learned dynamics MLP (state 50, hidden 512 x 2, ELU, action 6, horizon 5, |u| <= 1). mpc.pytorch solves it in
 its own (x, u) form; ours in shooting form (U is the variable). Compared: time until each reaches the better
 final cost (1e-4 relative), the solutions, and d(sum(W * U*))/d(dynamics params, goal, Q) of our implicit
-backward vs mpc.pytorch's own, with a float64 central-difference check of two directions.
+backward vs mpc.pytorch's own, with a float64 central-difference check of two directions. Second mpc.pytorch
+problem: one imitation-training step (solve + backward) of Amos et al.'s pendulum swing-up with learnable physical
+parameters at B = 8 / 32 / 256, ours (newton, implicit) vs mpc.pytorch at its loosest adequate stopping threshold,
+with a central-difference check of each library's gradient.
 
     python benchmarks/optim_peers.py --threads 1            # full
     python benchmarks/optim_peers.py --quick                # about a minute (tiny tracking sizes)
@@ -62,9 +65,12 @@ from benchmarks.optim_peers_mpc import (  # noqa: E402
     TRACK_METHODS,
     MpcMissingError,
     evaluate_mpc_targets,
+    evaluate_pendulum_targets,
     format_mpc_section,
+    format_pendulum_section,
     import_mpc,
     run_mpc_section,
+    run_pendulum_section,
 )
 from difftori.utils.config import check, to_dict  # noqa: E402
 from difftori.utils.device import resolve_device  # noqa: E402
@@ -170,6 +176,20 @@ class BenchConfig:
     """Central-difference step (along unit directions, float64)."""
     fd_iters: int = 50
     """Iteration budget of the finite-difference solves (both sides, float64, tight tolerances)."""
+    pend_batches: tuple[int, ...] = (8, 32, 256)
+    """Batch sizes of the pendulum imitation training-step cases (mpc.pytorch section; empty = skip them)."""
+    pend_solver_iters: int = 50
+    """Solver iteration budget of a pendulum training step (both libraries)."""
+    pend_tol: float = 1e-8
+    """Our gradient-norm tolerance in the pendulum training step."""
+    pend_rtol: float = 1e-6
+    """An mpc.pytorch stopping threshold is adequate when its mean cost is within this (relative) of ours."""
+    pend_repeats: int = 5
+    """Timed repeats of the pendulum step at B <= 32 (repeats_slow above)."""
+    pend_fd_batch: int = 8
+    """Batch of the pendulum finite-difference check."""
+    pend_fd_eps: float = 1e-5
+    """Central-difference step of the pendulum check (unit direction in log(g, m, l))."""
     seed: int = 0
     """Seed of the random model weights, z_0 and loss functional."""
 
@@ -198,6 +218,10 @@ class BenchConfig:
         check(self.track_final_iters >= 1 and self.fd_iters >= 1, "track_final_iters and fd_iters must be >= 1")
         check(self.track_rtol > 0 and self.fd_eps > 0 and self.track_tol >= 0, "track_rtol, fd_eps must be > 0, track_tol >= 0")
         check(self.fd_batch >= 1, f"fd_batch must be >= 1, got {self.fd_batch}")
+        check(all(b >= 1 for b in self.pend_batches), f"pend_batches must be positive batch sizes, got {self.pend_batches}")
+        check(self.pend_solver_iters >= 1 and self.pend_repeats >= 1 and self.pend_fd_batch >= 1,
+              "pend_solver_iters, pend_repeats and pend_fd_batch must be >= 1")
+        check(self.pend_tol >= 0 and self.pend_rtol > 0 and self.pend_fd_eps > 0, "pend_tol >= 0, pend_rtol and pend_fd_eps > 0")
 
     @property
     def rl_sizes(self) -> RLSizes:
@@ -215,6 +239,7 @@ class BenchConfig:
 QUICK = BenchConfig(
     quick=True, repeats=2, repeats_slow=1, packed_repeats=1, warmup_iters=5, rl_iters=10, il_iters=20, packed_iters=6,
     newton_ref_iters=30, newton_max_iters=2, track_batches=(1, 8), track_hidden=64, track_final_iters=8, fd_iters=30,
+    pend_batches=(8,), pend_repeats=1, pend_fd_batch=2,
 )
 
 
@@ -586,15 +611,18 @@ def run(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict
             mpc_lib = import_mpc()
         except MpcMissingError as exc:
             _note(notes, f"mpc.pytorch section skipped: {exc}")
+    pend_res = None
     if mpc_lib is not None:
         mpc_res = run_mpc_section(cfg, mpc_lib, device, dtype, say)
+        if cfg.pend_batches:
+            pend_res = run_pendulum_section(cfg, mpc_lib, say)
 
     meta = run_meta(cfg.threads, device, theseus=_theseus_version(th), mpc=_mpc_version(mpc_lib), config=to_dict(cfg),
                     wall_s=time.perf_counter() - t_start, notes=notes, note=cfg.note,
                     loadavg_start=load_start, loadavg_end=_loadavg(),
                     rl_sizes=to_dict(cfg.rl_sizes), il_sizes=to_dict(cfg.il_sizes))
-    results = {"meta": meta, "cases": cases, "mpc": mpc_res,
-               "targets": evaluate_targets(cases) + evaluate_mpc_targets(mpc_res)}
+    results = {"meta": meta, "cases": cases, "mpc": mpc_res, "pendulum": pend_res,
+               "targets": evaluate_targets(cases) + evaluate_mpc_targets(mpc_res) + evaluate_pendulum_targets(pend_res)}
     if cfg.out:
         atomic_write_json(cfg.out, _jsonable(results))
         atomic_write_text(Path(cfg.out).with_suffix(".md"), format_markdown(results))
@@ -731,6 +759,8 @@ def format_markdown(results: dict[str, Any]) -> str:
     lines += [f"- note: {n}" for n in m.get("notes", [])]
     lines += ["", "## Peer 1: Theseus LevenbergMarquardt (DiffTORI RL / IL costs)", ""] + format_theseus_section(results)
     lines += ["", "## Peer 2: mpc.pytorch box-DDP (learned-dynamics tracking)", ""] + format_mpc_section(results.get("mpc"))
+    lines += ["", "## Peer 2, second problem: mpc.pytorch on the pendulum imitation training step", ""]
+    lines += format_pendulum_section(results.get("pendulum"))
     lines += ["", "## Targets", ""]
     rows = [[t["case"], t["target"], fmt_or_dash(t["value"], "{:.3g}"), fmt_or_dash(t["threshold"], "{:.5g}"),
              "n/a" if t["ok"] is None else ("met" if t["ok"] else "MISSED")] for t in results["targets"]]

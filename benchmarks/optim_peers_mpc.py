@@ -1,5 +1,6 @@
 """Peer 2 of ``benchmarks/optim_peers.py``: mpc.pytorch's box-constrained iLQR (Amos et al. 2018) vs our
-TrajOptimizer on the learned-dynamics tracking problem of :func:`benchmarks.common.build_tracking_problem`.
+TrajOptimizer on the learned-dynamics tracking problem of :func:`benchmarks.common.build_tracking_problem`, and on
+one imitation-training step of the pendulum swing-up (:class:`PendulumStep`).
 
 mpc.pytorch (``mpc==0.0.6``, ``from mpc import mpc``) solves the problem in its (x, u) form with ``QuadCost``;
 ours in shooting form. Measured: time to reach the better final cost, solution agreement, and the gradient of
@@ -29,7 +30,8 @@ from benchmarks.common import (
     median,
     nan_to_none,
 )
-from difftori.optim import TrajOptimizer
+from difftori.envs import pendulum as P
+from difftori.optim import SolverInfo, TrajOptimizer
 from difftori.utils.config import to_dict
 
 if TYPE_CHECKING:  # the config class lives in the driver, which imports this module
@@ -77,7 +79,10 @@ class JacrevDynamics(torch.nn.Module):
         return self.dyn(x, u)
 
     def grad_input(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.func.vmap(torch.func.jacrev(self.dyn, argnums=(0, 1)))(x, u)
+        def one(xi: torch.Tensor, ui: torch.Tensor) -> torch.Tensor:  # a batch of one: dynamics may index dim 0
+            return self.dyn(xi.unsqueeze(0), ui.unsqueeze(0)).squeeze(0)
+
+        return torch.func.vmap(torch.func.jacrev(one, argnums=(0, 1)))(x, u)
 
 
 class MpcPeer:
@@ -400,4 +405,190 @@ def format_mpc_section(mpc_res: dict[str, Any] | None) -> list[str]:
             for r in [fd["directions"][d][n]]]
     lines += md_table(["direction", "solver", "FD of own forward", "analytic (own backward)", "rel. error vs reference FD",
                        "max abs U diff vs reference", "cost"], rows)
+    return lines
+
+
+# ============================================================================ pendulum imitation training step
+PEND_MPC_EPS = (1e-2, 1e-3, 1e-4, 1e-6)
+"""mpc.pytorch stopping thresholds tried, loosest first: each variant is timed at the loosest one whose final mean
+cost is within ``pend_rtol`` of ours (mpc.pytorch stops on the size of its full control step)."""
+
+
+class PendulumStep:
+    """One imitation-training step of Amos et al.'s pendulum (METHOD.md, "A small benchmark from the paper"): solve
+    the swing-up with learnable (g, m, l) from U = 0, loss = mean((U* - U_expert)^2), gradient w.r.t. log(g, m, l).
+
+    float64; the expert is our newton solve with the true parameters (for timing, what it imitates does not matter);
+    the learner's parameters are the true ones perturbed by factors exp(+-0.6) (seeded), as in
+    ``benchmarks/pendulum_il.py``."""
+
+    def __init__(self, B: int, seed: int, iters: int, tol: float):
+        self.B, self.iters, self.tol = B, iters, tol
+        self.x0 = P.initial_states(B, seed)
+        self.q, self.p = P.cost_weights()
+        self.U_exp, _ = self._ours_opt("none", 100).solve(P.shooting_cost(self.x0, P.params(), self.q, self.p), self._zeros())
+        gen = torch.Generator().manual_seed(seed)
+        self.log_gml = (P.params().log() + (torch.rand(3, generator=gen, dtype=P.DT) - 0.5) * 1.2).requires_grad_()
+
+    def _zeros(self) -> torch.Tensor:
+        return torch.zeros(self.B, P.T, 1, dtype=P.DT)
+
+    def _ours_opt(self, backward: str, iters: int | None = None, tol: float | None = None) -> TrajOptimizer:
+        return TrajOptimizer(method="newton", max_iters=iters or self.iters, backward=backward,
+                             bounds=(-P.U_MAX, P.U_MAX), tol=self.tol if tol is None else tol)
+
+    def cost(self, U: torch.Tensor) -> torch.Tensor:
+        """(B,) cost of U under the learner's current parameters (no graph)."""
+        with torch.no_grad():
+            return P.shooting_cost(self.x0, self.log_gml.exp(), self.q, self.p)(U)
+
+    def ours(self, graph: bool = True, tol: float | None = None) -> tuple[torch.Tensor, SolverInfo]:
+        opt = self._ours_opt("implicit" if graph else "none", tol=tol)
+        return opt.solve(P.shooting_cost(self.x0, self.log_gml.exp(), self.q, self.p), self._zeros())
+
+    def mpc(self, lib, variant: str, eps: float) -> torch.Tensor:
+        from mpc.env_dx.pendulum import PendulumDx
+
+        dx = PendulumDx(self.log_gml.exp(), simple=True)
+        if variant == "analytic":
+            dx = JacrevDynamics(dx)
+        grad_method = lib.GradMethods.AUTO_DIFF if variant == "auto_diff" else lib.GradMethods.ANALYTIC
+        Q = torch.diag(self.q).expand(P.T, self.B, 4, 4).contiguous()
+        pp = self.p.expand(P.T, self.B, 4).contiguous()
+        with _quiet_mpc():
+            _, u, _ = lib.MPC(3, 1, P.T, u_init=torch.zeros(P.T, self.B, 1, dtype=P.DT), u_lower=-P.U_MAX,
+                              u_upper=P.U_MAX, lqr_iter=self.iters, verbose=-1, eps=eps, exit_unconverged=False,
+                              detach_unconverged=False, grad_method=grad_method, linesearch_decay=0.2,
+                              max_linesearch_iter=10)(self.x0, lib.QuadCost(Q, pp), dx)
+        return u.transpose(0, 1)
+
+    def loss_grad(self, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = ((U - self.U_exp) ** 2).mean()
+        with _quiet_mpc():
+            (g,) = torch.autograd.grad(loss, self.log_gml)
+        return loss.detach(), g
+
+
+def pendulum_case(B: int, cfg: BenchConfig, lib, say: Callable[[str], None]) -> dict[str, Any]:
+    """Time one training step (solve + backward) of ours and of each mpc.pytorch variant at its loosest adequate eps."""
+    prob = PendulumStep(B, cfg.seed, cfg.pend_solver_iters, cfg.pend_tol)
+    U_o, info = prob.ours()
+    loss_o, g_o = prob.loss_grad(U_o)
+    c_o = prob.cost(U_o.detach()).mean().item()
+    steps: dict[str, Callable[[], object]] = {"ours_newton": lambda: prob.loss_grad(prob.ours()[0])}
+    rows: dict[str, dict[str, Any]] = {"ours_newton": {
+        "eps": None, "final_cost": c_o, "loss": loss_o.item(), "iters_mean": info.iterations.float().mean().item(),
+        "iters_max": int(info.iterations.max()), "statuses": info.summary(), "U_max_abs_diff": 0.0, "grad_cosine": 1.0,
+        "grad_norm_ratio": 1.0}}
+    for v in cfg.mpc_variants:
+        for eps in PEND_MPC_EPS:
+            say(f"pend_b{B}: mpc_{v} eps {eps:g}")
+            U_m = prob.mpc(lib, v, eps)
+            c_m = prob.cost(U_m.detach()).mean().item()
+            if c_m <= c_o + cfg.pend_rtol * abs(c_o) or eps == PEND_MPC_EPS[-1]:
+                break
+        loss_m, g_m = prob.loss_grad(U_m)
+        rows[f"mpc_{v}"] = {"eps": eps, "final_cost": c_m, "loss": loss_m.item(), "iters_mean": None, "iters_max": None,
+                            "statuses": None, "U_max_abs_diff": (U_m - U_o).abs().max().item(),
+                            "grad_cosine": cosine(g_m, g_o), "grad_norm_ratio": (g_m.norm() / g_o.norm().clamp_min(1e-30)).item(),
+                            "reached": c_m <= c_o + cfg.pend_rtol * abs(c_o)}
+        steps[f"mpc_{v}"] = lambda v=v, eps=eps: prob.loss_grad(prob.mpc(lib, v, eps))
+    say(f"pend_b{B}: interleaved timings of {', '.join(steps)}")
+    reps = cfg.pend_repeats if B <= 32 else cfg.repeats_slow
+    times = interleaved_timings(steps, repeats=reps, warmup=0)
+    for n, ts in times.items():
+        rows[n]["ms"] = 1e3 * median(ts)
+        rows[n]["times_ms"] = [1e3 * t for t in ts]
+    mpc_names = [n for n in rows if n.startswith("mpc_") and rows[n]["reached"]]
+    mpc_best = min(mpc_names, key=lambda n: rows[n]["ms"]) if mpc_names else None
+    return {"name": f"pend_b{B}", "kind": "pendulum_training_step", "batch": B, "repeats": reps, "solvers": rows,
+            "mpc_best": mpc_best, "ours_ms": rows["ours_newton"]["ms"],
+            "mpc_ms": rows[mpc_best]["ms"] if mpc_best else None,
+            "speedup": rows[mpc_best]["ms"] / rows["ours_newton"]["ms"] if mpc_best else None}
+
+
+def pendulum_fd(cfg: BenchConfig, lib) -> dict[str, Any]:
+    """Central differences (float64) of the imitation loss along a unit direction in log(g, m, l), each solver's own
+    tight forward, against its own backward."""
+    prob = PendulumStep(cfg.pend_fd_batch, cfg.seed, 100, 1e-12)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    d = torch.randn(3, generator=gen, dtype=P.DT)
+    d = d / d.norm()
+    base = prob.log_gml.detach().clone()
+    solvers: dict[str, Callable[[bool], torch.Tensor]] = {"ours_newton": lambda graph: prob.ours(graph)[0]}
+    for v in cfg.mpc_variants:
+        solvers[f"mpc_{v}"] = lambda graph, v=v: prob.mpc(lib, v, 1e-12)
+
+    def loss_at(solve, s: float) -> float:
+        with torch.no_grad():
+            prob.log_gml.copy_(base + s * d)
+        try:
+            return ((solve(False).detach() - prob.U_exp) ** 2).mean().item()
+        finally:
+            with torch.no_grad():
+                prob.log_gml.copy_(base)
+
+    out: dict[str, Any] = {"batch": cfg.pend_fd_batch, "eps": cfg.pend_fd_eps, "solvers": {}}
+    for name, solve in solvers.items():
+        _, g = prob.loss_grad(solve(True))
+        fd = (loss_at(solve, cfg.pend_fd_eps) - loss_at(solve, -cfg.pend_fd_eps)) / (2 * cfg.pend_fd_eps)
+        an = float((g * d).sum())
+        out["solvers"][name] = {"fd": fd, "analytic": an, "rel_err": abs(an - fd) / max(abs(fd), 1e-30)}
+    return out
+
+
+def run_pendulum_section(cfg: BenchConfig, lib, say: Callable[[str], None]) -> dict[str, Any]:
+    """The pendulum training-step cases and their finite-difference check."""
+    cases = []
+    for B in cfg.pend_batches:
+        t0 = time.perf_counter()
+        case = pendulum_case(B, cfg, lib, say)
+        case["wall_s"] = time.perf_counter() - t0
+        cases.append(case)
+    say("pendulum finite-difference check (float64)")
+    return {"solver_iters": cfg.pend_solver_iters, "tol": cfg.pend_tol, "rtol": cfg.pend_rtol,
+            "variants": list(cfg.mpc_variants), "cases": cases, "fd_check": pendulum_fd(cfg, lib)}
+
+
+def evaluate_pendulum_targets(res: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue target: a training step no slower than mpc.pytorch's at every batch size; gradient at least as exact."""
+    if not res:
+        return []
+    out = [{"case": c["name"], "target": f"speedup_vs_mpc (ours_newton vs {c['mpc_best']})", "value": c["speedup"],
+            "threshold": 1.0, "ok": None if c["speedup"] is None else c["speedup"] >= 1.0} for c in res["cases"]]
+    fd = res["fd_check"]["solvers"]
+    peers = [r["rel_err"] for n, r in fd.items() if n.startswith("mpc_")]
+    if peers:
+        out.append({"case": "pend_fd", "target": "grad rel. error vs own FD: ours <= best mpc.pytorch",
+                    "value": fd["ours_newton"]["rel_err"], "threshold": min(peers), "ok": fd["ours_newton"]["rel_err"] <= min(peers)})
+    return out
+
+
+def format_pendulum_section(res: dict[str, Any] | None) -> list[str]:
+    """Markdown: per-solver rows of every batch size, and the finite-difference check."""
+    if not res:
+        return ["(not run)"]
+    lines = [f"Problem: one imitation-training step of the pendulum swing-up (Amos et al. 2018; horizon {P.T}, "
+             f"|u| <= {P.U_MAX}, float64): solve with learnable (g, m, l) from U = 0 (at most {res['solver_iters']} "
+             f"iterations), loss = mean((U* - U_expert)^2), gradient w.r.t. log(g, m, l). Ours: newton, tolerance "
+             f"{res['tol']:g}, implicit backward. mpc.pytorch: box-DDP with its LQR backward, at the loosest eps of "
+             f"{', '.join(f'{e:g}' for e in PEND_MPC_EPS)} whose mean cost is within {res['rtol']:g} (relative) of ours. "
+             "ms = median interleaved wall clock of the whole step (solve + backward).", ""]
+    rows = []
+    for c in res["cases"]:
+        for n, r in c["solvers"].items():
+            rows.append([str(c["batch"]), n, fmt_or_dash(r["eps"], "{:g}"), fmt_or_dash(r["ms"], "{:.1f}"),
+                         fmt_or_dash(r["iters_mean"], "{:.1f}"), f"{r['final_cost']:.8f}", f"{r['loss']:.6f}",
+                         f"{r['U_max_abs_diff']:.1e}", fmt_or_dash(r["grad_cosine"], "{:.4f}"),
+                         f"{r['grad_norm_ratio']:.3f}"])
+    lines += md_table(["B", "solver", "mpc eps", "ms / step", "ours iters (mean)", "final mean cost", "loss",
+                       "max abs U diff vs ours", "grad cos vs ours", "grad norm ratio"], rows)
+    rows = [[str(c["batch"]), f"{c['ours_ms']:.1f}", fmt_or_dash(c["mpc_ms"], "{:.1f}"), str(c["mpc_best"]),
+             fmt_or_dash(c["speedup"], "{:.2f}x")] for c in res["cases"]]
+    lines += ["", "Summary:", ""] + md_table(["B", "ours ms", "mpc.pytorch ms (fastest variant)", "variant", "speedup"], rows)
+    fd = res["fd_check"]
+    lines += ["", f"Gradient check: central differences (eps {fd['eps']}, float64, B = {fd['batch']}) of the loss along a "
+              "unit direction in log(g, m, l), each solver's own tight forward (ours tol 1e-12, mpc.pytorch eps 1e-12).", ""]
+    lines += md_table(["solver", "FD of own forward", "analytic (own backward)", "rel. error"],
+                      [[n, f"{r['fd']:.8g}", f"{r['analytic']:.8g}", f"{r['rel_err']:.2e}"] for n, r in fd["solvers"].items()])
     return lines

@@ -88,7 +88,8 @@ def test_mpc_section_tiny(tmp_path):
     pytest.importorskip("mpc.mpc", reason="mpc.pytorch (mpc==0.0.6, installed by `make setup`) is not importable")
     out = tmp_path / "res.json"
     cfg = bench.BenchConfig(mpc_only=True, threads=1, track_hidden=16, track_batches=(1, 3), repeats=1,
-                            repeats_slow=1, track_final_iters=8, fd_iters=20, out=str(out))
+                            repeats_slow=1, track_final_iters=8, fd_iters=20, pend_batches=(8,), pend_repeats=1,
+                            pend_fd_batch=2, out=str(out))
     res = bench.run(cfg)
     data = json.loads(out.read_text())
     assert data["mpc"] == json.loads(json.dumps(res["mpc"])) and data["cases"] == []
@@ -118,10 +119,22 @@ def test_mpc_section_tiny(tmp_path):
         assert set(res_d) == names - {"ours_gauss_newton"}  # ours: the first method only
         assert res_d["ours_newton"]["rel_err_vs_reference_fd"] < 1e-4  # ours is the exact derivative
         assert all(math.isfinite(r["fd"]) and math.isfinite(r["analytic"]) for r in res_d.values())
+    pend = data["pendulum"]
+    assert [c["name"] for c in pend["cases"]] == ["pend_b8"]
+    for c in pend["cases"]:
+        assert set(c["solvers"]) == {"ours_newton", "mpc_auto_diff", "mpc_analytic"}
+        assert all(r["ms"] > 0 and math.isfinite(r["final_cost"]) for r in c["solvers"].values())
+        ours = c["solvers"]["ours_newton"]
+        assert ours["statuses"]["ok"] == 8  # every sample converged within the budget
+        # the same problem, solved at least as well as mpc.pytorch's best
+        assert ours["final_cost"] <= min(r["final_cost"] for r in c["solvers"].values()) + 1e-6 * abs(ours["final_cost"])
+    fd = pend["fd_check"]["solvers"]
+    assert fd["ours_newton"]["rel_err"] < 1e-4 and all(math.isfinite(r["fd"]) for r in fd.values())
     kinds = [t["target"] for t in data["targets"]]
-    assert sum(k.startswith("speedup_vs_mpc") for k in kinds) == 2
+    assert sum(k.startswith("speedup_vs_mpc") for k in kinds) == 3
     md = out.with_suffix(".md").read_text()
     assert "## Peer 2: mpc.pytorch" in md and "| 3 | mpc_analytic |" in md and "Gradient check" in md
+    assert "pendulum imitation training step" in md and "| 8 | mpc_auto_diff |" in md
 
 
 def test_config_validation_and_quick_preset():

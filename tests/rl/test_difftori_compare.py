@@ -106,3 +106,24 @@ def test_failed_cell_is_flagged(tmp_path):
     assert s["flags"] == ["crash(rc=3)", "no-run-dir"] and s["error"] == "exit 3: boom"
     s = bench.summarise_run(cfg, cell, {"status": "interrupted", "error": "timeout after 5 s (resumes at the next sweep)"})
     assert s["flags"][0] == "timeout"
+
+
+def test_paired_differences_pair_by_seed_and_count_outcomes():
+    cfg = bench.CompareConfig(tasks=("reacher-easy", "finger-spin", "cup-catch"), seeds=(1, 2), variants=("tdmpc", "difftori-episode"),
+                              steps=100)
+
+    def run(task, variant, seed, ret, flags=()):
+        return {"task": task, "variant": variant, "seed": seed, "final_return": ret, "flags": list(flags)}
+
+    summaries = [run("reacher-easy", "tdmpc", 1, 500.0), run("reacher-easy", "tdmpc", 2, 700.0), run("reacher-easy", "difftori-episode", 1, 600.0),
+                 run("reacher-easy", "difftori-episode", 2, 800.0),  # +100 on both seeds: won
+                 run("finger-spin", "tdmpc", 1, 900.0), run("finger-spin", "difftori-episode", 1, 895.0),  # within 1%: tied
+                 run("finger-spin", "difftori-episode", 2, 10.0),  # no tdmpc seed 2: not paired
+                 run("cup-catch", "tdmpc", 1, 400.0), run("cup-catch", "difftori-episode", 1, 300.0),  # lost
+                 run("cup-catch", "tdmpc", 2, 0.0), run("cup-catch", "difftori-episode", 2, 999.0, flags=("unfinished",))]  # excluded
+    lines = bench.paired_differences(cfg, summaries)
+    text = "\n".join(lines)
+    assert "| difftori-episode | reacher-easy | +100.0 +- 0.0 | 2 | 700.0 / 600.0 | won |" in text
+    assert "| difftori-episode | finger-spin | -5.0 +- 0.0 | 1 | 895.0 / 900.0 | tied |" in text
+    assert "| difftori-episode | cup-catch | -100.0 +- 0.0 | 1 | 300.0 / 400.0 | lost |" in text
+    assert "**1 / 1 / 1**" in text

@@ -136,6 +136,7 @@ def test_il_collect_keeps_successful_lift_demos(tmp_path):
     assert data.action.shape == (report.steps, 7) and np.abs(data.action).max() <= 1.0
     assert data.obs["full_state"].shape == (report.steps, 19)
     assert data.attrs["env_options"]["episode_length"] == 400
+    assert set(data.attrs["versions"]) == {"difftori", "robosuite", "mujoco", "numpy"}
 
 
 @pytest.mark.parametrize("task", ["can", "square"])

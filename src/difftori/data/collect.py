@@ -117,11 +117,12 @@ class CollectReport:
         )
 
 
-def _versions() -> dict[str, str]:
+def _versions(suite: str) -> dict[str, str]:
+    """Versions of difftori, the suite's package (``metaworld`` / ``robosuite``), mujoco and numpy."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("difftori", "metaworld", "robosuite", "mujoco", "numpy"):
+    for pkg in ("difftori", suite, "mujoco", "numpy"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -245,7 +246,7 @@ def collect_demos(
             "seed": int(seed),
             "tried": tried,
             "success_steps": int(success_steps),
-            "versions": _versions(),
+            "versions": _versions(suite.__name__.rsplit(".", 1)[-1]),
             "env_options": opts,
         },
     )

@@ -211,7 +211,7 @@ class ScriptedExpert:
             return handle * np.array([np.cos(th), np.sin(th), 0.0])
 
         peg = raw["goal_pos"]
-        hover_z = peg[2] + 0.135  # nut centre 2.5 cm above the peg top (peg: 0.1 half height)
+        hover_z = peg[2] + 0.135  # the nut (2 cm thick) 2.5 cm above the peg top (peg: 0.1 half height)
 
         def nut_at(z: float, gated: bool = False):
             """Hand target that brings the nut's centre over the peg at height z (gated: lower only when over it)."""

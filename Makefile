@@ -15,11 +15,14 @@ $(VENV)/bin/python:
 # Re-install only when the package metadata or constraints change (quick when already installed).
 $(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[dmc,metaworld,dev,sweep]"
+	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[dmc,metaworld,robosuite,dev,sweep]"
 	# mpc.pytorch (the differentiable-MPC peer of the pendulum and optimizer benchmarks and their tests): its metadata
 	# pins numpy<2, which it does not need, so it is installed without dependencies (as theseus-ai for the optimizer
 	# benchmark).
 	$(PIP) install -q --disable-pip-version-check --no-deps mpc==0.0.6
+	# robosuite (the lift / can / square IL tasks): its dependency mink pins numpy<2 and is only used for one humanoid's IK,
+	# so robosuite is installed without dependencies; the ones it uses come with the extra `robosuite` above.
+	$(PIP) install -q --disable-pip-version-check --no-deps -c constraints.txt robosuite==1.5.2
 	touch $(STAMP)
 
 setup: $(STAMP)

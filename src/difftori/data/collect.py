@@ -1,6 +1,7 @@
-"""Scripted-expert demo collection for MetaWorld (``difftori il collect``).
+"""Scripted-expert demo collection for MetaWorld and robosuite (``difftori il collect``).
 
-Runs MetaWorld's scripted expert policy and keeps successful episodes only. As in 3D Diffusion
+Runs the task's scripted expert (MetaWorld's own policies; for robosuite, the waypoint experts of
+:mod:`difftori.envs.robosuite_experts`) and keeps successful episodes only. As in 3D Diffusion
 Policy, an episode counts as successful once ``info["success"]`` has been set on
 ``success_steps`` steps (default 5); the episode is ended right there (or at the step limit,
 then discarded). Resets draw object/goal positions from one stream seeded with ``seed`` (the
@@ -22,7 +23,23 @@ import numpy as np
 
 from difftori.utils.config import add_dataclass_args, check, dataclass_from_args
 
-__all__ = ["CollectConfig", "CollectReport", "collect_demos", "default_out", "register_cli"]
+__all__ = ["CollectConfig", "CollectReport", "collect_demos", "default_out", "register_cli", "IL_SUITES"]
+
+IL_SUITES = ("metaworld", "robosuite")
+"""Suites with scripted experts (``il collect``) and dict observations for the IL policies."""
+
+
+def _il_task(task: str):
+    """``(suite module, canonical name)`` of an IL task, or None."""
+    from difftori.envs import suite_of
+
+    return suite_of(task, IL_SUITES)
+
+
+def _known_il_tasks() -> str:
+    from difftori.envs import known_tasks
+
+    return "; ".join(f"{s}: {', '.join(t)}" for s, t in known_tasks().items() if s in IL_SUITES)
 
 
 @dataclass
@@ -30,19 +47,19 @@ class CollectConfig:
     """Options of ``difftori il collect``."""
 
     task: str = "door-open"
-    """MetaWorld task name (e.g. door-open, reach, button-press-topdown; -v3 suffix accepted)."""
+    """IL task: MetaWorld (door-open, reach, ...; -v3 suffix accepted) or robosuite (lift, can, square)."""
     episodes: int = 10
     """Number of successful demonstrations to keep."""
     obs_type: Literal["pointcloud", "image", "state"] = "pointcloud"
     """Observation modality stored next to the 9-D agent state (as ``il train --obs-type``)."""
     out: Path | None = None
-    """Output zarr directory (default: data/metaworld_<task>_<obs>_<episodes>.zarr)."""
+    """Output zarr directory (default: data/<suite>_<task>_<obs>_<episodes>.zarr)."""
     seed: int = 0
     """Seed of the reset stream (object / goal positions)."""
     max_tries: int | None = None
     """Give up after this many episodes (default: 3 x episodes)."""
-    episode_length: int = 200
-    """Step limit per episode (DP3: 200; MetaWorld's own limit is 500)."""
+    episode_length: int | None = None
+    """Step limit per episode (default: the suite's, MetaWorld 200 as DP3, robosuite 400 as Robomimic)."""
     success_steps: int = 5
     """An episode succeeds (and ends) once the task reports success on this many steps."""
     img_size: int = 84
@@ -55,12 +72,13 @@ class CollectConfig:
     """Show progress (a bar on a terminal, a line every few seconds in a log)."""
 
     def __post_init__(self) -> None:
-        from difftori.envs.metaworld import TASKS, canonical
-
-        check(canonical(self.task) is not None, f"task: unknown MetaWorld task {self.task!r}; known: {', '.join(TASKS)}")
+        found = _il_task(self.task)
+        check(found is not None, f"task: unknown IL task {self.task!r}; known: {_known_il_tasks()}")
+        if self.episode_length is None:  # resolved here, so a MetaWorld config (and its sweep cell id) reads 200 as before
+            self.episode_length = int(getattr(found[0], "DEFAULT_EPISODE_LENGTH", 200))
         check(self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}")
         check(self.max_tries is None or self.max_tries >= self.episodes, f"max_tries ({self.max_tries}) must be >= episodes ({self.episodes})")
-        check(self.episode_length >= 1, f"episode_length must be >= 1, got {self.episode_length}")
+        check(self.episode_length is None or self.episode_length >= 1, f"episode_length must be >= 1, got {self.episode_length}")
         check(self.success_steps >= 1, f"success_steps must be >= 1, got {self.success_steps}")
         check(self.img_size >= 8 and self.num_points >= 1, "img_size must be >= 8 and num_points >= 1")
 
@@ -99,11 +117,12 @@ class CollectReport:
         )
 
 
-def _versions() -> dict[str, str]:
+def _versions(suite: str) -> dict[str, str]:
+    """Versions of difftori, the suite's package (``metaworld`` / ``robosuite``), mujoco and numpy."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("difftori", "metaworld", "mujoco", "numpy"):
+    for pkg in ("difftori", suite, "mujoco", "numpy"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -112,15 +131,17 @@ def _versions() -> dict[str, str]:
 
 
 def default_out(task: str, obs_type: str, episodes: int) -> Path:
-    """``data/metaworld_<task>_<obs>_<episodes>.zarr`` (canonical task name)."""
-    from difftori.envs.metaworld import canonical
-
-    return Path("data") / f"metaworld_{canonical(task) or task}_{obs_type}_{episodes}.zarr"
+    """``data/<suite>_<task>_<obs>_<episodes>.zarr`` (canonical task name)."""
+    found = _il_task(task)
+    suite, name = (found[0].__name__.rsplit(".", 1)[-1], found[1]) if found else ("metaworld", task)
+    return Path("data") / f"{suite}_{name}_{obs_type}_{episodes}.zarr"
 
 
 def _record_episode(env, expert, obs_keys: list[str], success_steps: int):
-    """Run the expert for one episode: ``(obs {key: (T, ...)}, actions (T, 4), succeeded)``."""
+    """Run the expert for one episode: ``(obs {key: (T, ...)}, actions (T, A), succeeded)``."""
     obs, _ = env.reset()
+    if hasattr(expert, "reset"):  # stateful (phase-machine) experts start over
+        expert.reset()
     ep_obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_keys}
     ep_act: list[np.ndarray] = []
     n_success = 0
@@ -151,17 +172,18 @@ def collect_demos(
 ) -> CollectReport:
     """Collect ``episodes`` successful scripted-expert demos of ``task`` and write them to ``out`` (zarr).
 
-    ``env_opts`` go to :func:`difftori.envs.metaworld.make` (``episode_length``, ``img_size``,
+    ``env_opts`` go to the suite's ``make`` (``episode_length``, ``img_size``,
     ``num_points``, ...) and are stored in the dataset's ``env_options`` attribute. Writes the
     kept episodes even when fewer than requested succeed (see ``CollectReport.complete``);
     raises ``RuntimeError`` if none does.
     """
     from difftori.data.dataset import DemoData, save_demos
-    from difftori.envs import metaworld as mw
+    found = _il_task(task)
+    if found is None:
+        from difftori.envs import UnknownTaskError
 
-    name = mw.canonical(task)
-    if name is None:
-        mw.make(task)  # raises UnknownTaskError with the task list
+        raise UnknownTaskError(f"unknown IL task {task!r}; known tasks: {_known_il_tasks()}")
+    suite, name = found
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     max_tries = 3 * episodes if max_tries is None else int(max_tries)
@@ -171,8 +193,10 @@ def collect_demos(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
 
-    env = mw.make(name, obs_type=obs_type, seed=seed, **env_opts)
-    expert = mw.make_expert(name)
+    if env_opts.get("episode_length") is None:
+        env_opts.pop("episode_length", None)  # the suite's default
+    env = suite.make(name, obs_type=obs_type, seed=seed, **env_opts)
+    expert = suite.make_expert(name)
     obs_keys = list(env.task_spec.obs_shapes)
     buffers: dict[str, list[np.ndarray]] = {k: [] for k in obs_keys}
     actions: list[np.ndarray] = []
@@ -206,10 +230,12 @@ def collect_demos(
         "episode_length": env.episode_length,
         "img_size": env.img_size,
         "num_points": env.num_points,
-        "camera": env.camera,
-        "camera_pos": list(env.camera_pos),
         "pc_render_size": env.pc_render_size,
     }
+    if hasattr(env, "camera_pos"):  # metaworld
+        opts["camera"], opts["camera_pos"] = env.camera, list(env.camera_pos)
+    if hasattr(env, "pc_cameras"):  # robosuite
+        opts["pc_cameras"] = list(env.pc_cameras)
     data = DemoData(
         obs={k: np.concatenate(buffers[k]) for k in obs_keys},
         action=np.concatenate(actions).astype(np.float32),
@@ -220,7 +246,7 @@ def collect_demos(
             "seed": int(seed),
             "tried": tried,
             "success_steps": int(success_steps),
-            "versions": _versions(),
+            "versions": _versions(suite.__name__.rsplit(".", 1)[-1]),
             "env_options": opts,
         },
     )
@@ -270,7 +296,7 @@ def register_cli(sub) -> None:
     """Add ``collect`` to the ``difftori il`` subcommands."""
     p = sub.add_parser(
         "collect",
-        help="record scripted-expert MetaWorld demos (successful episodes only) into a zarr dataset",
+        help="record scripted-expert MetaWorld / robosuite demos (successful episodes only) into a zarr dataset",
         description=__doc__.splitlines()[0],
     )
     add_dataclass_args(p, CollectConfig)

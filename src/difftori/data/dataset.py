@@ -202,9 +202,10 @@ def load_demos(path: str | Path, expect_task: str | None = None, expect_obs_type
         )
     task, obs_type = attrs.get("task"), attrs.get("obs_type")
     if expect_task is not None or expect_obs_type is not None:
-        from difftori.envs.metaworld import canonical
+        from difftori.envs import suite_of
 
-        want_task = (canonical(expect_task) or expect_task) if expect_task is not None else task
+        found = suite_of(expect_task) if expect_task is not None else None
+        want_task = (found[1] if found else expect_task) if expect_task is not None else task
         want_obs = expect_obs_type if expect_obs_type is not None else obs_type
         if want_task != task or want_obs != obs_type:
             raise DemoFormatError(

@@ -1,7 +1,7 @@
-"""Environments by task name: DeepMind Control (RL) and MetaWorld (IL), as ``gymnasium.Env``.
+"""Environments by task name: DeepMind Control (RL), MetaWorld and robosuite (IL), as ``gymnasium.Env``.
 
 ``make_env(task, **options)`` resolves the name in each suite's registry (optionally
-prefixed ``dmc:`` or ``metaworld:``) and returns an env whose ``task_spec`` attribute is an
+prefixed ``dmc:``, ``metaworld:`` or ``robosuite:``) and returns an env whose ``task_spec`` attribute is an
 :class:`EnvSpec`. Suites are imported lazily so a missing optional dependency only matters
 when that suite is used, and then the error carries the install hint. Importing this package
 picks a headless MuJoCo GL backend when ``MUJOCO_GL`` is unset (see :mod:`difftori.utils.gl`).
@@ -14,7 +14,7 @@ from difftori.utils.gl import configure_gl
 
 configure_gl()
 
-__all__ = ["EnvSpec", "make_env", "known_tasks", "UnknownTaskError", "MissingDependencyError"]
+__all__ = ["EnvSpec", "make_env", "known_tasks", "suite_of", "UnknownTaskError", "MissingDependencyError"]
 
 
 class UnknownTaskError(ValueError):
@@ -26,14 +26,27 @@ class MissingDependencyError(ImportError):
 
 
 def _suites():
-    from difftori.envs import dmc, metaworld
+    from difftori.envs import dmc, metaworld, robosuite
 
-    return {"dmc": dmc, "metaworld": metaworld}
+    return {"dmc": dmc, "metaworld": metaworld, "robosuite": robosuite}
 
 
 def known_tasks() -> dict[str, list[str]]:
     """``{suite: [task, ...]}`` of every task name ``make_env`` accepts."""
     return {name: list(mod.TASKS) for name, mod in _suites().items()}
+
+
+def suite_of(task: str, suites: tuple[str, ...] | None = None):
+    """``(suite module, canonical task name)`` for ``task`` (optionally ``suite:``-prefixed), or None if unknown.
+
+    ``suites`` restricts the search (e.g. to the IL suites); a prefix outside it is unknown too.
+    """
+    mods = _suites()
+    prefix, _, name = task.rpartition(":")
+    for s in [prefix] if prefix else list(mods):
+        if s in mods and (suites is None or s in suites) and mods[s].canonical(name) is not None:
+            return mods[s], mods[s].canonical(name)
+    return None
 
 
 def make_env(task: str, **options):

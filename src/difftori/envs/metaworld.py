@@ -32,6 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from difftori.envs.pointcloud import (
+    background_mask,
+    camera_rays,
+    crop_mask,
+    disable_costly_rendering,
+    farthest_point_sample,
+    geom_distance,
+    unproject,
+)
 from difftori.envs.spec import EnvSpec
 
 __all__ = [
@@ -125,36 +134,6 @@ def make_expert(task: str):
     name = _resolve(task)
     _, policies = _import_metaworld()
     return policies[f"{name}-v3"]()
-
-
-def farthest_point_sample(points: np.ndarray, k: int, start: int = 0) -> np.ndarray:
-    """Indices of ``k`` points chosen by farthest-point sampling (deterministic from ``start``).
-
-    Vectorised over points: one O(N) pass of in-place numpy ops per sample, on a ``(3, N)``
-    layout (~4 ms for 3400 -> 512 points). With ``N <= k`` all indices are returned, cycled to
-    length ``k`` (padding by repetition).
-    """
-    n = len(points)
-    if n == 0:
-        raise ValueError("farthest_point_sample: empty point set")
-    if n <= k:
-        return np.resize(np.arange(n), k)
-    coords = np.ascontiguousarray(np.asarray(points, dtype=np.float32).T)
-    idx = np.empty(k, dtype=np.int64)
-    dist = np.full(n, np.inf, dtype=np.float32)
-    acc, tmp = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
-    j = start
-    for i in range(k):
-        idx[i] = j
-        np.subtract(coords[0], coords[0, j], out=acc)
-        np.multiply(acc, acc, out=acc)
-        for axis in (1, 2):
-            np.subtract(coords[axis], coords[axis, j], out=tmp)
-            np.multiply(tmp, tmp, out=tmp)
-            acc += tmp
-        np.minimum(dist, acc, out=dist)
-        j = int(dist.argmax())
-    return idx
 
 
 def _build_env_class():
@@ -333,9 +312,7 @@ def _build_env_class():
                 from difftori.utils.gl import safe_renderer
 
                 r = safe_renderer(self._inner.model, size, size)
-                for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
-                             mujoco.mjtRndFlag.mjRND_SKYBOX):  # fmt: skip
-                    r.scene.flags[flag] = 0
+                disable_costly_rendering(r)
                 if depth:
                     r.enable_depth_rendering()
                 self._renderers[key] = r
@@ -356,19 +333,13 @@ def _build_env_class():
         def camera_rays(self) -> np.ndarray:
             """``(S*S, 3)`` camera-frame directions with unit depth (-z is the viewing axis)."""
             if self._rays is None:
-                s = self.pc_render_size
-                f = 0.5 * s / np.tan(np.deg2rad(self._inner.model.cam_fovy[self._cam_id]) / 2)
-                c = (np.arange(s) + 0.5 - s / 2) / f
-                u, v = np.meshgrid(c, c)  # u: column (x right), v: row (down)
-                self._rays = np.stack([u, -v, -np.ones_like(u)], axis=-1).reshape(-1, 3)
+                self._rays = camera_rays(float(self._inner.model.cam_fovy[self._cam_id]), self.pc_render_size)
             return self._rays
 
         def unproject(self, depth: np.ndarray) -> np.ndarray:
             """World-frame points ``(S*S, 3)`` of a depth image from :meth:`depth_image`."""
             data = self._inner.data
-            pts_cam = self.camera_rays() * depth.reshape(-1, 1)
-            rot = data.cam_xmat[self._cam_id].reshape(3, 3)
-            return pts_cam @ rot.T + data.cam_xpos[self._cam_id]
+            return unproject(depth, self.camera_rays(), data.cam_xpos[self._cam_id], data.cam_xmat[self._cam_id])
 
         def _background_geoms(self) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
             """Static background geoms near the crop box, as ``(kind, centre, rotation, half_sizes)``.
@@ -386,7 +357,7 @@ def _build_env_class():
                 if kind is None or m.geom_group[g] >= 3 or m.body(m.geom_bodyid[g]).name not in BACKGROUND_BODIES:
                     continue
                 geom = (kind, d.geom_xpos[g].copy(), d.geom_xmat[g].reshape(3, 3).copy(), m.geom_size[g].copy())
-                if kind == "plane" and _geom_distance(geom, corners.T).min() > BACKGROUND_MARGIN:
+                if kind == "plane" and geom_distance(geom, corners.T).min() > BACKGROUND_MARGIN:
                     continue  # the whole crop box lies above this plane
                 out.append(geom)
             return out
@@ -396,18 +367,14 @@ def _build_env_class():
             coords = np.ascontiguousarray(pts.T)
             dist = np.full(len(pts), np.inf, dtype=coords.dtype)
             for geom in self._background:
-                np.minimum(dist, _geom_distance(geom, coords), out=dist)
+                np.minimum(dist, geom_distance(geom, coords), out=dist)
             return dist
 
         def segment_points(self, pts: np.ndarray) -> np.ndarray:
             """Boolean mask of points ``(N, 3)`` inside :data:`CROP_BOX` and off the background."""
-            lo, hi = CROP_BOX
-            keep = np.ones(len(pts), dtype=bool)
-            for axis in range(3):
-                col = pts[:, axis]
-                keep &= (col >= lo[axis]) & (col <= hi[axis])
+            keep = crop_mask(pts, CROP_BOX)
             idx = np.flatnonzero(keep)
-            keep[idx] = self.background_distance(pts[idx]) > BACKGROUND_MARGIN
+            keep[idx] = ~background_mask(pts[idx], self._background, BACKGROUND_MARGIN)
             return keep
 
         def point_cloud(self) -> np.ndarray:
@@ -419,17 +386,6 @@ def _build_env_class():
             return pts[farthest_point_sample(pts, self.num_points)]
 
     return _MetaWorldEnv
-
-
-def _geom_distance(geom: tuple[str, np.ndarray, np.ndarray, np.ndarray], coords: np.ndarray) -> np.ndarray:
-    """Signed distance from points ``coords`` (3, N) to a box (negative inside) or plane (negative below)."""
-    kind, centre, rot, size = geom
-    local = rot.T @ (coords - centre[:, None])  # (3, N) in the geom frame
-    if kind == "plane":
-        return local[2]
-    q = np.abs(local) - size[:, None]
-    outside = np.sqrt(np.square(np.maximum(q, 0.0)).sum(axis=0))
-    return outside + np.minimum(q.max(axis=0), 0.0)
 
 
 _ENV_CLASS = None

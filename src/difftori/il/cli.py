@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("il", help="imitation learning on MetaWorld: collect demos, train and evaluate policies")
+    p = sub.add_parser("il", help="imitation learning on MetaWorld and robosuite: collect demos, train and evaluate policies")
     il_sub = p.add_subparsers(dest="cmd", required=True)
     from difftori.data.collect import register_cli as register_collect
     from difftori.il.train import register_cli as register_train

@@ -189,7 +189,7 @@ class ILConfig:
     """One imitation-learning run: task, policy, data, optimisation, evaluation, outputs."""
 
     task: str = "door-open"
-    """MetaWorld task (evaluation env; must match the dataset)."""
+    """IL task, MetaWorld or robosuite (evaluation env; must match the dataset)."""
     policy: Literal["bc", "ibc", "diffusion", "difftori"] = "diffusion"
     """Policy class to train."""
     obs_type: Literal["pointcloud", "image", "state"] = "pointcloud"

@@ -1,4 +1,4 @@
-"""Roll out any IL policy in its MetaWorld env and measure the success rate.
+"""Roll out any IL policy in its MetaWorld or robosuite env and measure the success rate.
 
 The runner keeps the last ``obs_steps`` observations (the first one repeated at reset), asks
 the policy for an action window (batch 1) and executes its ``action_steps`` actions before

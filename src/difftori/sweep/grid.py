@@ -140,8 +140,8 @@ def rl_cell(task: str, variant: str, seed: int, options: list[Any]) -> Cell:
 
 def collect_cell(task: str, obs_type: str, episodes: int, options: list[Any] = ()) -> Cell:
     """A ``difftori il collect`` cell: ``episodes`` scripted-expert demos of ``task`` with ``obs_type`` observations."""
-    from difftori.data.collect import CollectConfig
-    from difftori.envs.metaworld import canonical
+    from difftori.data.collect import IL_SUITES, CollectConfig
+    from difftori.envs import suite_of
     from difftori.utils.config import dataclass_from_args
 
     options = _str_options(options)
@@ -149,7 +149,8 @@ def collect_cell(task: str, obs_type: str, episodes: int, options: list[Any] = (
     full = ["--task", task, "--obs-type", obs_type, "--episodes", str(episodes), *options]
     cfg = dataclass_from_args(CollectConfig, _parse("il", "collect", full))
     config = to_dict(cfg)
-    name = canonical(task) or task
+    found = suite_of(task, IL_SUITES)
+    name = found[1] if found else task
     return Cell(area="collect", task=name, variant="demos", seed=0, obs_type=obs_type, options=full, config=config,
                 steps=cfg.episodes, id=_cell_id(name, obs_type, f"demos{cfg.episodes}", 0, config_hash(config, {})))
 

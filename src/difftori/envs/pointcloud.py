@@ -1,0 +1,117 @@
+"""Point clouds from MuJoCo depth images, shared by the MetaWorld and robosuite envs.
+
+A depth image (metres along the camera axis) from a MuJoCo camera is unprojected with the
+camera's intrinsics (vertical field of view, square image) and extrinsics (``data.cam_xpos`` /
+``cam_xmat``) into world coordinates, cropped to a workspace box, stripped of points near static
+background geoms (boxes and planes: floor, table top, walls) and reduced to a fixed size by
+farthest-point sampling. Only numpy and the MuJoCo model/data arrays are used here.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "Box",
+    "Geom",
+    "farthest_point_sample",
+    "geom_distance",
+    "camera_rays",
+    "unproject",
+    "crop_mask",
+    "background_mask",
+    "disable_costly_rendering",
+]
+
+Box = tuple[tuple[float, float, float], tuple[float, float, float]]
+"""An axis-aligned world-frame box ``(xyz_min, xyz_max)`` in metres."""
+
+Geom = tuple[str, np.ndarray, np.ndarray, np.ndarray]
+"""A background geom as ``(kind, centre (3,), rotation (3, 3), half_sizes (3,))``; kind is "box" or "plane"."""
+
+
+def farthest_point_sample(points: np.ndarray, k: int, start: int = 0) -> np.ndarray:
+    """Indices of ``k`` points chosen by farthest-point sampling (deterministic from ``start``).
+
+    Vectorised over points: one O(N) pass of in-place numpy ops per sample, on a ``(3, N)``
+    layout (~4 ms for 3400 -> 512 points). With ``N <= k`` all indices are returned, cycled to
+    length ``k`` (padding by repetition).
+    """
+    n = len(points)
+    if n == 0:
+        raise ValueError("farthest_point_sample: empty point set")
+    if n <= k:
+        return np.resize(np.arange(n), k)
+    coords = np.ascontiguousarray(np.asarray(points, dtype=np.float32).T)
+    idx = np.empty(k, dtype=np.int64)
+    dist = np.full(n, np.inf, dtype=np.float32)
+    acc, tmp = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
+    j = start
+    for i in range(k):
+        idx[i] = j
+        np.subtract(coords[0], coords[0, j], out=acc)
+        np.multiply(acc, acc, out=acc)
+        for axis in (1, 2):
+            np.subtract(coords[axis], coords[axis, j], out=tmp)
+            np.multiply(tmp, tmp, out=tmp)
+            acc += tmp
+        np.minimum(dist, acc, out=dist)
+        j = int(dist.argmax())
+    return idx
+
+
+def geom_distance(geom: Geom, coords: np.ndarray) -> np.ndarray:
+    """Signed distance from points ``coords`` (3, N) to a box (negative inside) or plane (negative below)."""
+    kind, centre, rot, size = geom
+    local = rot.T @ (coords - centre[:, None])  # (3, N) in the geom frame
+    if kind == "plane":
+        return local[2]
+    q = np.abs(local) - size[:, None]
+    outside = np.sqrt(np.square(np.maximum(q, 0.0)).sum(axis=0))
+    return outside + np.minimum(q.max(axis=0), 0.0)
+
+
+def camera_rays(fovy_deg: float, size: int) -> np.ndarray:
+    """``(size*size, 3)`` camera-frame directions with unit depth for a square image (-z is the viewing axis).
+
+    Rows are top-first (as MuJoCo's renderer returns them), columns left to right.
+    """
+    f = 0.5 * size / np.tan(np.deg2rad(fovy_deg) / 2)
+    c = (np.arange(size) + 0.5 - size / 2) / f
+    u, v = np.meshgrid(c, c)  # u: column (x right), v: row (down)
+    return np.stack([u, -v, -np.ones_like(u)], axis=-1).reshape(-1, 3)
+
+
+def unproject(depth: np.ndarray, rays: np.ndarray, cam_xpos: np.ndarray, cam_xmat: np.ndarray) -> np.ndarray:
+    """World-frame points ``(S*S, 3)`` of an ``(S, S)`` depth image seen by a camera at ``cam_xpos`` / ``cam_xmat``."""
+    pts_cam = rays * depth.reshape(-1, 1)
+    return pts_cam @ np.asarray(cam_xmat).reshape(3, 3).T + np.asarray(cam_xpos)
+
+
+def crop_mask(pts: np.ndarray, box: Box) -> np.ndarray:
+    """Boolean mask of the points ``(N, 3)`` inside the axis-aligned ``box``."""
+    lo, hi = box
+    keep = np.ones(len(pts), dtype=bool)
+    for axis in range(3):
+        col = pts[:, axis]
+        keep &= (col >= lo[axis]) & (col <= hi[axis])
+    return keep
+
+
+def background_mask(pts: np.ndarray, geoms: Sequence[Geom], margin: float) -> np.ndarray:
+    """Boolean mask of the points ``(N, 3)`` within ``margin`` metres of (or inside) any of ``geoms``."""
+    coords = np.ascontiguousarray(pts.T)
+    dist = np.full(len(pts), np.inf, dtype=coords.dtype)
+    for geom in geoms:
+        np.minimum(dist, geom_distance(geom, coords), out=dist)
+    return dist <= margin
+
+
+def disable_costly_rendering(renderer) -> None:
+    """Turn off shadows, reflections and the skybox of a ``mujoco.Renderer`` (~4x cheaper software rendering)."""
+    import mujoco
+
+    for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+        renderer.scene.flags[flag] = 0

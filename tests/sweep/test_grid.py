@@ -143,6 +143,9 @@ def test_script_cells_hash_the_config_not_the_path_and_start_over(tmp_path):
     argv, resumed = _argv(dep.to_json(), d, {"dataset": "/x/run"}, 2, "cpu")
     assert argv == [str(tmp_path / "a" / "bench.py"), "cell", "--dataset", "/x/run", "--run-root", str(d / "run"), "--num-threads", "2",
                     "--device", "cpu"] and resumed is None and not (d / "run").exists()
+    rl = rl_cell("cartpole-balance", "tdmpc", 1, ["--agent", "tdmpc", "--steps", "96", *TINY_RL])
+    argv, _ = _argv(rl.to_json(), tmp_path / "rl", {}, 1, "cpu")
+    assert argv[:4] == ["-m", "difftori.cli", "rl", "train"]  # the other cells still run the difftori CLI
     with pytest.raises(ConfigError, match="not a file"):
         script_cell(tmp_path / "nope.py", "t", "v", 0, [], {}, 1)
     with pytest.raises(ConfigError, match="--run-root"):

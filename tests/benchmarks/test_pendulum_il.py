@@ -1,10 +1,13 @@
-"""benchmarks/pendulum_il.py: the --quick run writes its outputs, the expert lands where measured, learners learn;
-and the pendulum + expert reproduce the paper's expert costs on a large draw of initial states."""
+"""benchmarks/pendulum_il.py: the --quick grid runs on the sweep runner and writes its outputs, the expert lands
+where measured, every learner (DiffTORI released and mpc.pytorch's Amos row included) learns, a second run with
+the archived cells runs nothing; and the pendulum + expert reproduce the paper's expert costs on a large draw."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -18,8 +21,11 @@ if str(REPO) not in sys.path:
 from benchmarks import pendulum_il as bench  # noqa: E402
 from difftori.envs import pendulum as P  # noqa: E402
 
-# The module-scoped fixture is expensive: keep this module's tests on one pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("pendulum_il")
+os.environ["RAY_AUTH_MODE"] = "disabled"  # as tests/sweep/conftest.py: the same Ray mode in every test of the worker
+
+# The quick grid runs on a local Ray cluster, and clusters on one machine must not overlap: this module's tests
+# share the Ray tests' pytest-xdist worker (its module fixture is expensive too).
+pytestmark = pytest.mark.xdist_group("ray")
 
 # Expert test cost of the --quick split (seed 0: states 30..39 of a 40-state draw), measured with the
 # newton expert; the margin absorbs solver-tolerance changes but not a wrong model, cost or box.
@@ -30,41 +36,100 @@ PAPER_EXPERT = {"simple": 13.126, "damped": 10.132}
 
 @pytest.fixture(scope="module")
 def quick_rows(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pendulum_il")
-    rows = bench.main(["--quick", "--seeds", "0", "--out", str(out)])
+    out, root = tmp_path_factory.mktemp("pendulum_il"), tmp_path_factory.mktemp("pendulum_il_sweep")
+    rows = bench.main(["--quick", "--out", str(out), "--run-root", str(root)])
     return out, rows
 
 
-def test_quick_writes_outputs(quick_rows):
+def _row(rows, method, setting):
+    if method in bench.MPC_METHODS and bench.mpc_missing():
+        pytest.skip(bench.mpc_missing())
+    (row,) = [r for r in rows if r["method"] == method and r["setting"] == setting]
+    return row
+
+
+def test_quick_writes_outputs_and_archives_every_cell(quick_rows):
     out, rows = quick_rows
+    methods = bench.default_methods()
     with open(out / "results.csv") as fh:
         read = list(csv.DictReader(fh))
-    assert len(read) == len(rows) == 2 * len(bench.METHODS)
+    assert len(read) == len(rows) == 2 * len(methods)
     assert tuple(read[0]) == bench.COLUMNS
-    assert {(r["method"], r["setting"]) for r in read} == {(m, s) for m in bench.METHODS for s in bench.SETTINGS}
+    assert {(r["method"], r["setting"]) for r in read} == {(m, s) for m in methods for s in bench.SETTINGS}
     for r in read:
         assert math.isfinite(float(r["test_cost"])) and float(r["train_s"]) > 0
     md = (out / "table.md").read_text()
-    for m in bench.METHODS:
+    for m in methods:
         assert bench.LABELS[m] in md
-    assert bench.LABELS["amos_mpcpytorch"] not in md  # optional row, not asked for
-    assert "Without damping" in md and "With damping" in md
+    assert "Without damping" in md and "With damping" in md and "not finished" not in md
+    if bench.mpc_missing():
+        assert f"{bench.LABELS['amos_mpcpytorch']}: not run: mpc.pytorch is not importable" in md
+    assert (out / "table8.png").stat().st_size > 0
+    archived = sorted(p.name for p in (out / "cells").iterdir() if (p / "result.json").exists())
+    assert len(archived) == len(rows) and all(any(p.startswith(f"pendulum-{s}-") for s in bench.SETTINGS) for p in archived)
+
+
+def test_archived_cells_are_restored_not_run_again(quick_rows, tmp_path):
+    """A new sweep directory with the committed archive: every cell is restored, nothing runs, same rows."""
+    out, rows = quick_rows
+    again = bench.main(["--quick", "--out", str(out), "--run-root", str(tmp_path / "sweep")])
+    assert json.dumps(again, sort_keys=True) == json.dumps(rows, sort_keys=True)  # (NaN != NaN as dict values)
+    logs = list((tmp_path / "sweep" / "cells").glob("*/log.txt"))
+    assert logs == []  # no cell was started
 
 
 @pytest.mark.parametrize("setting", bench.SETTINGS)
 def test_quick_expert_cost(quick_rows, setting):
-    (row,) = [r for r in quick_rows[1] if r["method"] == "expert" and r["setting"] == setting]
+    row = _row(quick_rows[1], "expert", setting)
     assert abs(row["test_cost"] - QUICK_EXPERT[setting]) < 0.5, row
 
 
 @pytest.mark.parametrize("setting", bench.SETTINGS)
 @pytest.mark.parametrize("method", bench.METHODS[1:])
 def test_quick_learners_improve(quick_rows, method, setting):
-    (row,) = [r for r in quick_rows[1] if r["method"] == method and r["setting"] == setting]
+    row = _row(quick_rows[1], method, setting)
     assert row["test_cost"] < row["init_test_cost"] or row["imitation_mse"] < row["init_imitation_mse"], row
     # no learner beats the expert it imitates by more than solver noise on the same states
-    (exp,) = [r for r in quick_rows[1] if r["method"] == "expert" and r["setting"] == setting]
+    exp = _row(quick_rows[1], "expert", setting)
     assert row["test_cost"] > exp["test_cost"] - 1e-6, (row, exp)
+
+
+def test_quick_mpc_pytorch_row_agrees_with_difftori(quick_rows):
+    """Amos et al. trained with mpc.pytorch learns, and lands near the difftori row (same init)."""
+    ours, theirs = (_row(quick_rows[1], m, "damped") for m in ("amos_difftori", "amos_mpcpytorch"))
+    assert theirs["imitation_mse"] < theirs["init_imitation_mse"]
+    assert theirs["init_test_cost"] == pytest.approx(ours["init_test_cost"], rel=0.05)
+    assert theirs["test_cost"] == pytest.approx(ours["test_cost"], rel=0.1)
+
+
+def test_difftori_released_is_the_il_policy_started_from_zero_torque():
+    """The released row is difftori.il's DiffTORIPolicy (released formulation, no base policy, U0 = zeros), with
+    the torque box as its action range: normalised 0 is zero torque, and its actions stay in the box."""
+    from difftori.il.difftori_policy import DiffTORIPolicy
+
+    x0 = P.initial_states(8, 0)
+    learner = bench.DiffToriReleased(x0, bench.QUICK)
+    pol = learner.policy
+    assert isinstance(pol, DiffTORIPolicy) and pol.base is None
+    assert (pol.cfg.formulation, pol.cfg.init, pol.cfg.draws) == ("released", "zeros", bench.QUICK.released_batch)
+    U0 = pol.initial_actions({}, 3, training=True)
+    assert torch.equal(pol.unnormalize_action(U0), torch.zeros(3, P.T, 1))
+    U = learner.act(x0[:2])
+    assert U.shape == (2, P.T, 1) and U.dtype == x0.dtype and float(U.abs().max()) <= P.U_MAX
+    loss = learner.loss(x0[:4], torch.zeros(4, P.T, 1, dtype=x0.dtype))
+    loss.backward()
+    assert all(p.grad is not None for p in pol.cost_net.parameters())
+
+
+def test_missing_mpc_drops_its_row_with_a_note(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "mpc", None)  # import mpc -> ImportError
+    assert "amos_mpcpytorch" not in bench.default_methods() and "make setup" in bench.mpc_missing()
+    with pytest.raises(SystemExit) as exc:  # asked for explicitly: a one-line error before anything runs
+        bench.main(["--quick", "--methods", "amos_mpcpytorch", "--out", str(tmp_path / "o"), "--run-root", str(tmp_path / "r")])
+    assert exc.value.code == 2 and not (tmp_path / "r").exists()
+    md = bench.table([dict(method="expert", setting="simple", test_cost=1.0, imitation_mse=0.0, train_s=1.0)],
+                     ["Amos et al. (mpc.pytorch): not run: why"])
+    assert md.rstrip().endswith("- Amos et al. (mpc.pytorch): not run: why")
 
 
 @pytest.mark.parametrize("setting", bench.SETTINGS)
@@ -75,15 +140,3 @@ def test_expert_matches_paper_on_many_states(setting):
     U, info = bench.newton(100, "none").solve(cost, torch.zeros(400, P.T, 1, dtype=P.DT))
     assert bool(info.converged.all())
     assert abs(float(info.cost.mean()) - PAPER_EXPERT[setting]) < 0.6
-
-
-def test_quick_mpc_pytorch_row_agrees_with_difftori(tmp_path):
-    """Amos et al. trained with mpc.pytorch (optional row) learns, and lands near the difftori row (same init)."""
-    import mpc  # noqa: F401  (installed by `make setup`, without its numpy<2 pin)
-    rows = bench.main(["--quick", "--seeds", "0", "--settings", "damped", "--methods", "amos_difftori",
-                       "amos_mpcpytorch", "--out", str(tmp_path)])
-    ours, theirs = ([r for r in rows if r["method"] == m][0] for m in ("amos_difftori", "amos_mpcpytorch"))
-    assert theirs["imitation_mse"] < theirs["init_imitation_mse"]
-    assert theirs["init_test_cost"] == pytest.approx(ours["init_test_cost"], rel=0.05)
-    assert theirs["test_cost"] == pytest.approx(ours["test_cost"], rel=0.1)
-    assert "Amos et al. (mpc.pytorch)" in (tmp_path / "table.md").read_text()

@@ -12,9 +12,9 @@ import pytest
 
 from difftori.cli import main
 from difftori.sweep.cli import split_lists
-from difftori.sweep.grid import config_hash, il_grid, rl_cell, rl_grid
+from difftori.sweep.grid import config_hash, il_grid, rl_cell, rl_grid, script_cell
 from difftori.sweep.report import collect, summary_markdown, tidy, write_report
-from difftori.sweep.runner import RAY_HINT, SweepOptions, prepare
+from difftori.sweep.runner import RAY_HINT, SweepOptions, _argv, prepare
 from difftori.utils.config import ConfigError
 from difftori.utils.io import atomic_write_json
 
@@ -124,6 +124,32 @@ def test_report_from_disk_and_merged(tmp_path):
     assert {p.name for p in written} == {"results.csv", "summary.md", "curves.png", "final.png"}
     assert main(["sweep", "report", str(tmp_path / "a")]) == 0 and (tmp_path / "a" / "results.csv").exists()
     assert main(["sweep", "report", str(tmp_path / "nope")]) == 2
+
+
+def test_script_cells_hash_the_config_not_the_path_and_start_over(tmp_path):
+    """A script cell's id follows its config and the script's name (not where the checkout is); the runner runs
+    ``python SCRIPT options`` with its own paths and threads appended, after discarding an unfinished attempt."""
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "bench.py").write_text("")
+    a = script_cell(tmp_path / "a" / "bench.py", "pendulum-simple", "lstm", 0, ["cell", "--method", "lstm"], {"iters": 5}, 5)
+    b = script_cell(tmp_path / "b" / "bench.py", "pendulum-simple", "lstm", 0, ["cell", "--method", "lstm"], {"iters": 5}, 5)
+    c = script_cell(tmp_path / "a" / "bench.py", "pendulum-simple", "lstm", 0, ["cell", "--method", "lstm"], {"iters": 6}, 6)
+    dep = script_cell(tmp_path / "a" / "bench.py", "pendulum-simple", "lstm", 0, ["cell"], {"iters": 5}, 5, deps={"dataset": c.id})
+    assert a.id == b.id != c.id != dep.id and a.id.startswith("pendulum-simple-lstm-seed0-") and a.area == "script"
+    assert a.options[0] == str(tmp_path / "a" / "bench.py") and a.config == {"script": "bench.py", "iters": 5}
+    d = tmp_path / "cell"
+    (d / "run" / "partial").mkdir(parents=True)
+    argv, resumed = _argv(dep.to_json(), d, {"dataset": "/x/run"}, 2, "cpu")
+    assert argv == [str(tmp_path / "a" / "bench.py"), "cell", "--dataset", "/x/run", "--run-root", str(d / "run"), "--num-threads", "2",
+                    "--device", "cpu"] and resumed is None and not (d / "run").exists()
+    rl = rl_cell("cartpole-balance", "tdmpc", 1, ["--agent", "tdmpc", "--steps", "96", *TINY_RL])
+    argv, _ = _argv(rl.to_json(), tmp_path / "rl", {}, 1, "cpu")
+    assert argv[:4] == ["-m", "difftori.cli", "rl", "train"]  # the other cells still run the difftori CLI
+    with pytest.raises(ConfigError, match="not a file"):
+        script_cell(tmp_path / "nope.py", "t", "v", 0, [], {}, 1)
+    with pytest.raises(ConfigError, match="--run-root"):
+        script_cell(tmp_path / "a" / "bench.py", "t", "v", 0, ["--run-root", "x"], {}, 1)
 
 
 def test_missing_ray_is_a_clear_error(tmp_path):

@@ -1,4 +1,5 @@
-"""Cells of an experiment grid: one ``difftori rl train`` / ``il train`` / ``il collect`` run each.
+"""Cells of an experiment grid: one ``difftori rl train`` / ``il train`` / ``il collect`` run each, or one run of a
+benchmark script (``script`` cells: :func:`script_cell`).
 
 A cell's options are checked by the real CLI parser and resolved into the run's config (presets
 applied) when the grid is built, so a bad option fails before anything is written. The cell id is
@@ -13,11 +14,12 @@ import argparse
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from difftori.utils.config import ConfigError, to_dict
 
-__all__ = ["Cell", "rl_cell", "il_cell", "collect_cell", "rl_grid", "il_grid", "il_seed_cells", "RUNNER_OPTIONS", "NEUTRAL_DEFAULTS", "config_hash"]
+__all__ = ["Cell", "rl_cell", "il_cell", "collect_cell", "script_cell", "rl_grid", "il_grid", "il_seed_cells", "RUNNER_OPTIONS", "NEUTRAL_DEFAULTS", "config_hash"]
 
 RUNNER_OPTIONS = ("--run-root", "--resume", "--progress", "--num-threads", "--device", "--dataset", "--base-policy", "--out", "--config")
 """Options the sweep runner sets itself for every cell (paths, threads = CPUs per run, device = GPUs per run)."""
@@ -30,8 +32,9 @@ _VOLATILE = {"run_root", "progress", "num_threads", "device", "dataset", "base_p
 class Cell:
     """One run of a grid (or the demo collection some IL runs need)."""
 
-    area: Literal["rl", "il", "collect"]
-    """rl: ``difftori rl train``; il: ``difftori il train``; collect: ``difftori il collect``."""
+    area: Literal["rl", "il", "collect", "script"]
+    """rl: ``difftori rl train``; il: ``difftori il train``; collect: ``difftori il collect``; script: a Python
+    script (``options[0]``, see :func:`script_cell`)."""
     task: str
     """Task name (canonical)."""
     variant: str
@@ -179,6 +182,28 @@ def il_cell(task: str, variant: str, seed: int, obs_type: str, options: list[Any
     config["demos"] = dataset.steps
     return Cell(area="il", task=dataset.task, variant=variant, seed=seed, obs_type=obs_type, options=full, config=config,
                 steps=cfg.steps, deps=deps, id=_cell_id(dataset.task, obs_type, variant, seed, config_hash(config, deps)))
+
+
+def script_cell(script: str | Path, task: str, variant: str, seed: int, options: list[Any], config: dict[str, Any],
+                steps: int, deps: dict[str, str] | None = None) -> Cell:
+    """A cell that runs ``python SCRIPT *options`` (a benchmark that is not a ``difftori`` CLI command).
+
+    ``config`` is what the run computes (the id hashes it with the script's file name and ``deps``, not the
+    script's absolute path, so a checkout elsewhere maps to the same ids). The runner appends ``--run-root DIR
+    --num-threads N --device DEV`` and, per dependency role, ``--dataset PATH`` / ``--base-policy PATH`` (the
+    dependency's run directory). The script must print ``run directory: PATH`` (a folder under the run root
+    holding ``config.json`` and ``final.json``, optionally ``train.csv`` / ``eval.csv``) and exit 0 when done.
+    Script cells do not resume: an unfinished attempt is discarded and the cell starts over.
+    """
+    path = Path(script).resolve()
+    if not path.is_file():
+        raise ConfigError(f"script cell: {path} is not a file")
+    options = _str_options(options)
+    _check_owned(options, RUNNER_OPTIONS)
+    config = {"script": path.name, **config}
+    deps = dict(deps or {})
+    return Cell(area="script", task=task, variant=variant, seed=seed, options=[str(path), *options], config=config,
+                steps=int(steps), deps=deps, id=_cell_id(task, None, variant, seed, config_hash(config, deps)))
 
 
 def _variant_name(method: str, options: list[str]) -> str:

@@ -76,7 +76,7 @@ def collect(dirs: list[str | Path]) -> list[Record]:
         if not (out / "cells").is_dir():
             raise FileNotFoundError(f"{out} is not a sweep directory (no cells/ folder)")
         for cell in load_cells(out):
-            if cell.area == "collect":
+            if cell.area not in METRIC:  # demo collection; script cells (their benchmark writes its own tables)
                 continue
             state = read_state(out, cell.id)
             run = _run_dir(cell_dir(out, cell.id), state)

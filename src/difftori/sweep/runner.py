@@ -1,7 +1,7 @@
 """Run the cells of a grid as Ray tasks: local by default, the same on a cluster; resumable and idempotent.
 
-Each cell runs the ``difftori`` CLI in its own subprocess inside a Ray task (one process per cell,
-``--num-threads`` = CPUs per run), so a crash or kill of one cell never takes down the sweep. On disk,
+Each cell runs the ``difftori`` CLI (a ``script`` cell: its Python script) in its own subprocess inside a Ray task
+(one process per cell, ``--num-threads`` = CPUs per run), so a crash or kill of one cell never takes down the sweep. On disk,
 ``OUT/cells/<cell id>/`` holds ``cell.json`` (what the cell is), ``state.json`` (running / done /
 failed / interrupted, with the error), ``log.txt`` (every attempt's output), ``run/`` (the run root of
 the CLI) and, once the cell finished, ``result.json``. Running the same grid again skips cells with a
@@ -131,16 +131,21 @@ def _resumable_run(run_root: Path) -> Path | None:
 
 
 def _argv(spec: dict[str, Any], d: Path, dep_paths: dict[str, str], threads: int, device: str) -> tuple[list[str], Path | None]:
-    """CLI arguments of the cell's next attempt and the run it resumes (None: a new run)."""
+    """Arguments after ``python`` of the cell's next attempt and the run it resumes (None: a new run)."""
+    paths = [x for role in ("dataset", "base_policy") if role in dep_paths for x in (f"--{role.replace('_', '-')}", dep_paths[role])]
+    if spec["area"] == "script":  # no resume: an unfinished attempt's folder is discarded (see grid.script_cell)
+        if (d / "run").exists():
+            shutil.rmtree(d / "run")
+        return [*spec["options"], *paths, "--run-root", str(d / "run"), "--num-threads", str(threads), "--device", device], None
+    cli = ["-m", "difftori.cli"]
     runtime = ["--progress", "false"]
     if spec["area"] == "collect":
-        return ["il", "collect", *spec["options"], "--out", str(d / "demos.zarr"), "--overwrite", *runtime], None
+        return [*cli, "il", "collect", *spec["options"], "--out", str(d / "demos.zarr"), "--overwrite", *runtime], None
     resume = _resumable_run(d / "run")
     runtime += ["--num-threads", str(threads), "--device", device]
     if resume is not None:
-        return [spec["area"], "train", "--resume", str(resume), "--steps", str(spec["steps"]), *runtime], resume
-    paths = [x for role in ("dataset", "base_policy") if role in dep_paths for x in (f"--{role.replace('_', '-')}", dep_paths[role])]
-    return [spec["area"], "train", *spec["options"], *paths, "--run-root", str(d / "run"), *runtime], None
+        return [*cli, spec["area"], "train", "--resume", str(resume), "--steps", str(spec["steps"]), *runtime], resume
+    return [*cli, spec["area"], "train", *spec["options"], *paths, "--run-root", str(d / "run"), *runtime], None
 
 
 def _error_line(text: str) -> str:
@@ -164,7 +169,7 @@ def execute_cell(spec: dict[str, Any], out: str, dep_paths: dict[str, str], thre
         return {"status": "failed", "error": f"{d} is not visible on node {host}: the sweep directory must be on a filesystem every node shares"}
     previous = read_state(Path(out), spec["id"])
     argv, resumed = _argv(spec, d, dep_paths, threads, device)
-    cmd = [sys.executable, "-m", "difftori.cli", *argv]
+    cmd = [sys.executable, *argv]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     env.setdefault("MUJOCO_GL", "egl")
     t0 = time.time()

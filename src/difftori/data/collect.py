@@ -1,6 +1,8 @@
-"""Scripted-expert demo collection for MetaWorld (``difftori il collect``).
+"""Expert demo collection for MetaWorld and ManiSkill3 (``difftori il collect``).
 
-Runs MetaWorld's scripted expert policy and keeps successful episodes only. As in 3D Diffusion
+Runs the suite's expert and keeps successful episodes only: MetaWorld's scripted policies
+("scripted" demos) or ManiSkill's motion-planning solutions ("motion-planned" demos: planned
+from each episode's initial state, then replayed; see :class:`difftori.envs.maniskill.MotionPlannedExpert`). As in 3D Diffusion
 Policy, an episode counts as successful once ``info["success"]`` has been set on
 ``success_steps`` steps (default 5); the episode is ended right there (or at the step limit,
 then discarded). Resets draw object/goal positions from one stream seeded with ``seed`` (the
@@ -30,19 +32,19 @@ class CollectConfig:
     """Options of ``difftori il collect``."""
 
     task: str = "door-open"
-    """MetaWorld task name (e.g. door-open, reach, button-press-topdown; -v3 suffix accepted)."""
+    """MetaWorld task (door-open, reach, ...; -v3 suffix accepted) or ManiSkill task (pick-cube, stack-cube, ...)."""
     episodes: int = 10
     """Number of successful demonstrations to keep."""
     obs_type: Literal["pointcloud", "image", "state"] = "pointcloud"
     """Observation modality stored next to the 9-D agent state (as ``il train --obs-type``)."""
     out: Path | None = None
-    """Output zarr directory (default: data/metaworld_<task>_<obs>_<episodes>.zarr)."""
+    """Output zarr directory (default: data/<suite>_<task>_<obs>_<episodes>.zarr)."""
     seed: int = 0
     """Seed of the reset stream (object / goal positions)."""
     max_tries: int | None = None
     """Give up after this many episodes (default: 3 x episodes)."""
-    episode_length: int = 200
-    """Step limit per episode (DP3: 200; MetaWorld's own limit is 500)."""
+    episode_length: int | None = None
+    """Step limit per episode (default: the suite's; MetaWorld 200 as DP3, ManiSkill per task, longer than the plans)."""
     success_steps: int = 5
     """An episode succeeds (and ends) once the task reports success on this many steps."""
     img_size: int = 84
@@ -55,12 +57,11 @@ class CollectConfig:
     """Show progress (a bar on a terminal, a line every few seconds in a log)."""
 
     def __post_init__(self) -> None:
-        from difftori.envs.metaworld import TASKS, canonical
-
-        check(canonical(self.task) is not None, f"task: unknown MetaWorld task {self.task!r}; known: {', '.join(TASKS)}")
+        known = _SUITES
+        check(_find_suite(self.task) is not None, f"task: unknown task {self.task!r}; known: {', '.join(t for s in known for t in _suite_module(s).TASKS)}")
         check(self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}")
         check(self.max_tries is None or self.max_tries >= self.episodes, f"max_tries ({self.max_tries}) must be >= episodes ({self.episodes})")
-        check(self.episode_length >= 1, f"episode_length must be >= 1, got {self.episode_length}")
+        check(self.episode_length is None or self.episode_length >= 1, f"episode_length must be >= 1, got {self.episode_length}")
         check(self.success_steps >= 1, f"success_steps must be >= 1, got {self.success_steps}")
         check(self.img_size >= 8 and self.num_points >= 1, "img_size must be >= 8 and num_points >= 1")
 
@@ -99,11 +100,34 @@ class CollectReport:
         )
 
 
-def _versions() -> dict[str, str]:
+_SUITES = ("metaworld", "maniskill")
+"""Suites with experts, in lookup order (a task name is resolved by the first that knows it)."""
+
+_PACKAGES = {"metaworld": ("metaworld", "mujoco"), "maniskill": ("mani-skill", "sapien", "mplib")}
+DEMO_SOURCE = {"metaworld": "scripted", "maniskill": "motion-planned"}
+"""What the demos of each suite are (stored as the dataset's ``demo_source``)."""
+
+
+def _suite_module(suite: str):
+    import importlib
+
+    return importlib.import_module(f"difftori.envs.{suite}")
+
+
+def _find_suite(task: str) -> tuple[str, str] | None:
+    """``(suite, canonical task)`` of the first suite with an expert that knows ``task``; None if none."""
+    prefix, _, name = task.rpartition(":")
+    for suite in (prefix,) if prefix else _SUITES:
+        if suite in _SUITES and _suite_module(suite).canonical(name) is not None:
+            return suite, _suite_module(suite).canonical(name)
+    return None
+
+
+def _versions(suite: str = "metaworld") -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("difftori", "metaworld", "mujoco", "numpy"):
+    for pkg in ("difftori", *_PACKAGES[suite], "numpy"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -112,15 +136,21 @@ def _versions() -> dict[str, str]:
 
 
 def default_out(task: str, obs_type: str, episodes: int) -> Path:
-    """``data/metaworld_<task>_<obs>_<episodes>.zarr`` (canonical task name)."""
-    from difftori.envs.metaworld import canonical
-
-    return Path("data") / f"metaworld_{canonical(task) or task}_{obs_type}_{episodes}.zarr"
+    """``data/<suite>_<task>_<obs>_<episodes>.zarr`` (canonical task name)."""
+    suite, name = _find_suite(task) or ("metaworld", task)
+    return Path("data") / f"{suite}_{name}_{obs_type}_{episodes}.zarr"
 
 
 def _record_episode(env, expert, obs_keys: list[str], success_steps: int):
-    """Run the expert for one episode: ``(obs {key: (T, ...)}, actions (T, 4), succeeded)``."""
+    """Run the expert for one episode: ``(obs {key: (T, ...)}, actions (T, A), succeeded)``.
+
+    An expert with ``start_episode(env)`` (the motion planners) plans after the reset; False there
+    (a planning stage failed) counts as a failed episode without running it.
+    """
     obs, _ = env.reset()
+    start = getattr(expert, "start_episode", None)
+    if start is not None and not start(env):
+        return {}, np.zeros((0, env.task_spec.action_dim), np.float32), False
     ep_obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_keys}
     ep_act: list[np.ndarray] = []
     n_success = 0
@@ -149,19 +179,22 @@ def collect_demos(
     progress: bool = True,
     **env_opts,
 ) -> CollectReport:
-    """Collect ``episodes`` successful scripted-expert demos of ``task`` and write them to ``out`` (zarr).
+    """Collect ``episodes`` successful expert demos of ``task`` and write them to ``out`` (zarr).
 
-    ``env_opts`` go to :func:`difftori.envs.metaworld.make` (``episode_length``, ``img_size``,
-    ``num_points``, ...) and are stored in the dataset's ``env_options`` attribute. Writes the
+    ``env_opts`` go to the suite's ``make`` (``episode_length``, ``img_size``, ``num_points``, ...; None
+    values are dropped) and are stored in the dataset's ``env_options`` attribute. Writes the
     kept episodes even when fewer than requested succeed (see ``CollectReport.complete``);
     raises ``RuntimeError`` if none does.
     """
     from difftori.data.dataset import DemoData, save_demos
-    from difftori.envs import metaworld as mw
+    found = _find_suite(task)
+    if found is None:
+        from difftori.envs import make_env
 
-    name = mw.canonical(task)
-    if name is None:
-        mw.make(task)  # raises UnknownTaskError with the task list
+        make_env(task)  # raises UnknownTaskError with the task list
+    suite, name = found
+    mw = _suite_module(suite)
+    env_opts = {k: v for k, v in env_opts.items() if v is not None}
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     max_tries = 3 * episodes if max_tries is None else int(max_tries)
@@ -200,9 +233,9 @@ def collect_demos(
         bar.close()
         env.close()
     if not lengths:
-        raise RuntimeError(f"the scripted expert for {name} succeeded in none of {tried} episodes; nothing written")
+        raise RuntimeError(f"the {DEMO_SOURCE[suite]} expert for {name} succeeded in none of {tried} episodes; nothing written")
 
-    opts = {  # the env's effective options (besides obs_type), so evaluation can rebuild the same env
+    opts = env.env_options() if hasattr(env, "env_options") else {  # the env's effective options (besides obs_type), so evaluation can rebuild the same env
         "episode_length": env.episode_length,
         "img_size": env.img_size,
         "num_points": env.num_points,
@@ -220,7 +253,9 @@ def collect_demos(
             "seed": int(seed),
             "tried": tried,
             "success_steps": int(success_steps),
-            "versions": _versions(),
+            "suite": suite,
+            "demo_source": DEMO_SOURCE[suite],
+            "versions": _versions(suite),
             "env_options": opts,
         },
     )
@@ -270,7 +305,7 @@ def register_cli(sub) -> None:
     """Add ``collect`` to the ``difftori il`` subcommands."""
     p = sub.add_parser(
         "collect",
-        help="record scripted-expert MetaWorld demos (successful episodes only) into a zarr dataset",
+        help="record expert demos (MetaWorld scripted, ManiSkill motion-planned; successful episodes only) into a zarr dataset",
         description=__doc__.splitlines()[0],
     )
     add_dataclass_args(p, CollectConfig)

@@ -66,7 +66,7 @@ $(MS_STAMP): $(MS_VENV)/bin/python pyproject.toml constraints.txt
 maniskill: $(MS_STAMP)
 
 test-maniskill: maniskill
-	$(MS_VENV)/bin/python -m pytest -q tests/envs/test_maniskill.py
+	$(MS_VENV)/bin/python -m pytest -q tests/envs/test_maniskill.py tests/envs/test_maniskill_registry.py
 
 clean:
 	rm -rf $(VENV) $(MS_VENV) build *.egg-info src/*.egg-info

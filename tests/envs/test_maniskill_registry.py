@@ -1,0 +1,34 @@
+"""ManiSkill3 task names and errors that need no ManiSkill install (run in the default venv too)."""
+
+import sys
+
+import pytest
+
+from difftori.data.collect import CollectConfig, default_out
+from difftori.envs import MissingDependencyError, UnknownTaskError
+from difftori.envs import maniskill as ms
+
+
+def test_task_names_without_maniskill():
+    assert ms.canonical("pick-cube") == "pick-cube"
+    assert ms.canonical("PickCube-v1") == "pick-cube"
+    assert ms.canonical("PegInsertionSide") == "peg-insertion-side"
+    assert ms.canonical("plug_charger") == "plug-charger"
+    assert ms.canonical("door-open") is None and ms.canonical("cartpole-swingup") is None
+    assert set(ms.EPISODE_LENGTHS) == set(ms.TASKS) == set(ms.ENV_IDS)
+    with pytest.raises(UnknownTaskError, match="pick-cube"):
+        ms.make("pick-cub")
+
+
+def test_missing_dependency_has_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mani_skill.envs", None)  # makes `import mani_skill.envs` fail
+    with pytest.raises(MissingDependencyError, match="make maniskill"):
+        ms.make("pick-cube", obs_type="state")
+
+
+def test_collect_resolves_maniskill_tasks():
+    assert default_out("PickCube-v1", "pointcloud", 10).name == "maniskill_pick-cube_pointcloud_10.zarr"
+    assert default_out("door-open", "state", 5).name == "metaworld_door-open_state_5.zarr"
+    CollectConfig(task="stack-cube")
+    with pytest.raises(ValueError, match="unknown task"):
+        CollectConfig(task="stack-cubes")

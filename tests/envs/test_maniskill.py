@@ -91,25 +91,29 @@ def test_point_cloud_lies_on_foreground_geometry(closing):
         obs, *_ = env.step(expert.get_action())
     cloud = obs["pointcloud"].astype(np.float64)
     # Independent of rendering: a PhysX ray from the camera towards each point must hit a collision shape
-    # at that point's distance, and not the table or the ground.
+    # other than the table and the ground: on the task objects (exact boxes) at the point's distance; on
+    # the robot no farther than the point (its collision shapes are convex hulls around its meshes: link5's
+    # hides parts of the base that the camera sees). The fingers' collision shapes are smaller than their
+    # meshes: a few rays pass them and end behind the point.
     base = env.unwrapped_maniskill
-    cam = env.camera_pose()[:3, 3]
-    system = base.scene.px
+    cam = env.camera_pose()[:3, 3].astype(np.float32)
     background = {a._objs[0] for a in base.table_scene.scene_objects}
-    errors, hit_background, names = [], 0, set()
+    robot = {link._objs[0].entity for link in base.agent.robot.links}
+    object_errors, missed = [], []
     for p in cloud:
         vec = p - cam
         dist = np.linalg.norm(vec)
-        hit = system.raycast(cam.astype(np.float32), (vec / dist).astype(np.float32), float(dist + 0.5))
-        errors.append(abs(hit.distance - dist) if hit is not None else np.inf)
-        if hit is not None:
-            entity = hit.component.entity
-            hit_background += entity in background
-            names.add(entity.name)
-    errors = np.array(errors)
-    # Robot links collide with convex hulls slightly outside their meshes: most points within 1 cm.
-    assert np.quantile(errors, 0.9) < 0.01, f"points off the surfaces: {np.sort(errors)[-10:]}"
-    assert hit_background <= 0.02 * len(cloud), f"{hit_background} points on the table or ground"
+        hit = base.scene.px.raycast(cam, (vec / dist).astype(np.float32), float(dist + 0.5))
+        if hit is None or hit.component.entity in background:
+            missed.append(p)
+        elif hit.component.entity in robot:
+            if hit.distance > dist + 0.003:
+                missed.append(p)
+        else:
+            object_errors.append(abs(hit.distance - dist))
+    assert len(missed) <= 0.03 * len(cloud), f"{len(missed)} points on no foreground geometry, e.g. {missed[:3]}"
+    object_errors = np.array(object_errors)
+    assert len(object_errors) >= 3 and object_errors.max() < 0.003, f"points off the objects: {np.sort(object_errors)[-5:]}"
     cube = base.cube.pose.p[0].numpy()
     on_cube = np.abs(cloud - cube).max(axis=1) < 0.021  # 2 cm half size, plus 1 mm
     assert on_cube.sum() >= 3, "the cube is missing from the cloud"

@@ -184,6 +184,8 @@ def _build_env_class():
             )
             base = self._gym_env.unwrapped
             self._base = base
+            if needs_camera:
+                _keep_renderer_alive(base)
             self._needs_camera = needs_camera
             self._background_ids = self._find_background_ids()
             space = base.single_action_space
@@ -367,6 +369,24 @@ def _build_env_class():
 
 
 _ENV_CLASS = None
+_RENDER_KEEPALIVE: dict[str, Any] = {}
+
+
+def _keep_renderer_alive(base) -> None:
+    """Hold one empty SAPIEN render system per render device for the life of the process.
+
+    SAPIEN frees its Vulkan context, and with it the compiled shaders, when the last render system is
+    deleted; the next env then compiles them again (7 s on an idle core with lavapipe, 20-30 s on a
+    busy machine). Evaluations that build a fresh env each time would pay that every time.
+    """
+    import sapien
+
+    device = getattr(getattr(base, "backend", None), "render_device", None)
+    if device is None:
+        return
+    key = str(device)
+    if key not in _RENDER_KEEPALIVE:
+        _RENDER_KEEPALIVE[key] = sapien.render.RenderSystem(device)
 
 
 def env_class():

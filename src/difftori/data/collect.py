@@ -144,13 +144,27 @@ def default_out(task: str, obs_type: str, episodes: int) -> Path:
 def _record_episode(env, expert, obs_keys: list[str], success_steps: int):
     """Run the expert for one episode: ``(obs {key: (T, ...)}, actions (T, A), succeeded)``.
 
-    An expert with ``start_episode(env)`` (the motion planners) plans after the reset; False there
-    (a planning stage failed) counts as a failed episode without running it.
+    An expert with ``rollout(env, obs, on_step)`` (the motion planners) drives the env itself; the
+    others are asked ``get_action(env.raw_obs)`` at every step.
     """
     obs, _ = env.reset()
-    start = getattr(expert, "start_episode", None)
-    if start is not None and not start(env):
-        return {}, np.zeros((0, env.task_spec.action_dim), np.float32), False
+    rollout = getattr(expert, "rollout", None)
+    if rollout is not None:  # the expert drives the env itself (motion planners): record what it executes
+        rec_obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_keys}
+        rec_act: list[np.ndarray] = []
+        count = [0]
+
+        def on_step(o, a, info) -> bool:
+            for k in obs_keys:
+                rec_obs[k].append(o[k])
+            rec_act.append(np.asarray(a, dtype=np.float32))
+            count[0] += int(bool(info.get("success", 0.0)))
+            return count[0] >= success_steps
+
+        rollout(env, obs, on_step)
+        if not rec_act:
+            return {}, np.zeros((0, env.task_spec.action_dim), np.float32), False
+        return {k: np.stack(v) for k, v in rec_obs.items()}, np.stack(rec_act), count[0] >= success_steps
     ep_obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_keys}
     ep_act: list[np.ndarray] = []
     n_success = 0

@@ -411,14 +411,18 @@ def make(task: str, **options) -> Any:
 
 
 class MotionPlannedExpert:
-    """ManiSkill's own motion-planning solution for a task, served one action at a time.
+    """ManiSkill's own motion-planning solution for a task (mplib screw / RRT plans in ``pd_joint_pos``).
 
-    ``start_episode(env)`` (after ``env.reset()``) runs the solution (mplib screw / RRT plans, executed
-    open-loop in ``pd_joint_pos``) on the env itself from its current state, records the actions, and
-    restores the state; ``get_action()`` then replays them normalised to [-1, 1], and holds the last
-    one once the plan is exhausted. Planning from the env's own state (rather than in a second env)
-    keeps per-env randomised geometry identical. PhysX CPU replays a recorded plan exactly enough for
-    the solution's outcome to carry over; collection keeps only episodes that succeed on replay.
+    Two ways to use it, both after ``env.reset()``:
+
+    * :meth:`rollout` (what ``il collect`` uses) lets the solution drive ``env`` itself: each joint
+      target it emits is normalised to [-1, 1] and executed with ``env.step``, so the recorded
+      observations and actions are exactly the executed episode;
+    * :meth:`start_episode` plans on the env from its current state, records the actions and restores
+      the state; :meth:`get_action` then replays them open-loop. Restoring a PhysX state is not exact:
+      tight insertions (PlugCharger) succeed less often on replay than in the planning run.
+
+    Once the plan is exhausted the last action is held (the robot stays where the plan ended).
     """
 
     def __init__(self, task: str) -> None:
@@ -426,6 +430,8 @@ class MotionPlannedExpert:
         self._actions: list[np.ndarray] = []
         self._i = 0
         self.planned_ok = False
+        self.plan_success = False
+        """Whether the env reported success at the end of the planning run (before the replay)."""
 
     def start_episode(self, env) -> bool:
         """Plan the episode from ``env``'s current state; False if a planning stage failed."""
@@ -438,6 +444,7 @@ class MotionPlannedExpert:
         recorder = _Recorder(base)
         try:
             res = solve(recorder, seed=None, debug=False, vis=False)
+            self.plan_success = bool(base.evaluate()["success"][0]) if recorder.actions else False
         finally:
             base.set_state_dict(state)
             base._elapsed_steps[:] = elapsed
@@ -445,6 +452,39 @@ class MotionPlannedExpert:
         self._i = 0
         self.planned_ok = not (isinstance(res, int) and res == -1) and bool(self._actions)
         return self.planned_ok
+
+    def rollout(self, env, obs: dict, on_step) -> bool:
+        """Run the solution on ``env`` from its current state (``obs``: the observation there).
+
+        ``on_step(obs, action, info)`` is called for every executed step with the observation the
+        action was taken in; it returns True to end the episode. After the plan, the last action is
+        held until ``on_step`` ends the episode or the env truncates it. Returns False if a planning
+        stage failed (the episode then ends where the solution gave up).
+        """
+        from mani_skill.examples.motionplanning.panda import solutions
+
+        solve = getattr(solutions, "solve" + ENV_IDS[self.task].split("-")[0])
+        current = {"obs": obs, "raw": None}
+
+        def step(raw):
+            action = env.normalize_action(raw)
+            nxt, reward, terminated, truncated, info = env.step(action)
+            stop = on_step(current["obs"], action, info)
+            current["obs"], current["raw"] = nxt, np.asarray(raw, dtype=np.float64)
+            if stop or terminated or truncated:
+                raise _EpisodeOver
+            return nxt, reward, terminated, truncated, info
+
+        try:
+            res = solve(_Driver(env.unwrapped_maniskill, step), seed=None, debug=False, vis=False)
+            self.planned_ok = not (isinstance(res, int) and res == -1) and current["raw"] is not None
+            if not self.planned_ok:
+                return False
+            while True:
+                step(current["raw"])
+        except _EpisodeOver:
+            pass
+        return True
 
     def get_action(self, obs: Any = None) -> np.ndarray:
         """The next planned action in [-1, 1] (``obs`` is ignored: the plan is open-loop)."""
@@ -475,6 +515,25 @@ class _Recorder:
     def step(self, action):
         self.actions.append(np.asarray(action, dtype=np.float64).copy())
         return self._base.step(action)
+
+
+class _EpisodeOver(Exception):
+    """Raised inside a solution's env.step to end the episode (success reached or step limit)."""
+
+
+class _Driver:
+    """What a ManiSkill solution sees as its env in :meth:`MotionPlannedExpert.rollout`: our env's step."""
+
+    def __init__(self, base, step) -> None:
+        self._base = base
+        self.step = step
+
+    @property
+    def unwrapped(self):
+        return self._base
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        return self._base.get_obs(), {}
 
 
 def make_expert(task: str) -> MotionPlannedExpert:

@@ -29,6 +29,7 @@ def test_missing_dependency_has_install_hint(monkeypatch):
 def test_collect_resolves_maniskill_tasks():
     assert default_out("PickCube-v1", "pointcloud", 10).name == "maniskill_pick-cube_pointcloud_10.zarr"
     assert default_out("door-open", "state", 5).name == "metaworld_door-open_state_5.zarr"
-    CollectConfig(task="stack-cube")
+    assert CollectConfig(task="stack-cube").episode_length == ms.EPISODE_LENGTHS["stack-cube"]
+    assert CollectConfig(task="door-open").episode_length == 200  # MetaWorld's default (sweep cell hashes unchanged)
     with pytest.raises(ValueError, match="unknown task"):
         CollectConfig(task="stack-cubes")

@@ -44,7 +44,7 @@ class CollectConfig:
     max_tries: int | None = None
     """Give up after this many episodes (default: 3 x episodes)."""
     episode_length: int | None = None
-    """Step limit per episode (default: the suite's; MetaWorld 200 as DP3, ManiSkill per task, longer than the plans)."""
+    """Step limit per episode (default: the suite's; MetaWorld 200 as DP3, ManiSkill per task, longer than its plans)."""
     success_steps: int = 5
     """An episode succeeds (and ends) once the task reports success on this many steps."""
     img_size: int = 84
@@ -61,7 +61,9 @@ class CollectConfig:
         check(_find_suite(self.task) is not None, f"task: unknown task {self.task!r}; known: {', '.join(t for s in known for t in _suite_module(s).TASKS)}")
         check(self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}")
         check(self.max_tries is None or self.max_tries >= self.episodes, f"max_tries ({self.max_tries}) must be >= episodes ({self.episodes})")
-        check(self.episode_length is None or self.episode_length >= 1, f"episode_length must be >= 1, got {self.episode_length}")
+        if self.episode_length is None:  # resolved here, so a config (and a sweep cell's hash) names the real limit
+            self.episode_length = default_episode_length(self.task)
+        check(self.episode_length >= 1, f"episode_length must be >= 1, got {self.episode_length}")
         check(self.success_steps >= 1, f"success_steps must be >= 1, got {self.success_steps}")
         check(self.img_size >= 8 and self.num_points >= 1, "img_size must be >= 8 and num_points >= 1")
 
@@ -121,6 +123,14 @@ def _find_suite(task: str) -> tuple[str, str] | None:
         if suite in _SUITES and _suite_module(suite).canonical(name) is not None:
             return suite, _suite_module(suite).canonical(name)
     return None
+
+
+def default_episode_length(task: str) -> int:
+    """The suite's default step limit for ``task``: MetaWorld 200 (DP3), ManiSkill per task (``EPISODE_LENGTHS``)."""
+    suite, name = _find_suite(task) or ("metaworld", task)
+    if suite == "maniskill":
+        return _suite_module(suite).EPISODE_LENGTHS[name]
+    return 200
 
 
 def _versions(suite: str = "metaworld") -> dict[str, str]:

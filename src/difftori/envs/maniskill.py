@@ -433,22 +433,30 @@ class MotionPlannedExpert:
         self.plan_success = False
         """Whether the env reported success at the end of the planning run (before the replay)."""
 
-    def start_episode(self, env) -> bool:
-        """Plan the episode from ``env``'s current state; False if a planning stage failed."""
+    def _solution(self):
+        """ManiSkill's ``solve(env, seed, debug, vis)`` for the task (Panda solutions)."""
         from mani_skill.examples.motionplanning.panda import solutions
 
-        solve = getattr(solutions, "solve" + ENV_IDS[self.task].split("-")[0])
+        return getattr(solutions, "solve" + ENV_IDS[self.task].split("-")[0])
+
+    def start_episode(self, env) -> bool:
+        """Plan the episode from ``env``'s current state; False if a planning stage failed."""
         base = env.unwrapped_maniskill
         state = base.get_state_dict()
         elapsed = base._elapsed_steps.clone()
-        recorder = _Recorder(base)
+        raw_actions: list[np.ndarray] = []
+
+        def step(raw):
+            raw_actions.append(np.asarray(raw, dtype=np.float64).copy())
+            return base.step(raw)
+
         try:
-            res = solve(recorder, seed=None, debug=False, vis=False)
-            self.plan_success = bool(base.evaluate()["success"][0]) if recorder.actions else False
+            res = self._solution()(_Driver(base, step), seed=None, debug=False, vis=False)
+            self.plan_success = bool(base.evaluate()["success"][0]) if raw_actions else False
         finally:
             base.set_state_dict(state)
             base._elapsed_steps[:] = elapsed
-        self._actions = [env.normalize_action(a) for a in recorder.actions]
+        self._actions = [env.normalize_action(a) for a in raw_actions]
         self._i = 0
         self.planned_ok = not (isinstance(res, int) and res == -1) and bool(self._actions)
         return self.planned_ok
@@ -461,9 +469,6 @@ class MotionPlannedExpert:
         held until ``on_step`` ends the episode or the env truncates it. Returns False if a planning
         stage failed (the episode then ends where the solution gave up).
         """
-        from mani_skill.examples.motionplanning.panda import solutions
-
-        solve = getattr(solutions, "solve" + ENV_IDS[self.task].split("-")[0])
         current = {"obs": obs, "raw": None}
 
         def step(raw):
@@ -476,7 +481,7 @@ class MotionPlannedExpert:
             return nxt, reward, terminated, truncated, info
 
         try:
-            res = solve(_Driver(env.unwrapped_maniskill, step), seed=None, debug=False, vis=False)
+            res = self._solution()(_Driver(env.unwrapped_maniskill, step), seed=None, debug=False, vis=False)
             self.planned_ok = not (isinstance(res, int) and res == -1) and current["raw"] is not None
             if not self.planned_ok:
                 return False
@@ -498,31 +503,12 @@ class MotionPlannedExpert:
         return len(self._actions)
 
 
-class _Recorder:
-    """What a ManiSkill solution sees as its env: reset keeps the current state, step records the action."""
-
-    def __init__(self, base) -> None:
-        self._base = base
-        self.actions: list[np.ndarray] = []
-
-    @property
-    def unwrapped(self):
-        return self._base
-
-    def reset(self, seed: int | None = None, options: dict | None = None):
-        return self._base.get_obs(), {}
-
-    def step(self, action):
-        self.actions.append(np.asarray(action, dtype=np.float64).copy())
-        return self._base.step(action)
-
-
 class _EpisodeOver(Exception):
     """Raised inside a solution's env.step to end the episode (success reached or step limit)."""
 
 
 class _Driver:
-    """What a ManiSkill solution sees as its env in :meth:`MotionPlannedExpert.rollout`: our env's step."""
+    """What a ManiSkill solution sees as its env: ``reset`` keeps the current state, ``step`` is ours."""
 
     def __init__(self, base, step) -> None:
         self._base = base

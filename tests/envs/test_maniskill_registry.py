@@ -33,3 +33,26 @@ def test_collect_resolves_maniskill_tasks():
     assert CollectConfig(task="door-open").episode_length == 200  # MetaWorld's default (sweep cell hashes unchanged)
     with pytest.raises(ValueError, match="unknown task"):
         CollectConfig(task="stack-cubes")
+
+
+def test_vulkan_configure_respects_the_users_choice(monkeypatch, tmp_path):
+    from difftori.envs import vulkan
+
+    monkeypatch.setattr(vulkan, "_configured", False)
+    monkeypatch.setenv("DIFFTORI_VULKAN_DIR", str(tmp_path))
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/somewhere")
+    monkeypatch.delenv("VK_ICD_FILENAMES", raising=False)
+    monkeypatch.delenv("DIFFTORI_VULKAN", raising=False)
+    assert not vulkan.configure()  # nothing fetched there
+    vulkan.icd_file().write_text("{}")
+    monkeypatch.setenv("DIFFTORI_VULKAN", "system")
+    assert not vulkan.configure()
+    monkeypatch.delenv("DIFFTORI_VULKAN")
+    monkeypatch.setenv("VK_ICD_FILENAMES", "/mine.json")
+    assert not vulkan.configure()
+    monkeypatch.delenv("VK_ICD_FILENAMES")
+    assert vulkan.configure()
+    import os
+
+    assert os.environ["VK_ICD_FILENAMES"] == str(tmp_path / vulkan.ICD_NAME)
+    assert os.environ["LD_LIBRARY_PATH"].startswith(str(tmp_path)) and os.environ["LD_LIBRARY_PATH"].endswith(":/somewhere")

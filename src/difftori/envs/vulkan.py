@@ -116,6 +116,9 @@ def fetch(root: Path | None = None, force: bool = False) -> Path:
         for deb in sorted((t / "debs").glob("*.deb")):
             _run(["dpkg-deb", "-x", str(deb), str(root)], t)
     lib = root / LIB_SUBDIR / "libvulkan_lvp.so"
+    for other in (root / LIB_SUBDIR).glob("libvulkan_*.so"):  # the package's GPU drivers: 54 of its 64 MB
+        if other != lib:
+            other.unlink()
     if not lib.is_file():
         raise RuntimeError(f"{lib} missing after extracting {', '.join(PACKAGES)}")
     original = json.loads((root / "usr/share/vulkan/icd.d/lvp_icd.json").read_text())

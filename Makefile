@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup test test-kernels demo bench bench-setup clean
+.PHONY: setup test test-kernels demo bench bench-setup maniskill test-maniskill clean
 
 $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
@@ -55,5 +55,25 @@ bench-setup: $(VENV)/.bench-installed
 bench: bench-setup
 	$(PYTHON) benchmarks/optim_peers.py
 
+# ManiSkill3 in its own venv: mplib 0.1.1 (ManiSkill's motion planner, our experts) segfaults under numpy 2, so this
+# venv holds numpy<2 while the default one keeps numpy 2.x. Also fetches the private software Vulkan driver SAPIEN
+# renders with (Mesa 25 lavapipe into $(MS_VENV)/vulkan, no root, system Mesa untouched; see difftori/envs/vulkan.py).
+MS_VENV ?= .venv-maniskill
+MS_STAMP := $(MS_VENV)/.installed
+
+$(MS_VENV)/bin/python:
+	$(PY) -m venv $(MS_VENV)
+
+$(MS_STAMP): $(MS_VENV)/bin/python pyproject.toml constraints.txt
+	$(MS_VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
+	$(MS_VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[maniskill,dev]"
+	$(MS_VENV)/bin/python -m difftori.envs.vulkan fetch
+	touch $@
+
+maniskill: $(MS_STAMP)
+
+test-maniskill: maniskill
+	$(MS_VENV)/bin/python -m pytest -q tests/envs/test_maniskill.py tests/envs/test_maniskill_registry.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(MS_VENV) build *.egg-info src/*.egg-info

@@ -1,8 +1,9 @@
-"""Scripted-expert demo collection for MetaWorld and robosuite (``difftori il collect``).
+"""Expert demo collection for MetaWorld, robosuite and ManiSkill3 (``difftori il collect``).
 
-Runs the task's scripted expert (MetaWorld's own policies; for robosuite, the waypoint experts of
-:mod:`difftori.envs.robosuite_experts`) and keeps successful episodes only. As in 3D Diffusion
-Policy, an episode counts as successful once ``info["success"]`` has been set on
+Runs the task's expert and keeps successful episodes only: "scripted" demos from MetaWorld's own policies and
+from the robosuite waypoint experts of :mod:`difftori.envs.robosuite_experts`; "motion-planned" demos from
+ManiSkill's motion-planning solutions, which drive the env themselves (see
+:class:`difftori.envs.maniskill.MotionPlannedExpert`). As in 3D Diffusion Policy, an episode counts as successful once ``info["success"]`` has been set on
 ``success_steps`` steps (default 5); the episode is ended right there (or at the step limit,
 then discarded). Resets draw object/goal positions from one stream seeded with ``seed`` (the
 first reset uses ``seed``, later ones continue the stream), so a collection is reproducible;
@@ -23,10 +24,17 @@ import numpy as np
 
 from difftori.utils.config import add_dataclass_args, check, dataclass_from_args
 
-__all__ = ["CollectConfig", "CollectReport", "collect_demos", "default_out", "register_cli", "IL_SUITES"]
+__all__ = ["CollectConfig", "CollectReport", "collect_demos", "default_out", "default_episode_length", "register_cli", "IL_SUITES",
+           "DEMO_SOURCE"]
 
-IL_SUITES = ("metaworld", "robosuite")
-"""Suites with scripted experts (``il collect``) and dict observations for the IL policies."""
+IL_SUITES = ("metaworld", "robosuite", "maniskill")
+"""Suites with experts (``il collect``) and dict observations for the IL policies."""
+
+DEMO_SOURCE = {"metaworld": "scripted", "robosuite": "scripted", "maniskill": "motion-planned"}
+"""What the demos of each suite are (stored as the dataset's ``demo_source``)."""
+
+_PACKAGES = {"metaworld": ("metaworld", "mujoco"), "robosuite": ("robosuite", "mujoco"),
+             "maniskill": ("mani-skill", "sapien", "mplib")}
 
 
 def _il_task(task: str):
@@ -47,7 +55,8 @@ class CollectConfig:
     """Options of ``difftori il collect``."""
 
     task: str = "door-open"
-    """IL task: MetaWorld (door-open, reach, ...; -v3 suffix accepted) or robosuite (lift, can, square)."""
+    """IL task: MetaWorld (door-open, reach, ...; -v3 suffix accepted), robosuite (lift, can, square) or ManiSkill
+    (pick-cube, stack-cube, ...)."""
     episodes: int = 10
     """Number of successful demonstrations to keep."""
     obs_type: Literal["pointcloud", "image", "state"] = "pointcloud"
@@ -59,7 +68,8 @@ class CollectConfig:
     max_tries: int | None = None
     """Give up after this many episodes (default: 3 x episodes)."""
     episode_length: int | None = None
-    """Step limit per episode (default: the suite's, MetaWorld 200 as DP3, robosuite 400 as Robomimic)."""
+    """Step limit per episode (default: the suite's, MetaWorld 200 as DP3, robosuite 400 as Robomimic, ManiSkill per
+    task, longer than its plans)."""
     success_steps: int = 5
     """An episode succeeds (and ends) once the task reports success on this many steps."""
     img_size: int = 84
@@ -75,7 +85,7 @@ class CollectConfig:
         found = _il_task(self.task)
         check(found is not None, f"task: unknown IL task {self.task!r}; known: {_known_il_tasks()}")
         if self.episode_length is None:  # resolved here, so a MetaWorld config (and its sweep cell id) reads 200 as before
-            self.episode_length = int(getattr(found[0], "DEFAULT_EPISODE_LENGTH", 200))
+            self.episode_length = default_episode_length(*found)
         check(self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}")
         check(self.max_tries is None or self.max_tries >= self.episodes, f"max_tries ({self.max_tries}) must be >= episodes ({self.episodes})")
         check(self.episode_length is None or self.episode_length >= 1, f"episode_length must be >= 1, got {self.episode_length}")
@@ -117,12 +127,25 @@ class CollectReport:
         )
 
 
+def default_episode_length(suite, name: str) -> int:
+    """The suite module's default step limit for task ``name``: per task (``EPISODE_LENGTHS``, ManiSkill) or per
+    suite (``DEFAULT_EPISODE_LENGTH``, robosuite 400); MetaWorld 200 (DP3)."""
+    per_task = getattr(suite, "EPISODE_LENGTHS", None)
+    if per_task is not None and name in per_task:
+        return int(per_task[name])
+    return int(getattr(suite, "DEFAULT_EPISODE_LENGTH", 200))
+
+
+def _suite_name(suite) -> str:
+    return suite.__name__.rsplit(".", 1)[-1]
+
+
 def _versions(suite: str) -> dict[str, str]:
-    """Versions of difftori, the suite's package (``metaworld`` / ``robosuite``), mujoco and numpy."""
+    """Versions of difftori, the suite's packages and numpy."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("difftori", suite, "mujoco", "numpy"):
+    for pkg in ("difftori", *_PACKAGES[suite], "numpy"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -133,15 +156,36 @@ def _versions(suite: str) -> dict[str, str]:
 def default_out(task: str, obs_type: str, episodes: int) -> Path:
     """``data/<suite>_<task>_<obs>_<episodes>.zarr`` (canonical task name)."""
     found = _il_task(task)
-    suite, name = (found[0].__name__.rsplit(".", 1)[-1], found[1]) if found else ("metaworld", task)
+    suite, name = (_suite_name(found[0]), found[1]) if found else ("metaworld", task)
     return Path("data") / f"{suite}_{name}_{obs_type}_{episodes}.zarr"
 
 
 def _record_episode(env, expert, obs_keys: list[str], success_steps: int):
-    """Run the expert for one episode: ``(obs {key: (T, ...)}, actions (T, A), succeeded)``."""
+    """Run the expert for one episode: ``(obs {key: (T, ...)}, actions (T, A), succeeded)``.
+
+    An expert with ``rollout(env, obs, on_step)`` (the motion planners) drives the env itself and we record what it
+    executes; the others are asked ``get_action(env.raw_obs)`` at every step.
+    """
     obs, _ = env.reset()
     if hasattr(expert, "reset"):  # stateful (phase-machine) experts start over
         expert.reset()
+    rollout = getattr(expert, "rollout", None)
+    if rollout is not None:
+        rec_obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_keys}
+        rec_act: list[np.ndarray] = []
+        count = [0]
+
+        def on_step(o, a, info) -> bool:
+            for k in obs_keys:
+                rec_obs[k].append(o[k])
+            rec_act.append(np.asarray(a, dtype=np.float32))
+            count[0] += int(bool(info.get("success", 0.0)))
+            return count[0] >= success_steps
+
+        rollout(env, obs, on_step)
+        if not rec_act:
+            return {}, np.zeros((0, env.task_spec.action_dim), np.float32), False
+        return {k: np.stack(v) for k, v in rec_obs.items()}, np.stack(rec_act), count[0] >= success_steps
     ep_obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_keys}
     ep_act: list[np.ndarray] = []
     n_success = 0
@@ -170,7 +214,7 @@ def collect_demos(
     progress: bool = True,
     **env_opts,
 ) -> CollectReport:
-    """Collect ``episodes`` successful scripted-expert demos of ``task`` and write them to ``out`` (zarr).
+    """Collect ``episodes`` successful expert demos of ``task`` and write them to ``out`` (zarr).
 
     ``env_opts`` go to the suite's ``make`` (``episode_length``, ``img_size``,
     ``num_points``, ...) and are stored in the dataset's ``env_options`` attribute. Writes the
@@ -193,8 +237,7 @@ def collect_demos(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
 
-    if env_opts.get("episode_length") is None:
-        env_opts.pop("episode_length", None)  # the suite's default
+    env_opts = {k: v for k, v in env_opts.items() if v is not None}  # None: the suite's default
     env = suite.make(name, obs_type=obs_type, seed=seed, **env_opts)
     expert = suite.make_expert(name)
     obs_keys = list(env.task_spec.obs_shapes)
@@ -224,18 +267,18 @@ def collect_demos(
         bar.close()
         env.close()
     if not lengths:
-        raise RuntimeError(f"the scripted expert for {name} succeeded in none of {tried} episodes; nothing written")
+        raise RuntimeError(f"the {DEMO_SOURCE[_suite_name(suite)]} expert for {name} succeeded in none of {tried} episodes; "
+                           "nothing written")
 
-    opts = {  # the env's effective options (besides obs_type), so evaluation can rebuild the same env
-        "episode_length": env.episode_length,
-        "img_size": env.img_size,
-        "num_points": env.num_points,
-        "pc_render_size": env.pc_render_size,
-    }
-    if hasattr(env, "camera_pos"):  # metaworld
-        opts["camera"], opts["camera_pos"] = env.camera, list(env.camera_pos)
-    if hasattr(env, "pc_cameras"):  # robosuite
-        opts["pc_cameras"] = list(env.pc_cameras)
+    if hasattr(env, "env_options"):  # the env's effective options (besides obs_type), so evaluation can rebuild it
+        opts = env.env_options()
+    else:
+        opts = {"episode_length": env.episode_length, "img_size": env.img_size, "num_points": env.num_points,
+                "pc_render_size": env.pc_render_size}
+        if hasattr(env, "camera_pos"):  # metaworld
+            opts["camera"], opts["camera_pos"] = env.camera, list(env.camera_pos)
+        if hasattr(env, "pc_cameras"):  # robosuite
+            opts["pc_cameras"] = list(env.pc_cameras)
     data = DemoData(
         obs={k: np.concatenate(buffers[k]) for k in obs_keys},
         action=np.concatenate(actions).astype(np.float32),
@@ -246,7 +289,9 @@ def collect_demos(
             "seed": int(seed),
             "tried": tried,
             "success_steps": int(success_steps),
-            "versions": _versions(suite.__name__.rsplit(".", 1)[-1]),
+            "suite": _suite_name(suite),
+            "demo_source": DEMO_SOURCE[_suite_name(suite)],
+            "versions": _versions(_suite_name(suite)),
             "env_options": opts,
         },
     )
@@ -296,7 +341,8 @@ def register_cli(sub) -> None:
     """Add ``collect`` to the ``difftori il`` subcommands."""
     p = sub.add_parser(
         "collect",
-        help="record scripted-expert MetaWorld / robosuite demos (successful episodes only) into a zarr dataset",
+        help="record expert demos (MetaWorld / robosuite scripted, ManiSkill motion-planned; successful episodes only) "
+             "into a zarr dataset",
         description=__doc__.splitlines()[0],
     )
     add_dataclass_args(p, CollectConfig)

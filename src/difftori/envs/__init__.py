@@ -1,7 +1,7 @@
-"""Environments by task name: DeepMind Control (RL), MetaWorld and robosuite (IL), as ``gymnasium.Env``.
+"""Environments by task name: DeepMind Control (RL), MetaWorld, robosuite and ManiSkill3 (IL), as ``gymnasium.Env``.
 
 ``make_env(task, **options)`` resolves the name in each suite's registry (optionally
-prefixed ``dmc:``, ``metaworld:`` or ``robosuite:``) and returns an env whose ``task_spec`` attribute is an
+prefixed ``dmc:``, ``metaworld:``, ``robosuite:`` or ``maniskill:``) and returns an env whose ``task_spec`` attribute is an
 :class:`EnvSpec`. Suites are imported lazily so a missing optional dependency only matters
 when that suite is used, and then the error carries the install hint. Importing this package
 picks a headless MuJoCo GL backend when ``MUJOCO_GL`` is unset (see :mod:`difftori.utils.gl`).
@@ -26,9 +26,9 @@ class MissingDependencyError(ImportError):
 
 
 def _suites():
-    from difftori.envs import dmc, metaworld, robosuite
+    from difftori.envs import dmc, maniskill, metaworld, robosuite
 
-    return {"dmc": dmc, "metaworld": metaworld, "robosuite": robosuite}
+    return {"dmc": dmc, "metaworld": metaworld, "robosuite": robosuite, "maniskill": maniskill}
 
 
 def known_tasks() -> dict[str, list[str]]:

@@ -12,9 +12,9 @@ class EnvSpec:
     task: str
     """Canonical task name, e.g. ``cartpole-swingup`` or ``door-open``."""
     suite: str
-    """``dmc``, ``metaworld`` or ``robosuite``."""
+    """``dmc``, ``metaworld``, ``robosuite`` or ``maniskill``."""
     obs_type: str
-    """``state`` / ``pixels`` (DMC) or ``state`` / ``image`` / ``pointcloud`` (MetaWorld, robosuite)."""
+    """``state`` / ``pixels`` (DMC) or ``state`` / ``image`` / ``pointcloud`` (MetaWorld, robosuite, ManiSkill)."""
     obs_shapes: dict[str, tuple[int, ...]]
     """Shape of each observation entry; single-array observations use the key ``obs``."""
     action_dim: int

@@ -1,0 +1,58 @@
+"""ManiSkill3 task names and errors that need no ManiSkill install (run in the default venv too)."""
+
+import sys
+
+import pytest
+
+from difftori.data.collect import CollectConfig, default_out
+from difftori.envs import MissingDependencyError, UnknownTaskError
+from difftori.envs import maniskill as ms
+
+
+def test_task_names_without_maniskill():
+    assert ms.canonical("pick-cube") == "pick-cube"
+    assert ms.canonical("PickCube-v1") == "pick-cube"
+    assert ms.canonical("PegInsertionSide") == "peg-insertion-side"
+    assert ms.canonical("plug_charger") == "plug-charger"
+    assert ms.canonical("door-open") is None and ms.canonical("cartpole-swingup") is None
+    assert set(ms.EPISODE_LENGTHS) == set(ms.TASKS) == set(ms.ENV_IDS)
+    with pytest.raises(UnknownTaskError, match="pick-cube"):
+        ms.make("pick-cub")
+
+
+def test_missing_dependency_has_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mani_skill.envs", None)  # makes `import mani_skill.envs` fail
+    with pytest.raises(MissingDependencyError, match="make maniskill"):
+        ms.make("pick-cube", obs_type="state")
+
+
+def test_collect_resolves_maniskill_tasks():
+    assert default_out("PickCube-v1", "pointcloud", 10).name == "maniskill_pick-cube_pointcloud_10.zarr"
+    assert default_out("door-open", "state", 5).name == "metaworld_door-open_state_5.zarr"
+    assert CollectConfig(task="stack-cube").episode_length == ms.EPISODE_LENGTHS["stack-cube"]
+    assert CollectConfig(task="door-open").episode_length == 200  # MetaWorld's default (sweep cell hashes unchanged)
+    with pytest.raises(ValueError, match="unknown IL task"):
+        CollectConfig(task="stack-cubes")
+
+
+def test_vulkan_configure_respects_the_users_choice(monkeypatch, tmp_path):
+    from difftori.envs import vulkan
+
+    monkeypatch.setattr(vulkan, "_configured", False)
+    monkeypatch.setenv("DIFFTORI_VULKAN_DIR", str(tmp_path))
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/somewhere")
+    monkeypatch.delenv("VK_ICD_FILENAMES", raising=False)
+    monkeypatch.delenv("DIFFTORI_VULKAN", raising=False)
+    assert not vulkan.configure()  # nothing fetched there
+    vulkan.icd_file().write_text("{}")
+    monkeypatch.setenv("DIFFTORI_VULKAN", "system")
+    assert not vulkan.configure()
+    monkeypatch.delenv("DIFFTORI_VULKAN")
+    monkeypatch.setenv("VK_ICD_FILENAMES", "/mine.json")
+    assert not vulkan.configure()
+    monkeypatch.delenv("VK_ICD_FILENAMES")
+    assert vulkan.configure()
+    import os
+
+    assert os.environ["VK_ICD_FILENAMES"] == str(tmp_path / vulkan.ICD_NAME)
+    assert os.environ["LD_LIBRARY_PATH"].startswith(str(tmp_path)) and os.environ["LD_LIBRARY_PATH"].endswith(":/somewhere")

@@ -27,9 +27,10 @@ $(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# One pytest worker per core (tests use one torch thread each); the Ray tests share one worker (xdist_group).
+# One pytest worker per core (tests use one torch thread each); a test file's tests share one worker (--dist loadfile),
+# so a module fixture (e.g. the pendulum --quick grid) is built once.
 TEST_WORKERS ?= auto
-PYTEST := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: setup
 	$(PYTEST) tests

@@ -23,9 +23,6 @@ from difftori.envs import pendulum as P  # noqa: E402
 
 os.environ["RAY_AUTH_MODE"] = "disabled"  # as tests/sweep/conftest.py: the same Ray mode in every test of the worker
 
-# The quick grid runs on a local Ray cluster, and clusters on one machine must not overlap: this module's tests
-# share the Ray tests' pytest-xdist worker (its module fixture is expensive too).
-pytestmark = pytest.mark.xdist_group("ray")
 
 # Expert test cost of the --quick split (seed 0: states 30..39 of a 40-state draw), measured with the
 # newton expert; the margin absorbs solver-tolerance changes but not a wrong model, cost or box.

@@ -12,8 +12,6 @@ import pytest
 from difftori.envs import MissingDependencyError, UnknownTaskError, make_env
 from difftori.envs import robosuite as rs
 
-# The module shares its envs (and robosuite's numba compilation) across tests: keep it on one pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("robosuite")
 
 _CACHE: dict = {}
 

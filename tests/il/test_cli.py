@@ -11,9 +11,6 @@ import pytest
 from difftori.cli import main
 from difftori.utils.runs import read_csv
 
-# The module-scoped fixture is expensive: keep this module's tests on one pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("il_cli")
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:

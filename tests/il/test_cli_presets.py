@@ -13,8 +13,6 @@ from difftori.il.policies import resolve_checkpoint
 from difftori.utils.io import load_checkpoint, save_checkpoint
 from tests.il.test_cli import _args, _run_dir, dataset  # noqa: F401  (module fixture)
 
-# The module-scoped fixture is expensive: keep this module's tests on one pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("il_cli_presets")
 
 SMALL = ["--diffusion.down-dims", "16", "32", "--diffusion.step-embed-dim", "16"]
 

@@ -21,8 +21,6 @@ from difftori.sweep.runner import SweepOptions, run_sweep
 
 from .helpers import TINY_RL
 
-# Ray clusters on one machine must not overlap: every Ray test runs on the same pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("ray")
 
 RAY = str(Path(sys.executable).with_name("ray"))
 

@@ -19,9 +19,6 @@ from difftori.utils.runs import read_csv
 
 from .helpers import TINY_RL
 
-# Ray clusters on one machine must not overlap: every Ray test runs on the same pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("ray")
-
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():

@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import ray
 
 from difftori.sweep.grid import rl_grid

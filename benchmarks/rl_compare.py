@@ -123,6 +123,9 @@ class CompareConfig:
     the grid still runs, or at the end of a session before its remaining cells continue elsewhere)."""
     random_episodes: int = 5
     """Episodes of the random-policy reference per task (0 skips it)."""
+    return_grad: Literal["autograd", "manual", "compiled"] = "compiled"
+    """difftori.return_grad of the DiffTORI runs: how the acting solves get the predicted return's gradient (equal
+    values to float rounding, so not part of a cell's id; compiled is the fastest on CPU)."""
     extra: str = ""
     """Extra ``difftori rl train`` options for every run (one shell-quoted string), e.g. --extra "--difftori.max-iters 50"."""
 
@@ -171,6 +174,8 @@ def _options(cfg: CompareConfig, task: str, variant: str, seed: int, runner: dic
             "schedule_steps": max(int(cfg.schedule_frac * agent_steps), 1),
         })
     opts.update(VARIANTS[variant])
+    if opts["agent"] == "difftori":
+        opts["difftori.return_grad"] = cfg.return_grad
     args = ["rl", "train"]
     for k, v in opts.items():
         args += [_flag(k), str(v)]

@@ -35,7 +35,7 @@ from benchmarks.common import interleaved_timings, median, parse_bench_config, r
 from difftori.envs.spec import EnvSpec  # noqa: E402
 from difftori.models.mlp import orthogonal_init  # noqa: E402
 from difftori.rl.buffer import ReplayBuffer  # noqa: E402
-from difftori.rl.config import PRESETS, SMALL_SIZES, RLConfig  # noqa: E402
+from difftori.rl.config import PRESETS, SMALL_SIZES, DiffTORIConfig, RLConfig  # noqa: E402
 from difftori.rl.difftori import DiffTORI  # noqa: E402
 from difftori.rl.tdmpc import TDMPC  # noqa: E402
 from difftori.utils.config import check, to_dict  # noqa: E402
@@ -51,6 +51,7 @@ PARTS: dict[str, tuple[str, ...]] = {"tdmpc": ("update", "plan"), "difftori": ("
 SPEC = EnvSpec(task="walker-walk", suite="dmc", obs_type="state", obs_shapes={"obs": (24,)}, action_dim=6,
                episode_length=500, action_repeat=2)
 SOLVE_PARTS = ("act_solve", "pg_grad")
+RETURN_GRADS = ("autograd", "manual", "compiled")
 STEP = 10**6  # an agent step after every schedule: full planning horizon, minimum stds, DiffTORI acting
 
 
@@ -72,37 +73,50 @@ class SpeedConfig:
     """Untimed calls per part and precision first."""
     seed: int = 0
     """Seed of the weights, the replay data and the observation."""
+    return_grads: tuple[str, ...] = ("autograd", "manual", "compiled")
+    """difftori.return_grad modes timed against each other on DiffTORI's solves (fp32); empty: skip that table."""
     out: str = str(DEFAULT_OUT)
     """Folder of rl_speed.json and rl_speed.md (written atomically)."""
 
     def __post_init__(self) -> None:
         self.sizes = tuple(self.sizes)
+        self.return_grads = tuple(self.return_grads)
+        check(all(m in RETURN_GRADS for m in self.return_grads), f"return_grads must be among {', '.join(RETURN_GRADS)}, got {self.return_grads}")
         check(bool(self.sizes) and all(s in PRESETS for s in self.sizes), f"sizes must be among {', '.join(PRESETS)}, got {self.sizes}")
         check(self.threads >= 1, f"threads must be >= 1, got {self.threads}")
         check(self.repeats >= 1, f"repeats must be >= 1, got {self.repeats}")
         check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
 
 
-QUICK = SpeedConfig(quick=True, repeats=2, warmup=1)
+QUICK = SpeedConfig(quick=True, repeats=2, warmup=1, return_grads=("autograd", "manual"))
 
 
-def agent_config(agent: str, precision: str, sizes: str, device: torch.device) -> RLConfig:
+def agent_config(agent: str, precision: str, sizes: str, device: torch.device, return_grad: str = "autograd") -> RLConfig:
     """RLConfig of one timed agent: the sizes' network/planner values, everything else default."""
     extra = dict(SMALL_SIZES) if sizes == "small" else {}
+    if agent == "difftori":
+        extra["difftori"] = DiffTORIConfig(return_grad=return_grad)
     return RLConfig(task=SPEC.task, agent=agent, precision=precision, preset=sizes, device=str(device), **extra)
 
 
-def make_agents(agent: str, sizes: str, device: torch.device, seed: int) -> dict[str, TDMPC]:
-    """fp32 and bf16 agents with the same weights; reward / critic heads randomised (orthogonal, as the other layers)."""
+def make_agents(agent: str, sizes: str, device: torch.device, seed: int,
+                variants: dict[str, dict] | None = None) -> dict[str, TDMPC]:
+    """Agents with the same weights, one per variant (default: fp32 and bf16; a variant is agent_config's keywords);
+    reward / critic heads randomised (orthogonal, as the other layers)."""
     cls = DiffTORI if agent == "difftori" else TDMPC
+    variants = variants or {p: {"precision": p} for p in PRECISIONS}
     torch.manual_seed(seed)
-    agents = {p: cls(agent_config(agent, p, sizes, device), SPEC) for p in PRECISIONS}
-    m = agents["fp32"].model
+    agents = {name: cls(agent_config(agent, kw.get("precision", "fp32"), sizes, device, kw.get("return_grad", "autograd")), SPEC)
+              for name, kw in variants.items()}
+    first = next(iter(agents.values()))
+    m = first.model
     with torch.no_grad():
         for net in [m._reward, m._Q1, m._Q2] + ([m._Qs1, m._Qs2] if m.obs_critic else []):
             orthogonal_init(net[-1])
-    agents["fp32"].model_target.load_state_dict(m.state_dict())
-    agents["bf16"].load_state_dict(agents["fp32"].state_dict())
+    first.model_target.load_state_dict(m.state_dict())
+    for a in agents.values():
+        if a is not first:
+            a.load_state_dict(first.state_dict())
     return agents
 
 
@@ -173,8 +187,21 @@ def run(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> dict
                     "solver_iters": {p: solver_iters(a, obs) for p, a in agents.items()} if part in SOLVE_PARTS else None,
                     "repeats": cfg.repeats, "times_ms": {p: [1e3 * t for t in times[p]] for p in PRECISIONS},
                 })
+    grad_rows: list[dict[str, Any]] = []
+    for sizes in cfg.sizes if cfg.return_grads else ():
+        for part in SOLVE_PARTS:
+            say(f"{sizes} difftori {part} by return_grad")
+            agents = make_agents("difftori", sizes, device, cfg.seed, {m: {"return_grad": m} for m in cfg.return_grads})
+            first = next(iter(agents.values()))
+            obs = first.obs_tensor(np.random.default_rng(cfg.seed).standard_normal(SPEC.obs_shape).astype(np.float32))
+            fns = {m: part_fn(part, a, obs, None) for m, a in agents.items()}
+            times = interleaved_timings(fns, repeats=cfg.repeats, warmup=cfg.warmup + 1, device=device)  # +1: compile
+            ms = {m: 1e3 * median(times[m]) for m in cfg.return_grads}
+            grad_rows.append({"sizes": sizes, "part": part, "ms": ms, "solver_iters": solver_iters(first, obs),
+                              "speedup": {m: ms[cfg.return_grads[0]] / ms[m] for m in cfg.return_grads},
+                              "times_ms": {m: [1e3 * t for t in times[m]] for m in cfg.return_grads}})
     results = {"meta": run_meta(cfg.threads, device, quick=cfg.quick, wall_s=time.perf_counter() - t_start,
-                                config=to_dict(cfg)), "rows": rows}
+                                config=to_dict(cfg)), "rows": rows, "return_grad_rows": grad_rows}
     out = Path(cfg.out)
     atomic_write_json(out / "rl_speed.json", results)
     atomic_write_text(out / "rl_speed.md", markdown(results))
@@ -197,6 +224,19 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for r in results["rows"]:
         lines.append(f"| {r['sizes']} | {r['agent']} | {r['part']} | {r['batch']} | {r['fp32_ms']:.1f} | {r['bf16_ms']:.1f} | {r['ratio']:.2f} |")
+    grad_rows = results.get("return_grad_rows") or []
+    if grad_rows:
+        modes = list(grad_rows[0]["ms"])
+        lines += ["", "## DiffTORI's solves by `difftori.return_grad` (fp32, batch 1)", "",
+                  f"The gradient of the predicted return in the solver's no-graph iterations: {', '.join(modes)}. "
+                  f"Median ms per call; speedup = {modes[0]} ms / mode ms. The policy-gradient solve's differentiable "
+                  "tail uses autograd in every mode.", "",
+                  "| sizes | part | solver iters | " + " | ".join(f"{m} ms" for m in modes) + " | "
+                  + " | ".join(f"{m} speedup" for m in modes[1:]) + " |",
+                  "|---|---|---:|" + "---:|" * (2 * len(modes) - 1)]
+        for r in grad_rows:
+            lines.append(f"| {r['sizes']} | {r['part']} | {r['solver_iters']} | " + " | ".join(f"{r['ms'][m]:.1f}" for m in modes)
+                         + " | " + " | ".join(f"{r['speedup'][m]:.2f}" for m in modes[1:]) + " |")
     return "\n".join(lines) + "\n"
 
 

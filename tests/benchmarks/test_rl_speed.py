@@ -32,8 +32,13 @@ def test_quick_small_run_writes_every_part(tmp_path, capsys):
         if r["part"] in bench.SOLVE_PARTS:  # the solves run in fp32 in both precisions: same iterations
             assert r["solver_iters"]["fp32"] == r["solver_iters"]["bf16"] >= 1
     assert {r["batch"] for r in data["rows"] if r["part"] == "update"} == {bench.SMALL_SIZES["batch_size"]}
+    grad_rows = data["return_grad_rows"]
+    assert [r["part"] for r in grad_rows] == list(bench.SOLVE_PARTS)
+    for r in grad_rows:
+        assert set(r["ms"]) == set(bench.QUICK.return_grads) and all(v > 0 for v in r["ms"].values())
+        assert r["speedup"]["autograd"] == pytest.approx(1.0)
     md = (tmp_path / "rl_speed.md").read_text()
-    assert md.count("| small |") == len(data["rows"]) and "bf16/fp32" in md
+    assert md.count("| small |") == len(data["rows"]) + len(grad_rows) and "bf16/fp32" in md and "manual speedup" in md
     assert md in capsys.readouterr().out
 
 

@@ -174,3 +174,45 @@ def test_unbounded_by_default_and_per_method_step_sizes():
                                                    torch.zeros(1, 3, 2, dtype=DT))
     torch.testing.assert_close(U, target.expand(1, 3, 2))
     assert info.status.item() == Status.OK
+
+
+@pytest.mark.parametrize("method,bound_mode,backward", [("lm_scalar", "clamp_in_cost", "none"), ("adam", "project", "none"),
+                                                        ("gd", "project", "truncated")])
+def test_given_cost_gradient_reproduces_autograd(method, bound_mode, backward):
+    """``cost_grad_fn`` replaces autograd in the no-graph evaluations only: same iterates, same gradient out."""
+    cost, _, U0 = _mlp_problem(3, 4, 2, seed=0, scale=2.0)
+    U0 = U0 * 4  # some coordinates start outside the box: clamp_in_cost masks their gradient
+    calls = []
+
+    def cost_grad(U):
+        calls.append(U.shape[0])
+        with torch.enable_grad():
+            Ul = U.detach().requires_grad_()
+            c = cost(Ul)
+            (g,) = torch.autograd.grad(c.sum(), Ul)
+        return c.detach(), g
+
+    opt = TrajOptimizer(method=method, max_iters=25, bounds=(-1.0, 1.0), bound_mode=bound_mode, backward=backward)
+    W = torch.randn(3, 4, 2, dtype=DT)
+    out = []
+    for fn in (None, cost_grad):
+        for p in cost.parameters():
+            p.grad = None
+        U, info = opt.solve(cost, U0, cost_grad_fn=fn)
+        if backward != "none":
+            (W * U).sum().backward()
+        out.append((U.detach(), info.iterations, [p.grad for p in cost.parameters()]))
+    assert calls, "cost_grad_fn was never used"
+    torch.testing.assert_close(out[1][0], out[0][0])
+    assert torch.equal(out[1][1], out[0][1])
+    for a, b in zip(out[0][2], out[1][2]):
+        if a is not None:
+            torch.testing.assert_close(b, a)
+
+
+def test_given_cost_gradient_is_validated():
+    cost, _, U0 = _mlp_problem(2, 3, 2, seed=0)
+    with pytest.raises(ValueError, match="first-order"):
+        TrajOptimizer(method="newton", max_iters=3).solve(cost, U0, cost_grad_fn=lambda U: (cost(U), U))
+    with pytest.raises(ValueError, match="shape of U"):
+        TrajOptimizer(method="adam", max_iters=3).solve(cost, U0, cost_grad_fn=lambda U: (cost(U).detach(), U[:, :1]))

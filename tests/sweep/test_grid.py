@@ -164,3 +164,12 @@ def test_missing_ray_is_a_clear_error(tmp_path):
 def test_ray_is_installed():
     """`make setup` installs the sweep extra: the Ray tests must run, not skip."""
     import ray  # noqa: F401
+
+
+def test_how_the_return_gradient_is_computed_is_not_part_of_the_id():
+    """difftori.return_grad changes how the solver's gradient is computed, not its value: same cell."""
+    opts = ["--agent", "difftori", "--steps", "96", *TINY_RL]
+    base = rl_cell("cartpole-balance", "difftori", 1, opts)
+    fast = rl_cell("cartpole-balance", "difftori", 1, [*opts, "--difftori.return-grad", "compiled"])
+    assert fast.config["difftori"]["return_grad"] == "compiled" and fast.id == base.id
+    assert rl_cell("cartpole-balance", "difftori", 1, [*opts, "--difftori.pg-lr", "3e-4"]).id != base.id

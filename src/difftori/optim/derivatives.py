@@ -55,8 +55,9 @@ class Evaluator:
     """
 
     def __init__(self, cost_fn: CostFn | None, residual_fn: CostFn | None, batch: int,
-                 clamp: tuple | None = None, hessian: str = "auto"):
+                 clamp: tuple | None = None, hessian: str = "auto", cost_grad_fn=None):
         self.residual_fn = residual_fn
+        self.cost_grad_fn = cost_grad_fn
         self.batch = batch
         self.clamp = clamp
         self.use_functorch = hessian in ("auto", "functorch")
@@ -108,11 +109,26 @@ class Evaluator:
             with torch.enable_grad():
                 c = self._check(self.cost_fn(self._in(Ug)), "cost_fn", 1)
                 return c, _grad(c.sum(), Ug, True)
+        if self.cost_grad_fn is not None:
+            return self._cost_grad_given(U.detach())
         with torch.enable_grad():
             Ul = U.detach().requires_grad_()
             c = self._check(self.cost_fn(self._in(Ul)), "cost_fn", 1)
             g = _grad(c.sum(), Ul, False)
         return c.detach(), g
+
+    def _cost_grad_given(self, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The caller's ``cost_grad_fn`` at ``clamp(U)``, its gradient masked as ``torch.clamp``'s backward."""
+        with torch.no_grad():
+            c, g = self.cost_grad_fn(self._in(U))
+            self._check(c, "cost_grad_fn's cost", 1)
+            if not isinstance(g, torch.Tensor) or g.shape != U.shape:
+                got = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
+                raise ValueError(f"cost_grad_fn's gradient must have the shape of U {tuple(U.shape)}, got {got}")
+            if self.clamp is not None:
+                lo, hi = self.clamp
+                g = torch.where((U >= lo) & (U <= hi), g, torch.zeros((), dtype=g.dtype, device=g.device))
+        return c, g
 
     # ------------------------------------------------------------------ second order
     def _basis_for(self, U: torch.Tensor) -> torch.Tensor:

@@ -259,11 +259,15 @@ class TrajOptimizer:
 
     # ------------------------------------------------------------------ public API
     def solve(self, cost_fn: CostFn | None, U0: torch.Tensor, residual_fn: CostFn | None = None, *,
-              backward: str | None = None) -> tuple[torch.Tensor, SolverInfo]:
+              backward: str | None = None, cost_grad_fn: Callable | None = None) -> tuple[torch.Tensor, SolverInfo]:
         """Minimise ``cost_fn`` from ``U0`` (B, H, A); return ``(U_star, info)``.
 
         ``residual_fn(U) -> (B, R)`` is required by gauss_newton / lm (objective 0.5||r||^2; ``cost_fn``
         is then not used and may be None). ``backward`` overrides the constructor's backward mode.
+        ``cost_grad_fn(U) -> (cost (B,), dcost/dU (B, H, A))``, optional (first-order methods): a faster
+        evaluation of ``cost_fn`` and its gradient without a graph, used for every evaluation that needs
+        no graph (the iterations before a truncated tail, all of them with ``backward="none"``); it must
+        agree with ``cost_fn``, which still serves every evaluation with a graph.
         """
         mode = self.backward if backward is None else backward
         if mode not in BACKWARDS:
@@ -300,8 +304,10 @@ class TrajOptimizer:
         bounded = lo is not None
         project = bounded and bm == "project"
         clamp_cost = bounded and bm == "clamp_in_cost"
+        if cost_grad_fn is not None and self.method not in _FIRST_ORDER:
+            raise ValueError(f"cost_grad_fn serves the first-order methods ({', '.join(_FIRST_ORDER)}), not {self.method!r}")
         ev = Evaluator(cost_fn, residual_fn if self.method in _RESIDUAL else None, B,
-                       clamp=(lo, hi) if clamp_cost else None, hessian=self.hessian)
+                       clamp=(lo, hi) if clamp_cost else None, hessian=self.hessian, cost_grad_fn=cost_grad_fn)
 
         K = self.max_iters
         graph_from = {"unroll": 0, "truncated": max(K - self.backward_iters, 0)}.get(mode, K + 1)

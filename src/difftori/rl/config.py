@@ -101,6 +101,8 @@ class DiffTORIConfig:
     """Acting-solve stop rule: every this many iterations a solve whose best predicted return improved by less than plateau_rtol (relative) stops; 0 = off (the original: a fixed number of iterations)."""
     plateau_rtol: float = 1e-4
     """Relative improvement per plateau_window below which an acting solve stops."""
+    return_grad: Literal["autograd", "manual", "compiled"] = "autograd"
+    """Gradient of the predicted return in the solver's no-graph iterations: autograd; manual (fused layers and a hand-written backward into U, the same values to float rounding, faster at batch 1); compiled (manual under torch.compile: fastest, compiles ~30 s per horizon and batch size once per process). The differentiable tail always uses autograd."""
 
     def __post_init__(self) -> None:
         check(self.max_iters is None or self.max_iters >= 1, f"difftori.max_iters must be >= 1, got {self.max_iters}")
@@ -116,6 +118,7 @@ class DiffTORIConfig:
         check(self.act in ("solver", "planner"), f"difftori.act must be solver or planner, got {self.act!r}")
         check(self.plateau_window >= 0, f"difftori.plateau_window must be >= 0, got {self.plateau_window}")
         check(self.plateau_rtol >= 0, f"difftori.plateau_rtol must be >= 0, got {self.plateau_rtol}")
+        check(self.return_grad in ("autograd", "manual", "compiled"), f"difftori.return_grad must be autograd, manual or compiled, got {self.return_grad!r}")
 
 
 @dataclass

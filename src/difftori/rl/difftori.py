@@ -49,7 +49,7 @@ are below bf16's resolution (~4e-3).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -58,6 +58,7 @@ from difftori.envs.spec import EnvSpec
 from difftori.optim import SolverInfo, Status, TrajOptimizer
 from difftori.rl.buffer import Batch, ReplayBuffer
 from difftori.rl.config import RLConfig
+from difftori.rl.fast_return import ReturnGradient, compiled_return_gradient, supports
 from difftori.rl.tdmpc import TDMPC
 
 __all__ = ["DiffTORI"]
@@ -79,6 +80,11 @@ class DiffTORI(TDMPC):
             damping=self.res.solver_damping, backward=d.backward, backward_iters=d.backward_iters, bounds=(-1.0, 1.0),
             bound_mode=d.bound_mode, plateau_window=d.plateau_window, plateau_rtol=d.plateau_rtol,
         )
+        # the hand-written return gradient needs TD-MPC's layers and serves the first-order methods only
+        self._fast_ok = supports(self.model) and d.solver_method not in _RESIDUAL_METHODS + ("newton",)
+        if d.return_grad != "autograd" and not self._fast_ok:
+            raise ValueError(f"difftori.return_grad={d.return_grad} needs a first-order solver_method (lm_scalar, gd, adam), "
+                             f"got {d.solver_method}")
         self._prev_U: torch.Tensor | None = None  # last acting solution (1, H, A), for init="shift"
         self._pg_params = self.pg_parameters()
         self.pg_optim = torch.optim.Adam(self._pg_params, lr=d.pg_lr)
@@ -172,7 +178,21 @@ class DiffTORI(TDMPC):
                     return (offset + cost(U)).unsqueeze(-1)
 
                 return self.solver.solve(None, U0, residual_fn=residual, backward=backward)
-            return self.solver.solve(cost, U0, backward=backward)
+            return self.solver.solve(cost, U0, backward=backward, cost_grad_fn=self._cost_grad_fn(z0))
+
+    def _cost_grad_fn(self, z0: torch.Tensor) -> Callable | None:
+        """``U -> (-G, -dG/dU)`` without autograd (``return_grad`` manual / compiled), or None (autograd)."""
+        if self.dcfg.return_grad == "autograd" or not self._fast_ok:
+            return None
+        prog = ReturnGradient(self.model, self.cfg.discount)
+        fn = compiled_return_gradient() if self.dcfg.return_grad == "compiled" else ReturnGradient.__call__
+        z = z0.detach()
+
+        def cost_grad(U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            G, g = fn(prog, z, U)
+            return -G, -g
+
+        return cost_grad
 
     def pg_loss(self, obs: torch.Tensor, step: int, eval_mode: bool = False,
                 U0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, SolverInfo]:

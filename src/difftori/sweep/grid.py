@@ -27,6 +27,10 @@ RUNNER_OPTIONS = ("--run-root", "--resume", "--progress", "--num-threads", "--de
 _VOLATILE = {"run_root", "progress", "num_threads", "device", "dataset", "base_policy", "out", "overwrite"}
 """Config fields left out of the cell id: where and how a run executes, not what it computes."""
 
+_VOLATILE_NESTED = {"difftori.return_grad"}
+"""Nested config fields (dotted paths) left out of the cell id for the same reason: how a value is computed
+(the predicted return's gradient by autograd or by hand: equal to float rounding), not which value."""
+
 
 @dataclass
 class Cell:
@@ -99,7 +103,7 @@ def _drop_neutral(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in config.items():
         path = prefix + k
-        if path in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[path]:
+        if path in _VOLATILE_NESTED or (path in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[path]):
             continue
         out[k] = _drop_neutral(v, path + ".") if isinstance(v, dict) else v
     return out

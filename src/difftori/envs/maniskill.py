@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from difftori.envs.pointcloud import Box, crop_mask, farthest_point_sample
-from difftori.envs.spec import EnvSpec
+from difftori.envs.pointcloud import Box, crop_mask, sample_cloud
+from difftori.envs.spec import EnvSpec, manipulation_observations
 
 __all__ = [
     "TASKS",
@@ -196,18 +196,8 @@ def _build_env_class():
             self._t = 0
             self._pending_seed = seed
 
-            shapes: dict[str, tuple[int, ...]] = {"state": (AGENT_STATE_DIM,)}
-            obs_spaces: dict[str, spaces.Space] = {"state": spaces.Box(-np.inf, np.inf, (AGENT_STATE_DIM,), np.float32)}
-            if obs_type == "state":
-                shapes["full_state"] = (self._full_dim,)
-                obs_spaces["full_state"] = spaces.Box(-np.inf, np.inf, (self._full_dim,), np.float32)
-            elif obs_type == "image":
-                shapes["image"] = (3, self.img_size, self.img_size)
-                obs_spaces["image"] = spaces.Box(0, 255, shapes["image"], np.uint8)
-            else:
-                shapes["pointcloud"] = (self.num_points, 3)
-                obs_spaces["pointcloud"] = spaces.Box(-np.inf, np.inf, shapes["pointcloud"], np.float32)
-            self.observation_space = spaces.Dict(obs_spaces)
+            shapes, self.observation_space = manipulation_observations(
+                obs_type, AGENT_STATE_DIM, self._full_dim, self.img_size, self.num_points)
             self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
             self.task_spec = EnvSpec(
                 task=self.task,
@@ -353,10 +343,7 @@ def _build_env_class():
         def point_cloud(self) -> np.ndarray:
             """``(num_points, 3)`` float32 world-frame point cloud of the current scene."""
             pts, seg = self.world_points()
-            pts = pts[self.segment_points(pts, seg)].astype(np.float32)
-            if len(pts) == 0:
-                raise RuntimeError(f"{self.task}: no scene points left after background removal and cropping to {CROP_BOX}")
-            return pts[farthest_point_sample(pts, self.num_points)]
+            return sample_cloud(pts, self.segment_points(pts, seg), self.num_points, f"{self.task} (crop {CROP_BOX})")
 
     def _np(x) -> np.ndarray:
         return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

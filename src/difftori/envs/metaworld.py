@@ -39,9 +39,10 @@ from difftori.envs.pointcloud import (
     disable_costly_rendering,
     farthest_point_sample,
     geom_distance,
+    sample_cloud,
     unproject,
 )
-from difftori.envs.spec import EnvSpec
+from difftori.envs.spec import EnvSpec, manipulation_observations
 
 __all__ = [
     "TASKS",
@@ -207,20 +208,8 @@ def _build_env_class():
             if seed is None:
                 self._inner.seed(int(np.random.SeedSequence().generate_state(1)[0]))
 
-            shapes: dict[str, tuple[int, ...]] = {"state": (AGENT_STATE_DIM,)}
-            obs_spaces: dict[str, spaces.Space] = {
-                "state": spaces.Box(-np.inf, np.inf, (AGENT_STATE_DIM,), np.float32)
-            }
-            if obs_type == "state":
-                shapes["full_state"] = (FULL_STATE_DIM,)
-                obs_spaces["full_state"] = spaces.Box(-np.inf, np.inf, (FULL_STATE_DIM,), np.float32)
-            elif obs_type == "image":
-                shapes["image"] = (3, self.img_size, self.img_size)
-                obs_spaces["image"] = spaces.Box(0, 255, shapes["image"], np.uint8)
-            else:
-                shapes["pointcloud"] = (self.num_points, 3)
-                obs_spaces["pointcloud"] = spaces.Box(-np.inf, np.inf, shapes["pointcloud"], np.float32)
-            self.observation_space = spaces.Dict(obs_spaces)
+            shapes, self.observation_space = manipulation_observations(
+                obs_type, AGENT_STATE_DIM, FULL_STATE_DIM, self.img_size, self.num_points)
             self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
             self.task_spec = EnvSpec(
                 task=self.task,
@@ -380,10 +369,7 @@ def _build_env_class():
         def point_cloud(self) -> np.ndarray:
             """``(num_points, 3)`` float32 world-frame point cloud of the current scene."""
             pts = self.unproject(self.depth_image())
-            pts = pts[self.segment_points(pts)].astype(np.float32)
-            if len(pts) == 0:
-                raise RuntimeError(f"{self.task}: no scene points left after cropping to {CROP_BOX}")
-            return pts[farthest_point_sample(pts, self.num_points)]
+            return sample_cloud(pts, self.segment_points(pts), self.num_points, f"{self.task} (crop {CROP_BOX})")
 
     return _MetaWorldEnv
 

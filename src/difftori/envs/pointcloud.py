@@ -23,6 +23,7 @@ __all__ = [
     "crop_mask",
     "background_mask",
     "disable_costly_rendering",
+    "sample_cloud",
 ]
 
 Box = tuple[tuple[float, float, float], tuple[float, float, float]]
@@ -115,3 +116,15 @@ def disable_costly_rendering(renderer) -> None:
 
     for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
         renderer.scene.flags[flag] = 0
+
+
+def sample_cloud(points: np.ndarray, keep: np.ndarray, num_points: int, where: str) -> np.ndarray:
+    """``(num_points, 3)`` float32 cloud: the ``keep``-masked points, farthest-point sampled.
+
+    Raises a one-line error naming ``where`` (task and crop) when no point is left, instead of
+    handing an empty cloud to the encoder.
+    """
+    pts = points[keep].astype(np.float32)
+    if len(pts) == 0:
+        raise RuntimeError(f"{where}: no scene points left after background removal and cropping")
+    return pts[farthest_point_sample(pts, num_points)]

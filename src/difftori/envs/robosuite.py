@@ -42,10 +42,10 @@ from difftori.envs.pointcloud import (
     camera_rays,
     crop_mask,
     disable_costly_rendering,
-    farthest_point_sample,
+    sample_cloud,
     unproject,
 )
-from difftori.envs.spec import EnvSpec
+from difftori.envs.spec import EnvSpec, manipulation_observations
 
 __all__ = ["TASKS", "TaskInfo", "TASK_INFO", "canonical", "make", "make_expert", "env_class", "background_geoms"]
 
@@ -264,18 +264,8 @@ def _build_env_class():
             self._background: list[Geom] | None = None
 
             self.full_state_dim = AGENT_STATE_DIM + int(self._inner._get_observations()["object-state"].shape[0])
-            shapes: dict[str, tuple[int, ...]] = {"state": (AGENT_STATE_DIM,)}
-            obs_spaces: dict[str, spaces.Space] = {"state": spaces.Box(-np.inf, np.inf, (AGENT_STATE_DIM,), np.float32)}
-            if obs_type == "state":
-                shapes["full_state"] = (self.full_state_dim,)
-                obs_spaces["full_state"] = spaces.Box(-np.inf, np.inf, shapes["full_state"], np.float32)
-            elif obs_type == "image":
-                shapes["image"] = (3, self.img_size, self.img_size)
-                obs_spaces["image"] = spaces.Box(0, 255, shapes["image"], np.uint8)
-            else:
-                shapes["pointcloud"] = (self.num_points, 3)
-                obs_spaces["pointcloud"] = spaces.Box(-np.inf, np.inf, shapes["pointcloud"], np.float32)
-            self.observation_space = spaces.Dict(obs_spaces)
+            shapes, self.observation_space = manipulation_observations(
+                obs_type, AGENT_STATE_DIM, self.full_state_dim, self.img_size, self.num_points)
             self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
             self.task_spec = EnvSpec(
                 task=self.task,
@@ -428,10 +418,7 @@ def _build_env_class():
         def point_cloud(self) -> np.ndarray:
             """``(num_points, 3)`` float32 world-frame point cloud fused from :attr:`pc_cameras`."""
             pts = np.concatenate([self.camera_points(c) for c in self.pc_cameras])
-            pts = pts[self.segment_points(pts)].astype(np.float32)
-            if len(pts) == 0:
-                raise RuntimeError(f"{self.task}: no scene points left after cropping to {self.crop_box}")
-            return pts[farthest_point_sample(pts, self.num_points)]
+            return sample_cloud(pts, self.segment_points(pts), self.num_points, f"{self.task} (crop {self.crop_box})")
 
     return _RobosuiteEnv
 

@@ -122,6 +122,9 @@ class CompareConfig:
     """Run cells that failed in an earlier invocation again."""
     report_only: bool = False
     """Run nothing: archive finished cells and write the tables from what is on disk."""
+    cost_grad: Literal["autograd", "manual"] = "manual"
+    """difftori.cost_grad of the DiffTORI runs: how the solver's no-graph iterations get the cost's gradient (equal
+    values to float rounding, so not part of a cell's id; manual is ~1.9x faster on the faithful inference solve)."""
     extra: str = ""
     """Extra ``il train`` options for every training run (one shell-quoted string)."""
 
@@ -161,6 +164,8 @@ def variant_options(cfg: CompareConfig, variant: str) -> list[str]:
             *(["--eval-episodes", str(cfg.eval_episodes)] if cfg.eval_episodes is not None else []), *VARIANTS[variant]]
     if variant == "difftori-faithful":
         opts += ["--difftori.inference-samples", str(IL_PRESETS[cfg.preset].get("batch_size", 128))]
+    if variant.startswith("difftori"):
+        opts += ["--difftori.cost-grad", cfg.cost_grad]
     return opts + shlex.split(cfg.extra)
 
 

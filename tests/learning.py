@@ -24,7 +24,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "il/difftori_paper": ("tests.il.test_difftori_paper", "paper_stats", "PAPER_LIMITS"),
     "rl/tdmpc_update": ("tests.rl.test_tdmpc", "update_stats", "UPDATE_LIMITS"),
     "rl/tdmpc_learns": ("tests.rl.test_learning", "tdmpc_stats", "TDMPC_LIMITS"),
-    "rl/difftori_learns": ("tests.rl.test_learning", "difftori_stats", "DIFFTORI_LIMITS"),
+    "rl/difftori_learns": ("tests.rl.test_learning_difftori", "difftori_stats", "DIFFTORI_LIMITS"),
     "optim/newton_converges": ("tests.optim.test_robustness", "newton_stop_stats", "NEWTON_STOP_LIMITS"),
 }
 

@@ -127,3 +127,36 @@ def test_config_validation():
         DiffTORIConfig(base_pool=-1)
     assert DiffTORIConfig(solver=SolverConfig(packed=True)).draws == 128
     assert DiffTORIConfig(inference_samples=7, solver=SolverConfig(packed=True)).draws == 7
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_manual_cost_gradient_gives_the_same_solves_and_loss(packed):
+    """difftori.cost_grad=manual: the no-graph iterations use the hand-written gradient; solves, the loss and its
+    gradient equal autograd's to float rounding (windows start partly outside the box: clamp's zero gradient)."""
+    data = linear_state_data(n=64)
+    batch = {"obs": {k: v[:8] for k, v in data["obs"].items()}, "action": data["action"][:8]}
+    out = {}
+    for mode in ("autograd", "manual"):
+        torch.manual_seed(0)
+        pol = build("difftori", data, difftori={"init": "noise", "cost_grad": mode,
+                                                "solver": {"packed": packed, "max_iters": 20, "step_size": 1e-3}})
+        with torch.no_grad():
+            feat = pol.encoder(pol.normalize_obs(batch["obs"]))
+        g = torch.Generator().manual_seed(1)
+        z, U0 = torch.randn(8, pol.cfg.z_dim, generator=g), torch.rand(8, 4, 4, generator=g) * 2.4 - 1.2
+        U, info = pol.solve(feat, z, U0, training=False)
+        torch.manual_seed(2)
+        loss, _ = pol.compute_loss(batch)
+        grads = torch.autograd.grad(loss, [p for p in pol.parameters() if p.requires_grad])
+        out[mode] = (U, info.iterations, loss.detach(), grads)
+    (Ua, ia, la, ga), (Um, im, lm, gm) = out["autograd"], out["manual"]
+    assert torch.equal(ia, im)
+    torch.testing.assert_close(Um, Ua, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lm, la, rtol=1e-4, atol=1e-5)
+    for a, m in zip(ga, gm):  # float rounding, amplified by the 3000x action loss weight: compare as vectors
+        assert torch.linalg.vector_norm(m - a) <= 1e-4 * torch.linalg.vector_norm(a) + 1e-7
+
+
+def test_manual_cost_gradient_needs_a_first_order_method():
+    with pytest.raises(ValueError, match="cost_grad"):
+        DiffTORIConfig(cost_grad="manual", solver=SolverConfig(method="newton"))

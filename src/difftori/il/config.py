@@ -161,6 +161,11 @@ class DiffTORIConfig:
     base_pool: int = 0
     """K > 0: training draws U0 from K base predictions per demo window, computed once when training starts,
     instead of calling the base afresh at every step (the original; 0). Saves the base's cost per step."""
+    cost_grad: Literal["autograd", "manual"] = "autograd"
+    """Gradient of the released cost network w.r.t. the window in the solver's no-graph iterations: autograd, or
+    manual (the features' and z's share of the first layer computed once per solve, a hand-written backward into U:
+    the same values to float rounding, faster; first-order solver methods). The differentiable tail always uses
+    autograd; the paper formulation always does."""
     solver: SolverConfig = field(default_factory=SolverConfig)
     """Trajectory optimiser settings."""
 
@@ -180,6 +185,9 @@ class DiffTORIConfig:
         check(self.inference_samples is None or self.inference_samples >= 1, f"difftori.inference_samples must be >= 1 or None, got {self.inference_samples}")
         check(self.inference_select in ("first", "lowest_cost"), f"difftori.inference_select must be first or lowest_cost, got {self.inference_select!r}")
         check(self.base_pool >= 0, f"difftori.base_pool must be >= 0, got {self.base_pool}")
+        check(self.cost_grad in ("autograd", "manual"), f"difftori.cost_grad must be autograd or manual, got {self.cost_grad!r}")
+        check(self.cost_grad == "autograd" or self.solver.method in ("gd", "adam", "lm_scalar"),
+              f"difftori.cost_grad=manual needs a first-order solver method (gd, adam, lm_scalar), got {self.solver.method!r}")
         check(self.action_loss_weight > 0 and self.kl_weight >= 0, "difftori.action_loss_weight > 0, kl_weight >= 0")
         check(self.init_noise >= 0, f"difftori.init_noise must be >= 0, got {self.init_noise}")
 

@@ -187,7 +187,35 @@ class DiffTORIPolicy(Policy):
         """All ``B`` samples in one batched solve (one problem if ``solver.packed``); returns ``(U*, info)``.
 
         ``ctx`` = :meth:`context` of the features (the features themselves in the released formulation)."""
-        return self.solver(training).solve(lambda U: self.cost(ctx, z, U), U0)
+        grad_fn = self._cost_grad_fn(ctx, z) if self.cfg.cost_grad == "manual" and self.cfg.formulation == "released" else None
+        return self.solver(training).solve(lambda U: self.cost(ctx, z, U), U0, cost_grad_fn=grad_fn)
+
+    def _cost_grad_fn(self, ctx: torch.Tensor, z: torch.Tensor):
+        """``U -> (C(features, z, U), dC/dU)`` of the released cost network without autograd (no graph).
+
+        The cost net is ``Linear ELU Linear ELU Linear`` on ``[features, z, clamp(U)]``: the first layer's
+        features/z share is computed once per solve; the backward runs into U only (clamp: zero outside the box,
+        as ``torch.clamp``'s backward)."""
+        l1, l2, l3 = (m for m in self.cost_net if isinstance(m, nn.Linear))
+        k = ctx.shape[1] + z.shape[1]
+        with torch.no_grad():
+            W1u = l1.weight[:, k:]
+            pre = F.linear(torch.cat([ctx, z], dim=-1).detach(), l1.weight[:, :k], l1.bias)
+
+        def cost_grad(U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            B = U.shape[0]
+            Uc = U.clamp(-1.0, 1.0).reshape(B, -1)
+            p1 = torch.addmm(pre, Uc, W1u.t())
+            h1 = F.elu(p1)
+            p2 = F.linear(h1, l2.weight, l2.bias)
+            h2 = F.elu(p2)
+            c = F.linear(h2, l3.weight, l3.bias)[:, 0]
+            g2 = l3.weight * torch.where(p2 > 0, 1.0, h2 + 1.0)
+            g1 = (g2 @ l2.weight) * torch.where(p1 > 0, 1.0, h1 + 1.0)
+            g = (g1 @ W1u).reshape(U.shape)
+            return c, torch.where((U >= -1.0) & (U <= 1.0), g, 0.0)
+
+        return cost_grad
 
     # ------------------------------------------------------------------ interface -------
     def compute_loss(self, batch: Mapping[str, Any]):

@@ -27,9 +27,9 @@ RUNNER_OPTIONS = ("--run-root", "--resume", "--progress", "--num-threads", "--de
 _VOLATILE = {"run_root", "progress", "num_threads", "device", "dataset", "base_policy", "out", "overwrite"}
 """Config fields left out of the cell id: where and how a run executes, not what it computes."""
 
-_VOLATILE_NESTED = {"difftori.return_grad"}
+_VOLATILE_NESTED = {"difftori.return_grad", "difftori.cost_grad"}
 """Nested config fields (dotted paths) left out of the cell id for the same reason: how a value is computed
-(the predicted return's gradient by autograd or by hand: equal to float rounding), not which value."""
+(the RL return's / the IL cost's gradient by autograd or by hand: equal to float rounding), not which value."""
 
 
 @dataclass

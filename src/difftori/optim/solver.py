@@ -135,6 +135,53 @@ def _min_eigenvalue(M: torch.Tensor) -> torch.Tensor:
         return (d - (M.abs().sum(-1) - d.abs())).min(dim=1).values
 
 
+def _box_qp(A: torch.Tensor, g: torch.Tensor, d: torch.Tensor, dlo: torch.Tensor, dhi: torch.Tensor,
+            iters: int) -> torch.Tensor:
+    """Projected Newton on the box QP ``min_d g.d + 0.5 d.A.d, dlo <= d <= dhi`` from the feasible ``d``.
+
+    Batched over the leading dims of ``g`` / ``d`` (..., n); ``A`` (..., n, n). Each iteration fixes the
+    coordinates at a bound whose model gradient points outward, takes the Newton step on the others and
+    a projected Armijo backtracking line search (all step lengths in one batched model evaluation): the
+    model value never increases. A batch entry whose reduced system fails to factorise, or that no longer
+    decreases, stops. Stops early once no entry moves (a host sync per iteration).
+    """
+    n = d.shape[-1]
+    dt = d.dtype
+    eye = torch.eye(n, dtype=dt, device=d.device)
+    alphas = 0.5 ** torch.arange(0, 8, dtype=dt, device=d.device)
+    al = alphas.reshape((-1,) + (1,) * d.ndim)
+
+    def model(x):
+        return (x * (g + 0.5 * (A @ x.unsqueeze(-1)).squeeze(-1))).sum(-1)
+
+    qd = model(d)
+    tiny = 16.0 * torch.finfo(dt).eps
+    for _ in range(iters):
+        gq = g + (A @ d.unsqueeze(-1)).squeeze(-1)
+        free = ~(((d <= dlo) & (gq > 0)) | ((d >= dhi) & (gq < 0)))
+        f = free.to(dt)
+        L, info = torch.linalg.cholesky_ex(A * (f.unsqueeze(-1) * f.unsqueeze(-2)) + torch.diag_embed(1.0 - f))
+        ok = info == 0
+        L = torch.where(ok[..., None, None], L, eye)
+        p = -torch.cholesky_solve((gq * f).unsqueeze(-1), L).squeeze(-1) * f
+        dc = torch.clamp(d + al * p, dlo, dhi)  # (k, ..., n)
+        qc = model(dc)
+        step = dc - d
+        valid = (qc <= qd + 0.1 * (gq * step).sum(-1)) & (qc < qd - tiny * (qd.abs() + 1.0))
+        valid = valid & torch.isfinite(qc)
+        k = torch.where(valid, torch.arange(len(alphas), device=d.device).reshape((-1,) + (1,) * (valid.ndim - 1)),
+                        len(alphas)).min(0).values
+        moved = ok & (k < len(alphas))
+        kk = k.clamp_max(len(alphas) - 1)
+        d_new = dc.gather(0, kk.unsqueeze(0).unsqueeze(-1).expand((1,) + d.shape)).squeeze(0)
+        q_new = qc.gather(0, kk.unsqueeze(0)).squeeze(0)
+        d = torch.where(moved.unsqueeze(-1), d_new, d)
+        qd = torch.where(moved, q_new, qd)
+        if not bool(moved.any()):
+            break
+    return d
+
+
 def _check_adam_backward(method: str, backward: str) -> None:
     if method == "adam" and backward == "truncated":
         raise ValueError(
@@ -618,7 +665,16 @@ class TrajOptimizer:
             L = torch.where(okm[..., None, None], L, eye)
             D = -torch.cholesky_solve(pg[None].expand(m, B, n).unsqueeze(-1), L).squeeze(-1)
             D_fb = -pg[None] / (lams + torch.linalg.matrix_norm(Mr)[None])[..., None]
-            D = torch.where(okm[..., None], D, D_fb) * (self.step_size * fr)
+            D = torch.where(okm[..., None], D, D_fb) * fr
+            if project:  # box-QP subproblem: projected Newton on the model from the clamped reduced step
+                lo_n, hi_n = (torch.as_tensor(b, dtype=dt, device=dev).expand(B, H, A).reshape(B, n) for b in box)
+                dlo, dhi = lo_n - Ud.reshape(B, n), hi_n - Ud.reshape(B, n)
+                D = torch.clamp(D, dlo, dhi)
+                Aq = M.detach()[None] + lams[..., None, None] * eye
+                Dq = _box_qp(Aq, g.detach()[None].expand(m, B, n), D, dlo, dhi, self._QP_ITERS)
+                D = torch.where(okm[..., None], Dq, D)
+                fq = ((D > dlo) & (D < dhi)).to(dt)  # the QP's free set (interior coordinates)
+            D = D * self.step_size
             Uc = Ud.reshape(1, B, n) + D
             if project:
                 Uc = torch.clamp(Uc.reshape(m, B, H, A), *box).reshape(m, B, n)
@@ -650,7 +706,22 @@ class TrajOptimizer:
             acc = moving & good
             rej = moving & ~good
             S.n_fb = S.n_fb + (moving & (~ok_j | ~fin))
-        if graph_on:  # differentiable step for the chosen damping (the choice itself is piecewise constant)
+        if graph_on and project:
+            # differentiable box-QP step for the chosen damping and active set (both piecewise constant): the
+            # active coordinates go to their bound (d_A = bound - U_A), the free ones solve the reduced system
+            fj = fq.gather(0, j[None, :, None].expand(1, B, n))[0]
+            fj = torch.where(ok_j[:, None], fj, fr)
+            dA = (Ud.reshape(B, n) + D.gather(0, j[None, :, None].expand(1, B, n))[0] / self.step_size).detach() \
+                - U.reshape(B, n)
+            dA = dA * (1.0 - fj)
+            Mg = M * (fj[:, :, None] * fj[:, None, :]) + torch.diag_embed(1.0 - fj)
+            Lg, _ = torch.linalg.cholesky_ex(torch.where(ok_j[:, None, None], Mg + lam_j[:, None, None] * eye, eye))
+            rhs = (g + torch.bmm(M, dA.unsqueeze(-1)).squeeze(-1)) * fj
+            d = torch.where(ok_j[:, None], -torch.cholesky_solve(rhs.unsqueeze(-1), Lg).squeeze(-1) * fj + dA,
+                            -(g * fr) / (lam_j + torch.linalg.matrix_norm(Mr))[:, None].detach() * fr)
+            U_new = torch.clamp((U.reshape(B, n) + d * self.step_size).reshape(B, H, A), *box)
+            U_new = U_new + (U_cand.reshape(B, H, A) - U_new).detach()  # value: the evaluated candidate, exactly
+        elif graph_on:  # differentiable step for the chosen damping (the choice itself is piecewise constant)
             Mg = M * (fr[:, :, None] * fr[:, None, :]) + torch.diag_embed(1.0 - fr)
             Lg, _ = torch.linalg.cholesky_ex(torch.where(ok_j[:, None, None], Mg + lam_j[:, None, None] * eye, eye))
             pgg = g * fr
@@ -704,6 +775,7 @@ class TrajOptimizer:
             self._record(S, acc, c_best if level == "cost" else S.c, S.U, moving)  # S.c: the plain cost at S.U
 
     _LADDER_BASE = 4.0
+    _QP_ITERS = 20
 
     def _ladder(self, dt, dev) -> torch.Tensor:
         """Damping multipliers tried per iteration: 4^-2 ... 4^(n_ladder-3)."""

@@ -139,47 +139,55 @@ def _box_qp(A: torch.Tensor, g: torch.Tensor, d: torch.Tensor, dlo: torch.Tensor
             iters: int) -> torch.Tensor:
     """Projected Newton on the box QP ``min_d g.d + 0.5 d.A.d, dlo <= d <= dhi`` from the feasible ``d``.
 
-    Batched over the leading dims of ``g`` / ``d`` (..., n); ``A`` (..., n, n). Each iteration fixes the
-    coordinates at a bound whose model gradient points outward, takes the Newton step on the others and
-    a projected Armijo backtracking line search (all step lengths in one batched model evaluation): the
-    model value never increases. A batch entry whose reduced system fails to factorise, or that no longer
-    decreases, stops. Stops early once no entry moves (a host sync per iteration).
+    Batched over the leading dims of ``d`` (..., n) (``A`` (..., n, n), ``g``, ``dlo``, ``dhi`` broadcast to
+    them); every entry is an independent QP. Each iteration fixes the coordinates at a bound whose model
+    gradient points outward, takes the Newton step on the others and a projected Armijo backtracking line
+    search (all step lengths in one batched model evaluation): the model value never increases. An entry
+    whose reduced system fails to factorise, or that no longer decreases, stops; the iterations run on the
+    entries still moving only (one host sync per iteration) and end when none is.
     """
-    n = d.shape[-1]
-    dt = d.dtype
-    eye = torch.eye(n, dtype=dt, device=d.device)
-    alphas = 0.5 ** torch.arange(0, 8, dtype=dt, device=d.device)
-    al = alphas.reshape((-1,) + (1,) * d.ndim)
-
-    def model(x):
-        return (x * (g + 0.5 * (A @ x.unsqueeze(-1)).squeeze(-1))).sum(-1)
-
-    qd = model(d)
+    shape, n, dt, dev = d.shape, d.shape[-1], d.dtype, d.device
+    Af = A.expand(shape[:-1] + (n, n)).reshape(-1, n, n)
+    gf, lof, hif = (t.expand(shape).reshape(-1, n) for t in (g, dlo, dhi))
+    out = d.reshape(-1, n).clone()
+    eye = torch.eye(n, dtype=dt, device=dev)
+    na = 8
+    al = (0.5 ** torch.arange(0, na, dtype=dt, device=dev))[:, None, None]
+    ks = torch.arange(na, device=dev)[:, None]
     tiny = 16.0 * torch.finfo(dt).eps
+
+    def model(Ai, gi, x):  # x (k, P, n) -> (k, P): one bmm, A is not copied per step length
+        Ax = torch.bmm(Ai, x.permute(1, 2, 0)).permute(2, 0, 1)
+        return (x * (gi + 0.5 * Ax)).sum(-1)
+
+    idx = None  # entries still moving (None: all)
+    Ai, gi, lo, hi, di = Af, gf, lof, hif, out
+    qd = model(Ai, gi, di[None])[0]
     for _ in range(iters):
-        gq = g + (A @ d.unsqueeze(-1)).squeeze(-1)
-        free = ~(((d <= dlo) & (gq > 0)) | ((d >= dhi) & (gq < 0)))
-        f = free.to(dt)
-        L, info = torch.linalg.cholesky_ex(A * (f.unsqueeze(-1) * f.unsqueeze(-2)) + torch.diag_embed(1.0 - f))
+        gq = gi + torch.bmm(Ai, di.unsqueeze(-1)).squeeze(-1)
+        f = (~(((di <= lo) & (gq > 0)) | ((di >= hi) & (gq < 0)))).to(dt)
+        L, info = torch.linalg.cholesky_ex(Ai * (f.unsqueeze(-1) * f.unsqueeze(-2)) + torch.diag_embed(1.0 - f))
         ok = info == 0
-        L = torch.where(ok[..., None, None], L, eye)
+        L = torch.where(ok[:, None, None], L, eye)
         p = -torch.cholesky_solve((gq * f).unsqueeze(-1), L).squeeze(-1) * f
-        dc = torch.clamp(d + al * p, dlo, dhi)  # (k, ..., n)
-        qc = model(dc)
-        step = dc - d
-        valid = (qc <= qd + 0.1 * (gq * step).sum(-1)) & (qc < qd - tiny * (qd.abs() + 1.0))
-        valid = valid & torch.isfinite(qc)
-        k = torch.where(valid, torch.arange(len(alphas), device=d.device).reshape((-1,) + (1,) * (valid.ndim - 1)),
-                        len(alphas)).min(0).values
-        moved = ok & (k < len(alphas))
-        kk = k.clamp_max(len(alphas) - 1)
-        d_new = dc.gather(0, kk.unsqueeze(0).unsqueeze(-1).expand((1,) + d.shape)).squeeze(0)
-        q_new = qc.gather(0, kk.unsqueeze(0)).squeeze(0)
-        d = torch.where(moved.unsqueeze(-1), d_new, d)
-        qd = torch.where(moved, q_new, qd)
-        if not bool(moved.any()):
+        dc = torch.clamp(di + al * p, lo, hi)  # (k, P, n)
+        qc = model(Ai, gi, dc)
+        valid = (qc <= qd + 0.1 * (gq * (dc - di)).sum(-1)) & (qc < qd - tiny * (qd.abs() + 1.0)) & torch.isfinite(qc)
+        k = torch.where(valid, ks, na).min(0).values  # the longest step that passes
+        moved = ok & (k < na)
+        kk = k.clamp_max(na - 1)
+        d_new = dc.gather(0, kk[None, :, None].expand(1, -1, n))[0]
+        q_new = qc.gather(0, kk[None])[0]
+        keep = moved.nonzero().squeeze(1)
+        if keep.numel() == 0:
             break
-    return d
+        if idx is None:
+            idx = keep
+        else:
+            idx = idx[keep]
+        out[idx] = d_new[keep]
+        Ai, gi, lo, hi, di, qd = Af[idx], gf[idx], lof[idx], hif[idx], d_new[keep], q_new[keep]
+    return out.reshape(shape)
 
 
 def _check_adam_backward(method: str, backward: str) -> None:

@@ -57,6 +57,12 @@ Bounds (``bounds=(lo, hi)``; floats or tensors broadcastable to (H, A), lo < hi;
     the box after every step (projected gradient / projected Newton). Active set: a coordinate at a
     bound whose gradient points outward (at lo with g >= 0, at hi with g <= 0) is held fixed; Newton
     solves the reduced system on the free coordinates (active rows/columns replaced by identity).
+    newton / gauss_newton / lm then solve each candidate's box-constrained model exactly (``_box_qp``:
+    projected Newton on ``g.d + 0.5 d.(M + damping) d`` inside the box, started from the clamped reduced
+    step; the model never increases), like mpc.pytorch's box-DDP: coordinates the clamp would pin
+    wrongly are released and the step lands on the model's constrained minimiser, so a bounded solve
+    needs fewer iterations (tracking benchmark: 2 instead of 3). In graph modes the step is
+    differentiated on the QP's final active set (active coordinates: bound - U, zero derivative).
     Convergence uses the projected gradient (active coordinates zeroed).
     ``bound_mode="clamp_in_cost"`` (default for lm_scalar, the original DiffTORI): iterates are
     unconstrained, the cost sees clamp(U), and the returned U_star / best_U are clamp(U).
@@ -640,7 +646,8 @@ class TrajOptimizer:
         evaluated in ONE batched cost-only call; each sample takes its lowest-cost candidate if it
         decreases the cost (accept: lam <- chosen), else stays (reject: lam grows 256x). The
         derivatives are then evaluated once, at the accepted points. gauss_newton: one candidate
-        with fixed damping, every finite step accepted.
+        with fixed damping, every finite step accepted. Bounded (project mode): every candidate is the
+        solution of its box-constrained model (:func:`_box_qp`), not the clamp of the reduced step.
         """
         U, g, M, c = S.U, S.g, S.M, S.c
         B, H, A = U.shape

@@ -15,7 +15,8 @@ Methods
                       problem on ONE residual r = mean_i(offset + cost_i) over vec(U) (see ``packed``).
     ``newton``        damped Newton with the exact per-sample Hessian (torch.func forward-over-reverse).
                       Per iteration and sample: the damping is shifted past the most negative eigenvalue
-                      (``eigvalsh``), ``n_ladder`` dampings ``shift + lam * 4^j`` (j = -2, ...) are
+                      (``eigvalsh``), ``n_ladder`` dampings ``shift + lam * 4^j`` (j = -2, ...) plus one
+                      undamped candidate (damping 1e-6 ||H|| + damping_min, only where no shift was needed) are
                       factorised with ``cholesky_ex`` and their trial points evaluated in ONE batched
                       (vmapped) cost-only call; the sample takes its lowest-cost candidate if it lowers
                       the cost (accept: lam <- chosen damping, i.e. down) or stays (reject: lam x256).
@@ -263,7 +264,11 @@ class TrajOptimizer:
     M+1 accepted steps: no cost (hence no point) is revisited infinitely often, every iterate
     costs <= c_0, and a step to a cost above R_k (the climb of a cycle) is refused."""
     n_ladder: int = 6
-    """newton/lm: dampings tried per iteration (lam * 4^-2 ... lam * 4^(n_ladder-3)), evaluated in one batched call."""
+    """newton/lm: dampings tried per iteration (lam * 4^-2 ... lam * 4^(n_ladder-3)), evaluated in one batched call,
+    plus an undamped candidate (damping 1e-6 ||M||_F + damping_min where the (reduced) model matrix needed no
+    negative-curvature shift; a repeat of lam * 4^-2 where it did). Choosing the undamped one sets lam <- lam * 4^-2:
+    a sample in a flat valley (damping >> its smallest curvature) takes the full Newton step at once instead of
+    creeping while lam decreases 16x per iteration."""
     plateau_window: int = 0
     """Plateau stop rule (0 = off): every this many iterations a sample whose best cost improved by less than
     ``plateau_rtol * max(|best cost|, 1)`` since the previous check stops (status PLATEAU). Acting solves reach
@@ -667,6 +672,7 @@ class TrajOptimizer:
             pg = g.detach() * fr
             Mr = M.detach() * (fr[:, :, None] * fr[:, None, :]) + torch.diag_embed(1.0 - fr)
             shift = torch.zeros(B, dtype=dt, device=dev)
+            neg = torch.zeros(B, dtype=torch.bool, device=dev)
             if self.method == "newton":  # shift past negative curvature so every candidate is PD
                 ev_min = _min_eigenvalue(Mr)
                 neg = ev_min <= 0
@@ -674,6 +680,11 @@ class TrajOptimizer:
                 S.n_neg = S.n_neg + (moving & neg)
             ladder = self._ladder(dt, dev) if adaptive else torch.ones(1, dtype=dt, device=dev)
             lams = shift[None] + S.lam[None] * ladder[:, None]  # (m, B)
+            if adaptive and self._UNDAMPED:
+                # the undamped candidate: only where the (reduced) matrix is PD, with a relative floor (a step along
+                # a near-null direction would amplify round-off); where it was shifted it repeats lam * 4^-2
+                floor = 1e-6 * torch.linalg.matrix_norm(Mr) + self.damping_min
+                lams = torch.cat([torch.where(neg, lams[1], floor)[None], lams[1:]])
             m = lams.shape[0]
             L, info = torch.linalg.cholesky_ex(Mr[None] + lams[..., None, None] * eye)
             okm = info == 0
@@ -770,7 +781,7 @@ class TrajOptimizer:
         with torch.no_grad():
             lam = S.lam
             if adaptive:
-                chosen = torch.where(ok_j, ladder.gather(0, j) * lam, lam)
+                chosen = torch.where(ok_j, ladder.clamp_min(self._LADDER_BASE ** -2).gather(0, j) * lam, lam)
                 new_lam = torch.where(acc, chosen, lam * float(self._LADDER_BASE ** 4))
             else:
                 new_lam = torch.where(ok_j, lam, torch.maximum(10.0 * lam, torch.full_like(lam, self.damping_min)))
@@ -791,10 +802,14 @@ class TrajOptimizer:
 
     _LADDER_BASE = 4.0
     _QP_ITERS = 20
+    _UNDAMPED = True
 
     def _ladder(self, dt, dev) -> torch.Tensor:
         """Damping multipliers tried per iteration: 4^-2 ... 4^(n_ladder-3)."""
-        return self._LADDER_BASE ** torch.arange(-2, self.n_ladder - 2, dtype=dt, device=dev)
+        lad = self._LADDER_BASE ** torch.arange(-2, self.n_ladder - 2, dtype=dt, device=dev)
+        if self._UNDAMPED:
+            lad = torch.cat([torch.zeros(1, dtype=dt, device=dev), lad])
+        return lad
 
     # ------------------------------------------------------------------ implicit backward
     def _implicit(self, ev: Evaluator, S: _State, box) -> torch.Tensor:

@@ -179,20 +179,24 @@ def _box_qp(A: torch.Tensor, g: torch.Tensor, d: torch.Tensor, dlo: torch.Tensor
         p = -torch.cholesky_solve((gq * f).unsqueeze(-1), L).squeeze(-1) * f
         dc = torch.clamp(di + al * p, lo, hi)  # (k, P, n)
         qc = model(Ai, gi, dc)
-        valid = (qc <= qd + 0.1 * (gq * (dc - di)).sum(-1)) & (qc < qd - tiny * (qd.abs() + 1.0)) & torch.isfinite(qc)
+        # Armijo; the full step is also taken when it leaves the model unchanged up to round-off, so the iterate lands
+        # on the face minimiser exactly (a decrease test alone would stop up to sqrt(eps) away from it)
+        valid = (qc <= qd + 0.1 * (gq * (dc - di)).sum(-1)) & (qc <= qd)
+        valid[0] = valid[0] | (qc[0] <= qd + tiny * (qd.abs() + 1.0))
+        valid = valid & torch.isfinite(qc)
         k = torch.where(valid, ks, na).min(0).values  # the longest step that passes
-        moved = ok & (k < na)
+        acc = ok & (k < na)
         kk = k.clamp_max(na - 1)
         d_new = dc.gather(0, kk[None, :, None].expand(1, -1, n))[0]
         q_new = qc.gather(0, kk[None])[0]
-        keep = moved.nonzero().squeeze(1)
+        # keep iterating while the iterate moves by more than round-off
+        cont = acc & ((d_new - di).abs().amax(-1) > 64.0 * torch.finfo(dt).eps * (di.abs().amax(-1) + 1.0))
+        rows = acc.nonzero().squeeze(1)
+        out[rows if idx is None else idx[rows]] = d_new[rows]
+        keep = cont.nonzero().squeeze(1)
         if keep.numel() == 0:
             break
-        if idx is None:
-            idx = keep
-        else:
-            idx = idx[keep]
-        out[idx] = d_new[keep]
+        idx = keep if idx is None else idx[keep]
         Ai, gi, lo, hi, di, qd = Af[idx], gf[idx], lof[idx], hif[idx], d_new[keep], q_new[keep]
     return out.reshape(shape)
 

@@ -67,7 +67,7 @@ $(MS_VENV)/bin/python:
 
 $(MS_STAMP): $(MS_VENV)/bin/python pyproject.toml constraints.txt
 	$(MS_VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
-	$(MS_VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[maniskill,dev]"
+	$(MS_VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[maniskill,dev,sweep]"
 	$(MS_VENV)/bin/python -m difftori.envs.vulkan fetch
 	touch $@
 

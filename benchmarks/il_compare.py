@@ -1,4 +1,5 @@
-"""IL policies on MetaWorld (bc, ibc, diffusion, difftori): tasks x modalities x seeds, a grid of the sweep runner.
+"""IL policies (bc, ibc, diffusion, difftori) on MetaWorld, robosuite or ManiSkill tasks: tasks x modalities x seeds, a
+grid of the sweep runner.
 
 For every task and modality the scripted expert's demos are collected once (a collect cell), then each
 variant is trained on them (an ``il train`` cell); every ``difftori*`` cell starts from the *finished
@@ -83,7 +84,8 @@ class CompareConfig:
     """The IL comparison grid (see the module docstring)."""
 
     tasks: tuple[str, ...] = ("button-press", "drawer-open", "door-open", "reach", "push", "pick-place", "assembly", "hammer")
-    """MetaWorld tasks."""
+    """IL tasks: MetaWorld (door-open, ...), robosuite (lift, can, square) or ManiSkill (pick-cube, ...; run from
+    .venv-maniskill, `make maniskill`); ``suite:task`` picks a suite explicitly."""
     modalities: tuple[str, ...] = ("state",)
     """Observation types: state, pointcloud, image."""
     seeds: tuple[int, ...] = (1, 2, 3)
@@ -129,7 +131,8 @@ class CompareConfig:
     """Extra ``il train`` options for every training run (one shell-quoted string)."""
 
     def __post_init__(self) -> None:
-        from difftori.envs.metaworld import canonical
+        from difftori.data.collect import IL_SUITES
+        from difftori.envs import suite_of
         from difftori.il.config import IL_PRESETS, OBS_TYPES
 
         self.run_root, self.out = Path(self.run_root), Path(self.out)
@@ -137,7 +140,7 @@ class CompareConfig:
         check(len(self.tasks) > 0 and len(self.modalities) > 0 and len(self.seeds) > 0 and len(self.variants) > 0,
               "need at least one task, modality, seed and variant")
         for t in self.tasks:
-            check(canonical(t) is not None, f"unknown MetaWorld task {t!r}")
+            check(suite_of(t, IL_SUITES) is not None, f"unknown IL task {t!r} (suites: {', '.join(IL_SUITES)})")
         for m in self.modalities:
             check(m in OBS_TYPES, f"unknown modality {m!r}; known: {', '.join(OBS_TYPES)}")
         for v in self.variants:
@@ -251,7 +254,7 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
     preset = IL_PRESETS[cfg.preset]
     episodes = cfg.eval_episodes or preset.get("eval_episodes", 20)
     lines = [
-        "# IL on MetaWorld: bc / ibc / diffusion / DiffTORI", "",
+        "# IL: bc / ibc / diffusion / DiffTORI", "",
         f"Budget: preset `{cfg.preset}` (batch {preset.get('batch_size', 128)}), {cfg.steps} gradient steps for bc / ibc / "
         f"diffusion, {cfg.difftori_steps} more for DiffTORI on top of the finished diffusion run of the same task, modality and "
         f"seed; {cfg.demos} scripted-expert demos per task; seeds {list(cfg.seeds)}; {episodes} evaluation episodes on fixed "

@@ -21,8 +21,9 @@ def test_bad_config_is_a_clear_error():
         bench.CompareConfig(variants=("bc", "nope"))
     with pytest.raises(ConfigError, match="include diffusion"):
         bench.CompareConfig(variants=("bc", "difftori"))
-    with pytest.raises(ConfigError, match="unknown MetaWorld task"):
+    with pytest.raises(ConfigError, match="unknown IL task"):
         bench.CompareConfig(tasks=("not-a-task",))
+    assert bench.CompareConfig(tasks=("lift", "robosuite:can", "door-open")).tasks == ("lift", "robosuite:can", "door-open")
     with pytest.raises(SystemExit):
         bench.main(["--modalities", "lidar"])
 

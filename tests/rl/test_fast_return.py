@@ -71,6 +71,13 @@ def test_acting_and_pg_solves_match_autograd():
             torch.testing.assert_close(m, a, rtol=1e-3, atol=1e-5)
 
 
+def _cxx() -> str | None:
+    import shutil
+
+    return shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+@pytest.mark.skipif(_cxx() is None, reason="torch.compile's CPU backend needs a C++ compiler (none on PATH)")
 def test_compiled_matches_manual():
     agent = make_agent()
     z0 = agent.model.encode(torch.randn(1, 5)).detach()
@@ -85,3 +92,23 @@ def test_compiled_matches_manual():
 def test_second_order_method_with_manual_gradient_is_a_clear_error():
     with pytest.raises(ValueError, match="return_grad"):
         make_agent(return_grad="manual", solver_method="newton")
+
+
+def test_compiled_falls_back_to_eager_when_compilation_fails(monkeypatch):
+    import difftori.rl.fast_return as fr
+
+    def broken(fn):
+        def call(*args):
+            raise RuntimeError("no compiler")
+        return call
+
+    monkeypatch.setattr(fr, "_COMPILED", None)
+    monkeypatch.setattr(fr.torch, "compile", broken)
+    agent = make_agent()
+    z0 = agent.model.encode(torch.randn(1, 5)).detach()
+    U = torch.rand(1, 3, 2) * 2 - 1
+    prog = ReturnGradient(agent.model, agent.cfg.discount)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        G, g = fr.compiled_return_gradient()(prog, z0, U)
+    G_ref, g_ref = prog(z0, U)
+    assert torch.equal(G, G_ref) and torch.equal(g, g_ref)

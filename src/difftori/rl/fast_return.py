@@ -11,6 +11,8 @@ differentiable tail of a policy-gradient solve stays on autograd.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -142,8 +144,25 @@ _COMPILED = None
 
 
 def compiled_return_gradient():
-    """``ReturnGradient.__call__`` under ``torch.compile`` (one per process; recompiles per horizon / batch)."""
+    """``ReturnGradient.__call__`` under ``torch.compile`` (one per process; recompiles per horizon / batch).
+
+    Where compilation fails (e.g. no C++ compiler for inductor's CPU code), it warns once and runs the same
+    function eagerly from then on: same values, only slower."""
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = torch.compile(ReturnGradient.__call__)
+        compiled = torch.compile(ReturnGradient.__call__)
+        state = {"eager": False}
+
+        def call(prog: ReturnGradient, z0: torch.Tensor, U: torch.Tensor):
+            if not state["eager"]:
+                try:
+                    return compiled(prog, z0, U)
+                except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, never lose the run
+                    state["eager"] = True
+                    warnings.warn(f"difftori.return_grad=compiled: torch.compile failed ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''}); running the manual gradient eagerly",
+                                  RuntimeWarning, stacklevel=2)
+            return ReturnGradient.__call__(prog, z0, U)
+
+        _COMPILED = call
     return _COMPILED

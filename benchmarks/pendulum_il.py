@@ -585,6 +585,10 @@ def _fmt(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.3f} +- {sd:.3f}"
 
 
+PAPER_EXPERT_COST = {"simple": 13.126, "damped": 10.132}
+"""DiffTORI Table 8's expert rows (METHOD.md), printed beside ours."""
+
+
 def table(rows: list[dict], notes: list[str] = ()) -> str:
     """Markdown table in Table 8's layout: methods x (without / with damping), test cost mean +- std; then the
     imitation MSE and the training seconds the same way, and ``notes`` (rows not run, cells not finished)."""
@@ -613,8 +617,14 @@ def write_outputs(out: Path, rows: list[dict], meta: dict, notes: list[str] = ()
     w.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
     atomic_write_text(out / "results.json", json.dumps(dict(meta=meta, rows=rows), indent=1, default=float))
+    budget = ", ".join(f"{k} {v}" for k, v in (meta.get("budget") or {}).items())
+    protocol = (f"Protocol: learner seeds {meta.get('seeds')}, each with its own draw of initial states (data seed = learner "
+                f"seed unless --data-seed); every learner is selected on the validation states and reported on the test "
+                f"states; test cost = the learner's open-loop 20-step sequence rolled out on the true dynamics, averaged over "
+                f"the test states; mean +- std over seeds. Budget: {budget}. The paper's Table 8 expert rows: "
+                f"{PAPER_EXPERT_COST['simple']} / {PAPER_EXPERT_COST['damped']}.\n\n")
     atomic_write_text(out / "table.md", "# Pendulum imitation (DiffTORI Table 8): test cost on the true dynamics\n\n"
-                      + table(rows, notes))
+                      + protocol + table(rows, notes))
     from difftori.utils.plotting import plot_bars  # matplotlib: only where the tables are written, not in every cell
 
     groups = {f"{'without' if s == 'simple' else 'with'} damping": {LABELS[m]: [float(r["test_cost"]) for r in rows

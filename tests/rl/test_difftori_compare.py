@@ -79,8 +79,10 @@ def test_tiny_comparison_end_to_end(tmp_path):
     cfg = bench.CompareConfig(
         tasks=("cartpole-swingup",), seeds=(1,), variants=("tdmpc", "difftori-episode"), steps=160, episode_length=80,
         eval_freq=160, eval_episodes=1, jobs=2, run_root=tmp_path / "runs", out_dir=out, random_episodes=1, extra=TINY,
+        return_grad="manual",  # the grid's default (compiled) would spend most of this tiny run compiling
     )
     res = bench.run(cfg)
+    assert json.loads(next((cfg.run_root / "cells").glob("*difftori-episode*/cell.json")).read_text())["config"]["difftori"]["return_grad"] == "manual"
     assert [(r["variant"], r["flags"]) for r in res["runs"]] == [("tdmpc", []), ("difftori-episode", [])]
     rows = list(csv.DictReader((out / "rl_compare.csv").open()))
     assert {r["variant"] for r in rows} == {"tdmpc", "difftori-episode"} and all(int(r["step"]) == 160 for r in rows)

@@ -186,8 +186,10 @@ class DiffTORIConfig:
         check(self.inference_select in ("first", "lowest_cost"), f"difftori.inference_select must be first or lowest_cost, got {self.inference_select!r}")
         check(self.base_pool >= 0, f"difftori.base_pool must be >= 0, got {self.base_pool}")
         check(self.cost_grad in ("autograd", "manual"), f"difftori.cost_grad must be autograd or manual, got {self.cost_grad!r}")
-        check(self.cost_grad == "autograd" or self.solver.method in ("gd", "adam", "lm_scalar"),
-              f"difftori.cost_grad=manual needs a first-order solver method (gd, adam, lm_scalar), got {self.solver.method!r}")
+        from difftori.optim import FIRST_ORDER_METHODS
+
+        check(self.cost_grad == "autograd" or self.solver.method in FIRST_ORDER_METHODS,
+              f"difftori.cost_grad=manual needs a first-order solver method ({', '.join(FIRST_ORDER_METHODS)}), got {self.solver.method!r}")
         check(self.action_loss_weight > 0 and self.kl_weight >= 0, "difftori.action_loss_weight > 0, kl_weight >= 0")
         check(self.init_noise >= 0, f"difftori.init_noise must be >= 0, got {self.init_noise}")
 

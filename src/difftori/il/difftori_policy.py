@@ -33,7 +33,7 @@ from torch import nn
 from difftori.il.base import Policy
 from difftori.il.config import DiffTORIConfig
 from difftori.models.encoders import ObsEncoder
-from difftori.models.mlp import mlp
+from difftori.models.mlp import elu_grad, mlp
 
 __all__ = ["DiffTORIPolicy"]
 
@@ -210,8 +210,8 @@ class DiffTORIPolicy(Policy):
             p2 = F.linear(h1, l2.weight, l2.bias)
             h2 = F.elu(p2)
             c = F.linear(h2, l3.weight, l3.bias)[:, 0]
-            g2 = l3.weight * torch.where(p2 > 0, 1.0, h2 + 1.0)
-            g1 = (g2 @ l2.weight) * torch.where(p1 > 0, 1.0, h1 + 1.0)
+            g2 = l3.weight * elu_grad(p2, h2)
+            g1 = (g2 @ l2.weight) * elu_grad(p1, h1)
             g = (g1 @ W1u).reshape(U.shape)
             return c, torch.where((U >= -1.0) & (U <= 1.0), g, 0.0)
 

@@ -108,7 +108,8 @@ METHODS = ("gd", "adam", "newton", "gauss_newton", "lm", "lm_scalar")
 #: DiffTORI's most common lm_scalar step, and the full (damped) step for the second-order methods.
 DEFAULT_STEP_SIZE = {"gd": 0.1, "adam": 0.05, "lm_scalar": 1e-4, "newton": 1.0, "gauss_newton": 1.0, "lm": 1.0}
 BACKWARDS = ("unroll", "truncated", "implicit", "none")
-_FIRST_ORDER = ("gd", "adam", "lm_scalar")
+FIRST_ORDER_METHODS = ("gd", "adam", "lm_scalar")
+"""Methods that need only the cost's gradient (and accept ``solve(..., cost_grad_fn=...)``)."""
 _RESIDUAL = ("gauss_newton", "lm")
 
 CostFn = Callable[[torch.Tensor], torch.Tensor]
@@ -374,14 +375,14 @@ class TrajOptimizer:
         bounded = lo is not None
         project = bounded and bm == "project"
         clamp_cost = bounded and bm == "clamp_in_cost"
-        if cost_grad_fn is not None and self.method not in _FIRST_ORDER:
-            raise ValueError(f"cost_grad_fn serves the first-order methods ({', '.join(_FIRST_ORDER)}), not {self.method!r}")
+        if cost_grad_fn is not None and self.method not in FIRST_ORDER_METHODS:
+            raise ValueError(f"cost_grad_fn serves the first-order methods ({', '.join(FIRST_ORDER_METHODS)}), not {self.method!r}")
         ev = Evaluator(cost_fn, residual_fn if self.method in _RESIDUAL else None, B,
                        clamp=(lo, hi) if clamp_cost else None, hessian=self.hessian, cost_grad_fn=cost_grad_fn)
 
         K = self.max_iters
         graph_from = {"unroll": 0, "truncated": max(K - self.backward_iters, 0)}.get(mode, K + 1)
-        level = "grad" if self.method in _FIRST_ORDER else ("jac" if self.method in _RESIDUAL else "hess")
+        level = "grad" if self.method in FIRST_ORDER_METHODS else ("jac" if self.method in _RESIDUAL else "hess")
 
         # ---- start point: +-inf onto the bound when bounded; other non-finite entries -> box midpoint / 0 (NON_FINITE)
         U = U0 if (graph_from == 0 and U0.requires_grad) else U0.detach()
@@ -427,7 +428,7 @@ class TrajOptimizer:
 
         # ---- iterations
         check_every = self.check_every or (1 if dev.type == "cpu" else 8)
-        step = self._first_order_step if self.method in _FIRST_ORDER else self._second_order_step
+        step = self._first_order_step if self.method in FIRST_ORDER_METHODS else self._second_order_step
         i = 0
         while i < K:
             step_graph = i >= graph_from

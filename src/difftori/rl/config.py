@@ -119,6 +119,10 @@ class DiffTORIConfig:
         check(self.plateau_window >= 0, f"difftori.plateau_window must be >= 0, got {self.plateau_window}")
         check(self.plateau_rtol >= 0, f"difftori.plateau_rtol must be >= 0, got {self.plateau_rtol}")
         check(self.return_grad in ("autograd", "manual", "compiled"), f"difftori.return_grad must be autograd, manual or compiled, got {self.return_grad!r}")
+        from difftori.optim import FIRST_ORDER_METHODS
+
+        check(self.return_grad == "autograd" or self.solver_method in FIRST_ORDER_METHODS,
+              f"difftori.return_grad={self.return_grad} needs a first-order solver_method ({', '.join(FIRST_ORDER_METHODS)}), got {self.solver_method!r}")
 
 
 @dataclass

@@ -58,7 +58,7 @@ from difftori.envs.spec import EnvSpec
 from difftori.optim import SolverInfo, Status, TrajOptimizer
 from difftori.rl.buffer import Batch, ReplayBuffer
 from difftori.rl.config import RLConfig
-from difftori.rl.fast_return import ReturnGradient, compiled_return_gradient, supports
+from difftori.rl.fast_return import ReturnGradient, compiled_return_gradient
 from difftori.rl.tdmpc import TDMPC
 
 __all__ = ["DiffTORI"]
@@ -80,11 +80,6 @@ class DiffTORI(TDMPC):
             damping=self.res.solver_damping, backward=d.backward, backward_iters=d.backward_iters, bounds=(-1.0, 1.0),
             bound_mode=d.bound_mode, plateau_window=d.plateau_window, plateau_rtol=d.plateau_rtol,
         )
-        # the hand-written return gradient needs TD-MPC's layers and serves the first-order methods only
-        self._fast_ok = supports(self.model) and d.solver_method not in _RESIDUAL_METHODS + ("newton",)
-        if d.return_grad != "autograd" and not self._fast_ok:
-            raise ValueError(f"difftori.return_grad={d.return_grad} needs a first-order solver_method (lm_scalar, gd, adam), "
-                             f"got {d.solver_method}")
         self._prev_U: torch.Tensor | None = None  # last acting solution (1, H, A), for init="shift"
         self._pg_params = self.pg_parameters()
         self.pg_optim = torch.optim.Adam(self._pg_params, lr=d.pg_lr)
@@ -182,7 +177,7 @@ class DiffTORI(TDMPC):
 
     def _cost_grad_fn(self, z0: torch.Tensor) -> Callable | None:
         """``U -> (-G, -dG/dU)`` without autograd (``return_grad`` manual / compiled), or None (autograd)."""
-        if self.dcfg.return_grad == "autograd" or not self._fast_ok:
+        if self.dcfg.return_grad == "autograd":  # the config allows the others with first-order methods only
             return None
         prog = ReturnGradient(self.model, self.cfg.discount)
         fn = compiled_return_gradient() if self.dcfg.return_grad == "compiled" else ReturnGradient.__call__

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from difftori.models.mlp import elu_grad
+
 __all__ = ["ReturnGradient", "supports", "compiled_return_gradient"]
 
 
@@ -45,11 +47,6 @@ def supports(model: nn.Module) -> bool:
     two = (nn.ELU, nn.ELU)
     return (all(_linears(n, two) is not None for n in (model._dynamics, model._reward, model._pi))
             and all(_q_parts(n) is not None for n in (model._Q1, model._Q2)))
-
-
-def _elu_grad(pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-    """d elu(x)/dx at ``pre`` (alpha 1): 1 above 0, exp(x) = elu(x) + 1 below."""
-    return torch.where(pre > 0, 1.0, post + 1.0)
 
 
 class ReturnGradient:
@@ -123,19 +120,19 @@ class ReturnGradient:
         wb = torch.where(tie, 0.5, (qb < qa).float()) * disc
         gs = []
         for i, (_, rstd, xhat, y, p2, h2, lw) in enumerate(heads):
-            gp2 = ((wa, wb)[i][:, None] * self.q3[i][0]) * _elu_grad(p2, h2)
+            gp2 = ((wa, wb)[i][:, None] * self.q3[i][0]) * elu_grad(p2, h2)
             gx = (gp2 @ self.q2[i][0]) * (1.0 - y * y) * lw
             gs.append(rstd * (gx - gx.mean(-1, keepdim=True) - xhat * (gx * xhat).mean(-1, keepdim=True)))
         gxa = torch.cat(gs, 1) @ self.Wq1.t()  # (B, L + A)
-        gpp2 = ((gxa[:, L:] * (1.0 - a * a)) @ w3) * _elu_grad(pp2, ph2)
-        gz = gxa[:, :L] + (((gpp2 @ w2) * _elu_grad(pp1, ph1)) @ w1)
+        gpp2 = ((gxa[:, L:] * (1.0 - a * a)) @ w3) * elu_grad(pp2, ph2)
+        gz = gxa[:, :L] + (((gpp2 @ w2) * elu_grad(pp1, ph1)) @ w1)
         gU = torch.empty(U.shape, dtype=torch.float32, device=U.device)
         (wd3, _), (wr3, _) = self.dyn3, self.rew3
         for t in reversed(range(H)):
             p1, h1, pd2, hd2, pr2, hr2, disc = tape[t]
-            gd = ((gz @ wd3) * _elu_grad(pd2, hd2)) @ self.dyn2[0]
-            gr = ((disc * wr3).expand(B, -1) * _elu_grad(pr2, hr2)) @ self.rew2[0]
-            gx = (torch.cat([gd, gr], 1) * _elu_grad(p1, h1)) @ self.W1.t()
+            gd = ((gz @ wd3) * elu_grad(pd2, hd2)) @ self.dyn2[0]
+            gr = ((disc * wr3).expand(B, -1) * elu_grad(pr2, hr2)) @ self.rew2[0]
+            gx = (torch.cat([gd, gr], 1) * elu_grad(p1, h1)) @ self.W1.t()
             gz, gU[:, t] = gx[:, :L], gx[:, L:]
         return G, gU.to(U.dtype)
 

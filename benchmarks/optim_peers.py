@@ -160,8 +160,9 @@ class BenchConfig:
     """Batch sizes of the mpc.pytorch tracking cases."""
     track_hidden: int = 512
     """Hidden width of the tracking dynamics MLP (the smoke test uses tiny widths)."""
-    track_methods: tuple[str, ...] = ("newton", "gauss_newton")
-    """Our methods on the tracking problem (newton | gauss_newton | lm); the first one's implicit gradient is the reference."""
+    track_methods: tuple[str, ...] = ("newton", "gauss_newton", "gauss_newton_structured")
+    """Our methods on the tracking problem (newton | gauss_newton | lm, the last two also as *_structured: through
+    the MPC front-end's least-squares form); the first one's implicit gradient is the reference."""
     mpc_variants: tuple[str, ...] = MPC_VARIANTS
     """mpc.pytorch dynamics Jacobians: auto_diff (its GradMethods.AUTO_DIFF) | analytic (ANALYTIC with a vmap(jacrev) grad_input)."""
     track_final_iters: int = 10

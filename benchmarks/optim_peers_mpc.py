@@ -31,7 +31,7 @@ from benchmarks.common import (
     nan_to_none,
 )
 from difftori.envs import pendulum as P
-from difftori.optim import SolverInfo, TrajOptimizer
+from difftori.optim import MPC, SolverInfo, TrajOptimizer
 from difftori.utils.config import to_dict
 
 if TYPE_CHECKING:  # the config class lives in the driver, which imports this module
@@ -39,7 +39,9 @@ if TYPE_CHECKING:  # the config class lives in the driver, which imports this mo
 
 MPC_INSTALL_HINT = "run `make setup` (installs mpc==0.0.6 with --no-deps), or pass --no-mpc"
 MPC_VARIANTS = ("auto_diff", "analytic")
-TRACK_METHODS = ("newton", "gauss_newton", "lm")
+TRACK_METHODS = ("newton", "gauss_newton", "lm", "gauss_newton_structured", "lm_structured")
+"""Ours on the tracking problem; ``*_structured``: the same method through the MPC front-end's least-squares form
+(:class:`difftori.optim.MPC` with ``residual=``), whose Jacobian uses the causal rollout structure."""
 BOX = (-1.0, 1.0)  # the tracking problem's action box |u| <= 1
 TARGET_MPC_SPEEDUP = 3.0  # the issue's target (checked and reported, never asserted here)
 FD_DIRECTIONS = ("dynamics", "cost_goal_q")  # finite-difference directions: dynamics parameters; (goal, q)
@@ -127,8 +129,23 @@ def ours_tracking(method: str, iters: int, backward: str, tol: float = 0.0, earl
     return TrajOptimizer(method=method, max_iters=iters, backward=backward, bounds=BOX, tol=tol, early_stop=early_stop)
 
 
-def ours_tracking_solve(opt, prob: Problem) -> torch.Tensor:
-    """gauss_newton / lm see the residual (0.5 ||r||^2 = the cost), newton the cost."""
+def tracking_mpc(prob: Problem, opt: TrajOptimizer) -> MPC:
+    """The tracking problem in our MPC front-end's least-squares form: r = (sqrt(2q)(x_t - goal), sqrt(2r) u_t)."""
+    ex = prob.extra
+    sq, sr = (2.0 * ex["q"]).sqrt(), (2.0 * ex["r"]).sqrt()
+    goal = ex["goal"]
+
+    def residual(X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        return torch.cat([((X[:, 1:] - goal[:, None]) * sq).flatten(1), (U * sr).flatten(1)], -1)
+
+    return MPC(ex["dynamics"], None, prob.U0.shape[1], prob.U0.shape[2], optimizer=opt, residual=residual)
+
+
+def ours_tracking_solve(opt, prob: Problem, structured: bool = False) -> torch.Tensor:
+    """gauss_newton / lm see the residual (0.5 ||r||^2 = the cost), newton the cost; ``structured``: through
+    :func:`tracking_mpc`."""
+    if structured:
+        return tracking_mpc(prob, opt)(prob.extra["x0"], prob.U0.clone()).U
     if opt.method in ("gauss_newton", "lm"):
         U, _ = opt.solve(None, prob.U0, residual_fn=prob.extra["residual_fn"])
     else:
@@ -140,13 +157,15 @@ def tracking_solvers(lib, prob: Problem, cfg: BenchConfig) -> dict[str, Callable
     """name -> solve(iters, final): ``final`` = the converged, differentiable solve (ours: tolerance, implicit
     backward; mpc: its own stopping rules); else exactly ``iters`` iterations, no backward (timed)."""
     out: dict[str, Callable[[int, bool], torch.Tensor]] = {}
-    for m in cfg.track_methods:
-        def ours(k: int, final: bool, m=m) -> torch.Tensor:
+    for name in cfg.track_methods:
+        m, structured = name.removesuffix("_structured"), name.endswith("_structured")
+
+        def ours(k: int, final: bool, m=m, structured=structured) -> torch.Tensor:
             opt = (ours_tracking(m, k, "implicit", tol=cfg.track_tol, early_stop=True) if final
                    else ours_tracking(m, k, "none"))
-            return ours_tracking_solve(opt, prob)
+            return ours_tracking_solve(opt, prob, structured)
 
-        out[f"ours_{m}"] = ours
+        out[f"ours_{name}"] = ours
     for v in cfg.mpc_variants:
         peer = MpcPeer(lib, prob, v)
         out[f"mpc_{v}"] = lambda k, final, peer=peer: peer.solve(k)
@@ -266,7 +285,8 @@ def fd_check(cfg: BenchConfig, lib, device) -> dict[str, Any]:
     ours_m = cfg.track_methods[0]
     solvers: dict[str, Callable[[bool], torch.Tensor]] = {
         f"ours_{ours_m}": lambda graph: ours_tracking_solve(
-            ours_tracking(ours_m, cfg.fd_iters, "implicit" if graph else "none", tol=1e-10, early_stop=True), prob)}
+            ours_tracking(ours_m.removesuffix("_structured"), cfg.fd_iters, "implicit" if graph else "none", tol=1e-10,
+                          early_stop=True), prob, ours_m.endswith("_structured"))}
     for v in cfg.mpc_variants:
         peer = MpcPeer(lib, prob, v)
         solvers[f"mpc_{v}"] = lambda graph, peer=peer: peer.solve(cfg.fd_iters, eps=1e-12)

@@ -94,7 +94,7 @@ def test_mpc_section_tiny(tmp_path):
     data = json.loads(out.read_text())
     assert data["mpc"] == json.loads(json.dumps(res["mpc"])) and data["cases"] == []
     assert data["meta"]["mpc"] == "0.0.6"
-    names = {"ours_newton", "ours_gauss_newton", "mpc_auto_diff", "mpc_analytic"}
+    names = {"ours_newton", "ours_gauss_newton", "ours_gauss_newton_structured", "mpc_auto_diff", "mpc_analytic"}
     assert [c["name"] for c in data["mpc"]["cases"]] == ["track_b1", "track_b3"]
     for c in data["mpc"]["cases"]:
         assert set(c["solvers"]) == names and c["reference"] == "ours_newton"
@@ -113,10 +113,14 @@ def test_mpc_section_tiny(tmp_path):
         assert 0.0 < c["active_fraction"] < 1.0  # some coordinates on the bound, some interior
         # both of our methods get the exact implicit gradient: they agree with each other
         assert c["solvers"]["ours_gauss_newton"]["grad_cosine_vs_ref"]["all"] > 0.999
+        # the structured Jacobian changes how, not what: the same iterations and solution as the generic one
+        gn, gns = c["solvers"]["ours_gauss_newton"], c["solvers"]["ours_gauss_newton_structured"]
+        assert gns["iters_to_target"] == gn["iters_to_target"] and gns["trace"] == pytest.approx(gn["trace"], rel=1e-5)
+        assert gns["grad_cosine_vs_ref"]["all"] > 0.999
     fd = data["mpc"]["fd_check"]
     for d in ("dynamics", "cost_goal_q"):
         res_d = fd["directions"][d]
-        assert set(res_d) == names - {"ours_gauss_newton"}  # ours: the first method only
+        assert set(res_d) == names - {"ours_gauss_newton", "ours_gauss_newton_structured"}  # ours: the first method only
         assert res_d["ours_newton"]["rel_err_vs_reference_fd"] < 1e-4  # ours is the exact derivative
         assert all(math.isfinite(r["fd"]) and math.isfinite(r["analytic"]) for r in res_d.values())
     pend = data["pendulum"]

@@ -55,9 +55,10 @@ class Evaluator:
     """
 
     def __init__(self, cost_fn: CostFn | None, residual_fn: CostFn | None, batch: int,
-                 clamp: tuple | None = None, hessian: str = "auto", cost_grad_fn=None):
+                 clamp: tuple | None = None, hessian: str = "auto", cost_grad_fn=None, residual_jac_fn=None):
         self.residual_fn = residual_fn
         self.cost_grad_fn = cost_grad_fn
+        self.residual_jac_fn = residual_jac_fn
         self.batch = batch
         self.clamp = clamp
         self.use_functorch = hessian in ("auto", "functorch")
@@ -190,7 +191,9 @@ class Evaluator:
     def residual_jac(self, U: torch.Tensor, graph: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gauss-Newton quantities: cost 0.5||r||^2 (B,), gradient J^T r (B, n), J^T J (B, n, n)."""
         r, J = None, None
-        if self.use_functorch:
+        if not graph and self.residual_jac_fn is not None:
+            r, J = self._rj_given(U.detach())
+        elif self.use_functorch:
             try:
                 r, J = self._rj_functorch(U, graph)
             except _FUNCTORCH_ERRORS:
@@ -203,6 +206,21 @@ class Evaluator:
         g = torch.bmm(J.transpose(1, 2), r.unsqueeze(-1)).squeeze(-1)
         M = torch.bmm(J.transpose(1, 2), J)
         return c, g, M
+
+    def _rj_given(self, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The caller's ``residual_jac_fn`` at ``clamp(U)``; Jacobian columns masked as ``torch.clamp``'s backward."""
+        B, n = U.shape[0], U.shape[1] * U.shape[2]
+        with torch.no_grad():
+            r, J = self.residual_jac_fn(self._in(U))
+            self._check(r, "residual_jac_fn's residual", 2)
+            if not isinstance(J, torch.Tensor) or J.shape != (B, r.shape[1], n):
+                got = tuple(J.shape) if isinstance(J, torch.Tensor) else type(J).__name__
+                raise ValueError(f"residual_jac_fn's Jacobian must have shape (B, R, H*A) = {(B, r.shape[1], n)}, got {got}")
+            if self.clamp is not None:
+                lo, hi = self.clamp
+                inside = ((U >= lo) & (U <= hi)).reshape(B, 1, n)
+                J = torch.where(inside, J, torch.zeros((), dtype=J.dtype, device=J.device))
+        return r, J
 
     def _rj_functorch(self, U, graph):
         B = U.shape[0]

@@ -330,7 +330,8 @@ class TrajOptimizer:
 
     # ------------------------------------------------------------------ public API
     def solve(self, cost_fn: CostFn | None, U0: torch.Tensor, residual_fn: CostFn | None = None, *,
-              backward: str | None = None, cost_grad_fn: Callable | None = None) -> tuple[torch.Tensor, SolverInfo]:
+              backward: str | None = None, cost_grad_fn: Callable | None = None,
+              residual_jac_fn: Callable | None = None) -> tuple[torch.Tensor, SolverInfo]:
         """Minimise ``cost_fn`` from ``U0`` (B, H, A); return ``(U_star, info)``.
 
         ``residual_fn(U) -> (B, R)`` is required by gauss_newton / lm (objective 0.5||r||^2; ``cost_fn``
@@ -339,6 +340,9 @@ class TrajOptimizer:
         evaluation of ``cost_fn`` and its gradient without a graph, used for every evaluation that needs
         no graph (the iterations before a truncated tail, all of them with ``backward="none"``); it must
         agree with ``cost_fn``, which still serves every evaluation with a graph.
+        ``residual_jac_fn(U) -> (r (B, R), dr/dvec(U) (B, R, H*A))``, optional (gauss_newton / lm): the same
+        for the residual and its Jacobian, e.g. a structured one (:meth:`MPC.residual_jacobian`); it must agree
+        with ``residual_fn``.
         """
         mode = self.backward if backward is None else backward
         if mode not in BACKWARDS:
@@ -377,8 +381,11 @@ class TrajOptimizer:
         clamp_cost = bounded and bm == "clamp_in_cost"
         if cost_grad_fn is not None and self.method not in FIRST_ORDER_METHODS:
             raise ValueError(f"cost_grad_fn serves the first-order methods ({', '.join(FIRST_ORDER_METHODS)}), not {self.method!r}")
+        if residual_jac_fn is not None and self.method not in _RESIDUAL:
+            raise ValueError(f"residual_jac_fn serves the residual methods (gauss_newton, lm), not {self.method!r}")
         ev = Evaluator(cost_fn, residual_fn if self.method in _RESIDUAL else None, B,
-                       clamp=(lo, hi) if clamp_cost else None, hessian=self.hessian, cost_grad_fn=cost_grad_fn)
+                       clamp=(lo, hi) if clamp_cost else None, hessian=self.hessian, cost_grad_fn=cost_grad_fn,
+                       residual_jac_fn=residual_jac_fn)
 
         K = self.max_iters
         graph_from = {"unroll": 0, "truncated": max(K - self.backward_iters, 0)}.get(mode, K + 1)

@@ -173,3 +173,21 @@ def test_how_the_return_gradient_is_computed_is_not_part_of_the_id():
     fast = rl_cell("cartpole-balance", "difftori", 1, [*opts, "--difftori.return-grad", "compiled"])
     assert fast.config["difftori"]["return_grad"] == "compiled" and fast.id == base.id
     assert rl_cell("cartpole-balance", "difftori", 1, [*opts, "--difftori.pg-lr", "3e-4"]).id != base.id
+
+
+def test_a_done_cell_keeps_the_cell_json_it_ran_with(tmp_path):
+    """Rewriting cell.json on every sweep start would record today's volatile options (e.g. return_grad) for a
+    cell that ran with others; a pending cell's record follows the current spec."""
+    opts = ["--agent", "difftori", "--steps", "96", *TINY_RL]
+    ran = rl_cell("cartpole-balance", "difftori", 1, opts)
+    now = rl_cell("cartpole-balance", "difftori", 1, [*opts, "--difftori.return-grad", "compiled"])
+    assert ran.id == now.id
+    prepare([ran], tmp_path, SweepOptions())
+    d = tmp_path / "cells" / ran.id
+    (d / "state.json").write_text(json.dumps({"status": "done", "run_dir": "run"}))
+    before = (d / "cell.json").read_text()
+    prepare([now], tmp_path, SweepOptions())
+    assert (d / "cell.json").read_text() == before
+    (d / "state.json").write_text(json.dumps({"status": "failed"}))
+    prepare([now], tmp_path, SweepOptions())
+    assert json.loads((d / "cell.json").read_text())["config"]["difftori"]["return_grad"] == "compiled"

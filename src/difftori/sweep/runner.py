@@ -280,8 +280,10 @@ def prepare(cells: list[Cell], out: Path, opts: SweepOptions) -> dict[str, str]:
             for name in ("result.json", "state.json", "run", "demos.zarr"):
                 if (d / name).exists():
                     (d / name).rename(d / f"{name}.old-{stamp}")
-        atomic_write_json(d / "cell.json", c.to_json())
         status[c.id] = read_state(out, c.id)["status"]
+        if status[c.id] != "done" or not (d / "cell.json").exists():
+            # a finished cell keeps the cell.json it ran with (volatile options may have changed since)
+            atomic_write_json(d / "cell.json", c.to_json())
     return status
 
 

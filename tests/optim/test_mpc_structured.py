@@ -57,7 +57,8 @@ def problem(B: int = 3, T: int = 4, nx: int = 4, nu: int = 2, seed: int = 0):
     return x0, residual, U0
 
 
-def test_rollout_jacobian_matches_dense_forward_mode():
+@pytest.mark.parametrize("mode", ["forward", "per_step", "auto"])
+def test_rollout_jacobian_matches_dense_forward_mode(mode):
     dyn = Dyn()
     x0, _, U = problem()
 
@@ -67,7 +68,7 @@ def test_rollout_jacobian_matches_dense_forward_mode():
             xs.append(dyn(xs[-1], U_[:, t]))
         return torch.stack(xs, 1)
 
-    X, dX = rollout_jacobian(dyn, x0, U)
+    X, dX = rollout_jacobian(dyn, x0, U, mode)
     B, T, nu = U.shape
     ref = torch.func.jacfwd(roll)(U)  # (B, T+1, nx, B, T, nu): block diagonal over the batch
     ref = torch.stack([ref[b, :, :, b] for b in range(B)]).flatten(-2)
@@ -79,11 +80,13 @@ def test_rollout_jacobian_matches_dense_forward_mode():
         assert torch.all(dX[:, t, :, t * nu:] == 0)
 
 
-def test_residual_jacobian_matches_generic():
+@pytest.mark.parametrize("mode", ["forward", "per_step"])
+@pytest.mark.parametrize("B", [1, 9])  # residual part: reverse mode (small batch) / forward mode
+def test_residual_jacobian_matches_generic(mode, B):
     dyn = Dyn()
-    x0, residual, U = problem()
+    x0, residual, U = problem(B=B)
     mpc = MPC(dyn, None, U.shape[1], U.shape[2], residual=residual,
-              optimizer=TrajOptimizer(method="gauss_newton"))
+              optimizer=TrajOptimizer(method="gauss_newton"), jacobian_mode=mode)
     r, J = mpc.residual_jacobian(x0, U)
     ev = Evaluator(None, lambda U_: mpc.residual_of(x0, U_), U.shape[0])
     r0, J0 = ev._rj_functorch(U, False)
@@ -168,6 +171,8 @@ def test_bad_input_errors():
         MPC(dyn, None, 4, 2)
     with pytest.raises(ValueError, match="needs residual"):
         MPC(dyn, lambda x, u: (x * x).sum(-1), 4, 2, optimizer=TrajOptimizer(method="lm"))
+    with pytest.raises(ValueError, match="jacobian_mode must be one of"):
+        MPC(dyn, None, 4, 2, residual=residual, jacobian_mode="dense")
     with pytest.raises(ValueError, match="residual_jac_fn serves"):
         TrajOptimizer(method="newton").solve(lambda U: (U * U).flatten(1).sum(-1), U0,
                                              residual_jac_fn=lambda U: None)

@@ -18,22 +18,54 @@ from .derivatives import _FUNCTORCH_ERRORS
 from .info import SolverInfo
 from .solver import TrajOptimizer
 
-__all__ = ["MPC", "MPCResult", "rollout_jacobian"]
+__all__ = ["MPC", "MPCResult", "rollout_jacobian", "JACOBIAN_MODES"]
+
+
+JACOBIAN_MODES = ("auto", "forward", "per_step")
+
+
+def _small(B: int, T: int) -> bool:
+    """Batches this small are overhead-bound on a CPU: fewer, larger torch.func calls beat fewer flops."""
+    return B * T <= 32
 
 
 def rollout_jacobian(dynamics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
-                     U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     U: torch.Tensor, mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """States ``X (B, T+1, nx)`` rolled out from x0 under U and ``dX/dvec(U) (B, T+1, nx, T*nu)``, no graph.
 
-    Forward mode that uses causality: x_t depends on u_0..u_{t-1} only, so step t pushes the t*nu tangents
+    Both modes use causality (x_t depends on u_0..u_{t-1} only). ``forward``: step t pushes the t*nu tangents
     carried so far plus nu new ones through ``dynamics`` (one ``vmap(jvp)`` per step): T(T+1)/2 * nu tangent
-    passes in all instead of T^2 * nu for a dense Jacobian of the rollout (0.6x at T = 5). ``dynamics`` must
-    work under ``torch.func`` transforms (no in-place ops on its inputs).
+    passes per sample instead of T^2 * nu for a dense Jacobian of the rollout. ``per_step``: the T step
+    Jacobians (dx'/dx, dx'/du) in ONE ``vmap(vjp)`` call over nx cotangents, chained with small matrix products:
+    T * nx passes, but one call instead of T (small batches are overhead-bound). ``auto``: ``per_step`` when it
+    needs no more passes or the batch is small (B * T <= 32), else ``forward``. ``dynamics`` must run under
+    ``torch.func`` transforms.
     """
+    if mode not in JACOBIAN_MODES:
+        raise ValueError(f"rollout_jacobian: mode must be one of {JACOBIAN_MODES}, got {mode!r}")
     B, T, nu = U.shape
     nx, n = x0.shape[1], T * nu
+    if mode == "auto":
+        mode = "per_step" if (2 * nx <= (T + 1) * nu or _small(B, T)) else "forward"
     with torch.no_grad():
         x, U = x0.detach(), U.detach()
+        if mode == "per_step":
+            xs = [x]
+            for t in range(T):
+                xs.append(dynamics(xs[-1], U[:, t]))
+            X = torch.stack(xs, 1)
+            _, pull = torch.func.vjp(dynamics, X[:, :T].reshape(B * T, nx), U.reshape(B * T, nu))
+            rows = torch.eye(nx, dtype=U.dtype, device=U.device).reshape(nx, 1, nx).expand(nx, B * T, nx)
+            Jx, Ju = torch.func.vmap(pull)(rows)  # (nx_out, B*T, nx), (nx_out, B*T, nu)
+            Fx = Jx.permute(1, 0, 2).reshape(B, T, nx, nx)
+            Fu = Ju.permute(1, 0, 2).reshape(B, T, nx, nu)
+            dX = X.new_zeros(B, T + 1, nx, n)
+            for t in range(T):
+                K = t * nu
+                if K:
+                    dX[:, t + 1, :, :K] = Fx[:, t] @ dX[:, t, :, :K]
+                dX[:, t + 1, :, K : K + nu] = Fu[:, t]
+            return X, dX
         # tangents lead (K, B, nx): vmap's batch dim is then already outermost and the batched matmuls need no copy
         dx = x.new_zeros(0, B, nx)  # d x_t / d u_s for the K = t * nu coordinates of u_0..u_{t-1}
         eye = torch.eye(nu, dtype=U.dtype, device=U.device)[:, None, :].expand(nu, B, nu)
@@ -69,8 +101,8 @@ class MPC:
     ``terminal_cost(x_T) -> (B,)``. Or, instead of the two costs, ``residual(X (B, T+1, nx), U (B, T, nu)) ->
     (B, R)`` with cost ``0.5 ||r||^2`` (required by gauss_newton / lm, usable by every method): their
     Jacobian is then built from :func:`rollout_jacobian` (``structured=True``, the default; falls back with a
-    warning if ``dynamics`` does not run under ``torch.func``) instead of differentiating the whole rollout
-    once per action coordinate. ``optimizer`` defaults to ``TrajOptimizer(method="newton")`` (unbounded: pass
+    warning if ``dynamics`` does not run under ``torch.func``; ``jacobian_mode`` picks its mode) instead of
+    differentiating the whole rollout once per action coordinate. ``optimizer`` defaults to ``TrajOptimizer(method="newton")`` (unbounded: pass
     ``bounds`` for an action box). ``warm_start=True`` starts each call, when no ``U_init`` is given, from the
     previous solution shifted by one step (last action repeated), as in receding-horizon control.
     """
@@ -79,7 +111,8 @@ class MPC:
                  stage_cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None, horizon: int, n_ctrl: int,
                  terminal_cost: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  optimizer: TrajOptimizer | None = None, warm_start: bool = False,
-                 residual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, structured: bool = True):
+                 residual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, structured: bool = True,
+                 jacobian_mode: str = "auto"):
         if horizon < 1 or n_ctrl < 1:
             raise ValueError(f"MPC: need horizon >= 1 and n_ctrl >= 1, got {horizon}, {n_ctrl}")
         if (stage_cost is None) == (residual is None):
@@ -93,7 +126,9 @@ class MPC:
         if self.optimizer.method in ("gauss_newton", "lm") and residual is None:
             raise ValueError(f"MPC: method {self.optimizer.method!r} needs residual(X, U) -> (B, R), not stage_cost")
         self.warm_start = warm_start
-        self.structured = structured
+        if jacobian_mode not in JACOBIAN_MODES:
+            raise ValueError(f"MPC: jacobian_mode must be one of {JACOBIAN_MODES}, got {jacobian_mode!r}")
+        self.structured, self.jacobian_mode = structured, jacobian_mode
         self._jac_ok: bool | None = None  # structured Jacobian works with these functions (probed once)
         self._last: torch.Tensor | None = None
 
@@ -110,12 +145,20 @@ class MPC:
 
     def residual_jacobian(self, x0: torch.Tensor, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(r (B, R), dr/dvec(U) (B, R, T*nu))`` without a graph: :func:`rollout_jacobian` for the states, then
-        one ``vmap(jvp)`` of the (cheap) residual over the T*nu tangents."""
+        the (cheap) residual's derivatives chained onto it: one ``vmap(jvp)`` over the T*nu tangents, or, for
+        small batches (overhead-bound), one ``vmap(vjp)`` over the R cotangents."""
         B, T, nu = U.shape
         n = T * nu
-        X, dX = rollout_jacobian(self.dynamics, x0, U)
+        X, dX = rollout_jacobian(self.dynamics, x0, U, self.jacobian_mode)
         with torch.no_grad():
             Ud = U.detach()
+            if _small(B, T):
+                r, pull = torch.func.vjp(self.residual, X, Ud)
+                R = r.shape[1]
+                rows = torch.eye(R, dtype=r.dtype, device=r.device).reshape(R, 1, R).expand(R, B, R)
+                gX, gU = torch.func.vmap(pull)(rows)  # (R, B, T+1, nx), (R, B, T, nu)
+                J = torch.bmm(gX.flatten(2).transpose(0, 1), dX.flatten(1, 2)) + gU.flatten(2).transpose(0, 1)
+                return r, J
             tU = torch.eye(n, dtype=U.dtype, device=U.device).reshape(n, 1, T, nu).expand(n, B, T, nu)
 
             def col(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,3 +112,20 @@ def test_compiled_falls_back_to_eager_when_compilation_fails(monkeypatch):
         G, g = fr.compiled_return_gradient()(prog, z0, U)
     G_ref, g_ref = prog(z0, U)
     assert torch.equal(G, G_ref) and torch.equal(g, g_ref)
+
+
+def test_weight_snapshot_is_reused_until_a_parameter_changes():
+    """Evaluation solves reuse one snapshot; any in-place parameter update (optimizer step, load) refreshes it,
+    so a solve never sees stale weights."""
+    agent = make_agent(return_grad="manual")
+    first = agent._return_gradient()
+    assert agent._return_gradient() is first
+    z0 = agent.model.encode(torch.randn(1, 5)).detach()
+    U = torch.rand(1, 3, 2) * 2 - 1
+    with torch.no_grad():
+        agent.model._reward[-1].bias.add_(1.0)  # an in-place update, as an optimizer step does
+    fresh = agent._return_gradient()
+    assert fresh is not first
+    torch.testing.assert_close(fresh(z0, U)[0], _autograd(agent, z0, U)[0], rtol=1e-5, atol=1e-6)
+    agent.model.load_state_dict(agent.model.state_dict())
+    assert agent._return_gradient() is not fresh

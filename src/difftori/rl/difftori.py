@@ -88,6 +88,7 @@ class DiffTORI(TDMPC):
         self.pg_steps = 0  # PG optimizer steps taken
         self.pg_skipped = 0  # PG terms / steps dropped because they were non-finite
         self._stats: dict[str, list[torch.Tensor]] = {}
+        self._rg: tuple[tuple[int, ...], ReturnGradient] | None = None  # weight snapshot, keyed on param versions
 
     # -- parameters -----------------------------------------------------------------------------
     def pg_parameters(self) -> list[nn.Parameter]:
@@ -179,7 +180,7 @@ class DiffTORI(TDMPC):
         """``U -> (-G, -dG/dU)`` without autograd (``return_grad`` manual / compiled), or None (autograd)."""
         if self.dcfg.return_grad == "autograd":  # the config allows the others with first-order methods only
             return None
-        prog = ReturnGradient(self.model, self.cfg.discount)
+        prog = self._return_gradient()
         fn = compiled_return_gradient() if self.dcfg.return_grad == "compiled" else ReturnGradient.__call__
         z = z0.detach()
 
@@ -188,6 +189,14 @@ class DiffTORI(TDMPC):
             return -G, -g
 
         return cost_grad
+
+    def _return_gradient(self) -> ReturnGradient:
+        """The model's weight snapshot for the hand-written return gradient; rebuilt only when a parameter changed
+        (every in-place update bumps its version counter), so evaluation episodes reuse one."""
+        key = tuple(p._version for p in self.model.parameters())
+        if self._rg is None or self._rg[0] != key:
+            self._rg = (key, ReturnGradient(self.model, self.cfg.discount))
+        return self._rg[1]
 
     def pg_loss(self, obs: torch.Tensor, step: int, eval_mode: bool = False,
                 U0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, SolverInfo]:

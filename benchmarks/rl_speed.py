@@ -35,7 +35,7 @@ from benchmarks.common import interleaved_timings, median, parse_bench_config, r
 from difftori.envs.spec import EnvSpec  # noqa: E402
 from difftori.models.mlp import orthogonal_init  # noqa: E402
 from difftori.rl.buffer import ReplayBuffer  # noqa: E402
-from difftori.rl.config import PRESETS, SMALL_SIZES, DiffTORIConfig, RLConfig  # noqa: E402
+from difftori.rl.config import PRESETS, RETURN_GRADS, SMALL_SIZES, DiffTORIConfig, RLConfig  # noqa: E402
 from difftori.rl.difftori import DiffTORI  # noqa: E402
 from difftori.rl.tdmpc import TDMPC  # noqa: E402
 from difftori.utils.config import check, to_dict  # noqa: E402
@@ -51,7 +51,6 @@ PARTS: dict[str, tuple[str, ...]] = {"tdmpc": ("update", "plan"), "difftori": ("
 SPEC = EnvSpec(task="walker-walk", suite="dmc", obs_type="state", obs_shapes={"obs": (24,)}, action_dim=6,
                episode_length=500, action_repeat=2)
 SOLVE_PARTS = ("act_solve", "pg_grad")
-RETURN_GRADS = ("autograd", "manual", "compiled")
 STEP = 10**6  # an agent step after every schedule: full planning horizon, minimum stds, DiffTORI acting
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 from difftori.envs.spec import EnvSpec
 from difftori.utils.config import check
@@ -20,6 +20,9 @@ from difftori.utils.config import check
 __all__ = ["RLConfig", "DiffTORIConfig", "Resolved", "resolve", "preset_overrides", "PRESETS", "SMALL_SIZES", "SMALL_FRACTIONS", "preset_values"]
 
 PRESETS = ("paper", "small")
+ReturnGrad = Literal["autograd", "manual", "compiled"]
+RETURN_GRADS: tuple[str, ...] = get_args(ReturnGrad)
+"""How DiffTORI's no-graph solver iterations get the return gradient (``difftori.return_grad``)."""
 """Named presets: paper (the published sizes and schedules, GPU scale) and small (CPU sizes, schedules scaled to the budget)."""
 
 SMALL_SIZES: dict = dict(mlp_dim=64, enc_dim=64, latent_dim=32, batch_size=64, num_samples=64, num_elites=8, iterations=3)
@@ -101,7 +104,7 @@ class DiffTORIConfig:
     """Acting-solve stop rule: every this many iterations a solve whose best predicted return improved by less than plateau_rtol (relative) stops; 0 = off (the original: a fixed number of iterations)."""
     plateau_rtol: float = 1e-4
     """Relative improvement per plateau_window below which an acting solve stops."""
-    return_grad: Literal["autograd", "manual", "compiled"] = "autograd"
+    return_grad: ReturnGrad = "autograd"
     """Gradient of the predicted return in the solver's no-graph iterations: autograd; manual (fused layers and a hand-written backward into U, the same values to float rounding, faster at batch 1); compiled (manual under torch.compile: fastest, compiles ~30 s per horizon and batch size once per process). The differentiable tail always uses autograd."""
 
     def __post_init__(self) -> None:

@@ -61,6 +61,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                           "difftori.init": "pi", "difftori.bound_mode": "clamp_in_cost", "difftori.plateau_window": 0},
     "difftori-actplanner": {"agent": "difftori", "label": "actplanner", "difftori.pg_mode": "episode",
                             "difftori.act": "planner"},
+    "difftori-explore": {"agent": "difftori", "label": "explore", "difftori.pg_mode": "episode",
+                         "difftori.explore": "planner"},
     "difftori-nopg": {"agent": "difftori", "label": "nopg", "difftori.pg_mode": "episode", "difftori.pg_lr": 1e-12},
 }
 """Variant name -> trainer options."""

@@ -310,3 +310,32 @@ def test_act_planner_executes_mppi_and_accumulates_pg_from_its_plan():
     assert agent._pg_count == 0
     with pytest.raises(Exception, match="difftori.act"):
         DiffTORIConfig(act="mppi")
+
+
+def test_explore_planner_uses_the_mppi_elite_std():
+    """explore=planner: the training noise on the solver's action has the std of the MPPI plan's first action (never
+    below the schedule, which clamps the elites' std); explore=schedule: the schedule's std. Evaluation adds none."""
+    from difftori.utils.config import ConfigError
+
+    obs = random_obs(make_agent().spec, np.random.default_rng(3))
+    evals = []
+    for explore in ("schedule", "planner"):
+        torch.manual_seed(0)
+        agent = make_agent(explore=explore)
+        x = agent.obs_tensor(obs)
+        agent.plan(x, t0=True, eval_mode=False, step=STEP)
+        std = agent._explore_std(STEP)
+        if explore == "planner":
+            torch.testing.assert_close(std, agent._prev_std[0])
+            assert std.shape == (agent.spec.action_dim,) and bool((std >= agent.std(STEP) - 1e-7).all())
+            assert bool((std > agent.std(STEP) + 1e-4).any())  # early in training the elites spread wider
+        else:
+            assert std == agent.std(STEP)
+        agent.reset()
+        torch.manual_seed(11)
+        evals.append(agent.plan(x, t0=True, eval_mode=True, step=STEP))
+    torch.testing.assert_close(evals[0], evals[1])  # same weights and RNG: evaluation adds no noise in either mode
+    with pytest.raises(ConfigError, match="needs difftori.init=planner"):
+        DiffTORIConfig(explore="planner", init="pi")
+    with pytest.raises(ConfigError, match="difftori.explore"):
+        DiffTORIConfig(explore="wide")

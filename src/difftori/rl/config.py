@@ -100,6 +100,8 @@ class DiffTORIConfig:
     """Weight of the raw-observation critic Q_s TD loss."""
     act: Literal["solver", "planner"] = "solver"
     """What is executed once DiffTORI acts: solver (the trajectory optimizer's best first action, original) or planner (TD-MPC's MPPI action; the solver then only provides the policy-gradient solve, started from the MPPI plan)."""
+    explore: Literal["schedule", "planner"] = "schedule"
+    """Exploration noise on the executed solver action while training: schedule (Gaussian with the std schedule, std_init decayed to min_std; the original adds none); planner (per action dimension, the std of TD-MPC's MPPI elites for the first action, i.e. TD-MPC's own exploration; needs init=planner)."""
     plateau_window: int = 5
     """Acting-solve stop rule: every this many iterations a solve whose best predicted return improved by less than plateau_rtol (relative) stops; 0 = off (the original: a fixed number of iterations)."""
     plateau_rtol: float = 1e-4
@@ -119,6 +121,9 @@ class DiffTORIConfig:
         check(self.pg_batch >= 1, f"difftori.pg_batch must be >= 1, got {self.pg_batch}")
         check(self.qs_coef >= 0, f"difftori.qs_coef must be >= 0, got {self.qs_coef}")
         check(self.act in ("solver", "planner"), f"difftori.act must be solver or planner, got {self.act!r}")
+        check(self.explore in ("schedule", "planner"), f"difftori.explore must be schedule or planner, got {self.explore!r}")
+        check(self.explore != "planner" or self.init == "planner",
+              f"difftori.explore=planner takes the noise from the MPPI plan: it needs difftori.init=planner, got {self.init!r}")
         check(self.plateau_window >= 0, f"difftori.plateau_window must be >= 0, got {self.plateau_window}")
         check(self.plateau_rtol >= 0, f"difftori.plateau_rtol must be >= 0, got {self.plateau_rtol}")
         check(self.return_grad in ("autograd", "manual", "compiled"), f"difftori.return_grad must be autograd, manual or compiled, got {self.return_grad!r}")

@@ -243,8 +243,14 @@ class DiffTORI(TDMPC):
         self._prev_U = info.best_U.detach()
         a = info.best_U[0, 0]
         if not eval_mode:
-            a = a + self.std(step) * torch.randn_like(a)
+            a = a + self._explore_std(step) * torch.randn_like(a)
         return a.detach()
+
+    def _explore_std(self, step: int) -> torch.Tensor | float:
+        """Std of the training noise on the executed solver action (``difftori.explore``)."""
+        if self.dcfg.explore == "planner" and self._prev_std is not None:
+            return self._prev_std[0]
+        return self.std(step)
 
     def reset(self) -> None:
         """Forget the warm-start plans (a new episode begins)."""

@@ -67,6 +67,7 @@ class TDMPC:
         self.aug = RandomShift(cfg.image_pad if spec.obs_type == "pixels" else 0)
         self.num_updates = 0
         self._prev_mean: torch.Tensor | None = None
+        self._prev_std: torch.Tensor | None = None  # (H, A) std of the last plan's elites (clamped to the schedule)
 
     def autocast(self, enabled: bool = True) -> torch.autocast:
         """bf16 autocast on the agent's device if ``enabled`` and ``precision == "bf16"``, else autocast off.
@@ -156,7 +157,7 @@ class TDMPC:
                 mean, std = c.momentum * mean + (1 - c.momentum) * new_mean, new_std
             # Sample the executed sequence among the elites by score (as TD-MPC).
             choice = torch.multinomial(score.squeeze(1), 1).item()
-            self._prev_mean = mean
+            self._prev_mean, self._prev_std = mean, std
             a = elite_actions[0, choice]
             if not eval_mode:
                 a = a + std[0] * torch.randn(adim, device=dev)

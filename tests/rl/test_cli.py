@@ -41,6 +41,20 @@ def test_train_eval_and_resume_cli(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["video"].endswith(".mp4") and list((tmp_path / "vids").glob("*.mp4")) and out == json.loads(out_json.read_text())
     assert {p.name for p in copied.parent.iterdir()} == {"model.pt"} and not (tmp_path / "videos").exists()
+    # The same model acting otherwise: pi alone is deterministic; DiffTORI's solver acts on a TD-MPC model.
+    for act in ("pi", "planner", "solver"):
+        assert main(["rl", "eval", "--checkpoint", str(run), "--episodes", "1", "--act", act]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["act"] == act and out["agent"] == "tdmpc" and len(out["returns"]) == 1
+        if act == "pi":
+            assert main(["rl", "eval", "--checkpoint", str(run), "--episodes", "1", "--act", "pi"]) == 0
+            assert json.loads(capsys.readouterr().out)["returns"] == out["returns"]
+    from difftori.rl.difftori import DiffTORI
+    from difftori.rl.trainer import load_agent
+
+    _, wrapped, env, _ = load_agent(run, act="solver")
+    env.close()
+    assert isinstance(wrapped, DiffTORI) and wrapped.dcfg.pg_start_step == 0 and wrapped.dcfg.act == "solver"
     assert main(["rl", "eval", "--checkpoint", str(run), "--episodes", "0"]) == 2  # was: NaN in the JSON
     assert "--episodes must be >= 1" in capsys.readouterr().err
 

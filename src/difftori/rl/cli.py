@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from difftori.rl.config import SMALL_SIZES, RLConfig, preset_overrides
+from difftori.rl.config import ACT_MODES, SMALL_SIZES, RLConfig, preset_overrides
 
 __all__ = ["register", "demo_config", "train_config", "DEMO_PRESET"]
 
@@ -80,19 +80,15 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     set_num_threads(args.num_threads)
     path, run_dir = locate_checkpoint(args.checkpoint)
-    cfg, agent, env, step = trainer.load_agent(path, device=args.device)
-
-    def policy(obs, t0, t):
-        if t0:
-            agent.reset()
-        return agent.act(obs, t0=t0, eval_mode=True, step=step)
+    cfg, agent, env, step = trainer.load_agent(path, device=args.device, act=args.act)
+    policy = trainer.acting_policy(agent, step, args.act)
 
     env_step = step * env.task_spec.action_repeat
     video_dir = args.video_dir or (run_dir / "videos" if run_dir is not None else Path("videos"))
     stem = video_dir / f"checkpoint_eval_{env_step:08d}" if args.video else None
     res = trainer.evaluate(policy, env, args.episodes, args.seed, stem)
     env.close()
-    res = {"task": cfg.task, "agent": cfg.agent, "checkpoint": str(path), "step": env_step, **res}
+    res = {"task": cfg.task, "agent": cfg.agent, "act": args.act, "checkpoint": str(path), "step": env_step, **res}
     if args.out:
         from difftori.utils.io import atomic_write_json
 
@@ -152,6 +148,9 @@ def register(sub) -> None:
     e.add_argument("--video", action="store_true", help="save a video (mp4, else gif) of the first episode")
     e.add_argument("--video-dir", type=Path, default=None,
                    help="folder for the video (default: RUN_DIR/videos for a run's checkpoint, else ./videos)")
+    e.add_argument("--act", choices=ACT_MODES, default="agent",
+                   help="how the checkpoint acts: agent (as trained), planner (TD-MPC's MPPI on its model), pi (the policy "
+                        "network), solver (DiffTORI's optimizer on its model, also for a TD-MPC checkpoint)")
     e.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     e.add_argument("--device", default=None, help="override the device (auto, cpu, cuda[:N])")
     e.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -17,13 +17,18 @@ from typing import Literal, Optional, get_args
 from difftori.envs.spec import EnvSpec
 from difftori.utils.config import check
 
-__all__ = ["RLConfig", "DiffTORIConfig", "Resolved", "resolve", "preset_overrides", "PRESETS", "SMALL_SIZES", "SMALL_FRACTIONS", "preset_values"]
+__all__ = ["RLConfig", "DiffTORIConfig", "Resolved", "resolve", "preset_overrides", "PRESETS", "SMALL_SIZES", "SMALL_FRACTIONS", "preset_values", "ACT_MODES", "RETURN_GRADS"]
 
 PRESETS = ("paper", "small")
+"""Named presets: paper (the published sizes and schedules, GPU scale) and small (CPU sizes, schedules scaled to the budget)."""
+ACT_MODES = ("agent", "planner", "pi", "solver")
+"""How a loaded checkpoint acts in evaluation: agent (as it was trained to act), planner (TD-MPC's MPPI on its
+model), pi (the policy network's mean action), solver (DiffTORI's trajectory optimizer on its model, also for a
+TD-MPC checkpoint). The same world model under different action selection separates what the model learned from
+how actions are chosen."""
 ReturnGrad = Literal["autograd", "manual", "compiled"]
 RETURN_GRADS: tuple[str, ...] = get_args(ReturnGrad)
 """How DiffTORI's no-graph solver iterations get the return gradient (``difftori.return_grad``)."""
-"""Named presets: paper (the published sizes and schedules, GPU scale) and small (CPU sizes, schedules scaled to the budget)."""
 
 SMALL_SIZES: dict = dict(mlp_dim=64, enc_dim=64, latent_dim=32, batch_size=64, num_samples=64, num_elites=8, iterations=3)
 """Network / planner sizes of the ``small`` preset (also the demo's)."""

@@ -25,7 +25,7 @@ import torch
 
 from difftori.envs import dmc
 from difftori.rl.buffer import ReplayBuffer
-from difftori.rl.config import RLConfig
+from difftori.rl.config import ACT_MODES, RLConfig
 from difftori.utils.config import ConfigError, load_config, save_config, to_dict
 from difftori.utils.device import resolve_device, set_num_threads
 from difftori.utils.io import atomic_write_json, load_checkpoint, save_checkpoint
@@ -370,8 +370,14 @@ def resume(run_dir: str | Path, steps: int | None = None) -> tuple[Path, dict[st
     return trainer.run_dir, trainer.train()
 
 
-def load_agent(path: str | Path, device: str | None = None):
-    """``(cfg, agent, env, agent_step)`` from a checkpoint file or a run directory (its last checkpoint)."""
+def load_agent(path: str | Path, device: str | None = None, act: str = "agent"):
+    """``(cfg, agent, env, agent_step)`` from a checkpoint file or a run directory (its last checkpoint).
+
+    ``act="solver"`` on a TD-MPC checkpoint wraps its weights in a DiffTORI agent with the default DiffTORI settings
+    (the raw-observation critic, unused when acting, stays untrained); on any checkpoint the solver then acts from
+    the first step (``pg_start_step`` 0)."""
+    if act not in ACT_MODES:
+        raise ConfigError(f"act must be one of {', '.join(ACT_MODES)}, got {act!r}")
     path, _ = locate_checkpoint(path)
     ckpt = load_checkpoint(path)
     if "config" not in ckpt or "agent" not in ckpt:
@@ -383,6 +389,42 @@ def load_agent(path: str | Path, device: str | None = None):
 
     cfg = from_dict(RLConfig, data)
     env = make_env(cfg)
-    agent = agent_class(cfg.agent)(cfg, env.task_spec)
-    agent.load_state_dict(ckpt["agent"])
+    wrap = act == "solver" and cfg.agent != "difftori"
+    agent = agent_class("difftori" if wrap else cfg.agent)(cfg, env.task_spec)
+    if wrap:
+        state = ckpt["agent"]
+        agent.model.load_state_dict(state["model"], strict=False)
+        agent.model_target.load_state_dict(state["model_target"], strict=False)
+        missing = {k for k in agent.model.state_dict() if k not in state["model"]}
+        if any(not k.startswith(("_Qs1.", "_Qs2.")) for k in missing):
+            raise ConfigError(f"{path}: the checkpoint's model lacks {sorted(missing)[:3]}...: cannot act with the solver")
+    else:
+        agent.load_state_dict(ckpt["agent"])
+    if act == "solver":
+        from dataclasses import replace
+
+        agent.dcfg = replace(agent.dcfg, pg_start_step=0, act="solver")
     return cfg, agent, env, int(ckpt["counters"]["agent_step"])
+
+
+def acting_policy(agent, step: int, act: str = "agent") -> Callable[[np.ndarray, bool, int], np.ndarray]:
+    """``policy(obs, t0, t)`` of a loaded agent in evaluation mode, acting per ``act`` (:data:`ACT_MODES`)."""
+    from difftori.rl.tdmpc import TDMPC
+
+    if act not in ACT_MODES:
+        raise ConfigError(f"act must be one of {', '.join(ACT_MODES)}, got {act!r}")
+
+    def policy(obs: np.ndarray, t0: bool, t: int) -> np.ndarray:
+        if t0:
+            agent.reset()
+        if act in ("agent", "solver"):
+            return agent.act(obs, t0=t0, eval_mode=True, step=step)
+        with torch.no_grad():
+            x = agent.obs_tensor(obs)
+            if act == "planner":
+                a = TDMPC.plan(agent, x, t0=t0, eval_mode=True, step=step)
+            else:
+                a = agent.model.pi(agent.model.encode(x), 0.0)[0]
+        return a.clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
+
+    return policy

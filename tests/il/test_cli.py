@@ -69,7 +69,8 @@ def test_train_eval_and_resume_without_lost_or_duplicated_rows(tmp_path, dataset
     assert "can only be extended" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
-    assert main(["il", "train", "--resume", str(run), "--progress", "false", "--num-threads", "1", "--policy", "bc"]) == 0
+    assert main(["il", "train", "--resume", str(run), "--progress", "false", "--num-threads", "1", "--policy", "bc",
+                 "--difftori.cost-grad", "manual"]) == 0  # how DiffTORI's cost gradient is computed may change
     assert capsys.readouterr().out.startswith(f"run directory: {run}")
     rows = read_csv(run / "train.csv")
     assert [r["step"] for r in rows] == ["1", "2", "3", "4", "5", "6"]

@@ -69,6 +69,11 @@ def test_train_eval_and_resume_cli(tmp_path, capsys):
     assert main(["rl", "train", "--resume", str(run), "--steps", "100"]) == 2
     assert "can only be extended" in capsys.readouterr().err
     assert (run / "config.json").read_bytes() == config and json.loads(config)["steps"] == 300
+    # how DiffTORI's return gradient is computed is not what the run computes: a resume may switch it (config.json
+    # keeps what the run was started with, as for --num-threads)
+    assert main(["rl", "train", "--resume", str(run), "--difftori.return-grad", "manual"]) == 0
+    capsys.readouterr()
+    assert (run / "config.json").read_bytes() == config
 
 
 def test_cli_errors(tmp_path, capsys):

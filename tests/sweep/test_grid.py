@@ -191,3 +191,18 @@ def test_a_done_cell_keeps_the_cell_json_it_ran_with(tmp_path):
     (d / "state.json").write_text(json.dumps({"status": "failed"}))
     prepare([now], tmp_path, SweepOptions())
     assert json.loads((d / "cell.json").read_text())["config"]["difftori"]["return_grad"] == "compiled"
+
+
+def test_resume_passes_how_not_what_options(tmp_path):
+    """A resumed cell gets the spec's volatile options (e.g. the return gradient's mode), which --resume accepts."""
+    cell = rl_cell("cartpole-balance", "difftori", 1, ["--agent", "difftori", "--steps", "96", *TINY_RL,
+                                                       "--difftori.return-grad", "manual"])
+    d = tmp_path / "c"
+    run = d / "run" / "cartpole-balance" / "difftori" / "seed1" / "t0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    (run / "config.json").write_text("{}")
+    argv, resumed = _argv(cell.to_json(), d, {}, 1, "cpu")
+    assert resumed == run
+    i = argv.index("--difftori.return-grad")
+    assert argv[i + 1] == "manual" and "--resume" in argv and "--task" not in argv

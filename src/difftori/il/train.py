@@ -23,7 +23,7 @@ import torch
 
 from difftori.il.base import OBS_KEYS, Policy, policy_obs_shapes
 from difftori.il.config import IL_PRESETS, ILConfig
-from difftori.utils.config import ConfigError, add_dataclass_args, dataclass_from_args, load_config, save_config, to_dict
+from difftori.utils.config import RUNTIME_FIELDS, ConfigError, add_dataclass_args, dataclass_from_args, load_config, save_config, to_dict
 
 __all__ = ["train", "train_config", "evaluate_checkpoint", "load_windows", "fit_normalizer", "register_cli", "EVAL_SEED_BASE"]
 
@@ -155,12 +155,16 @@ def _plot(run_dir: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------ training -----------------
+RESUME_RUNTIME = (*RUNTIME_FIELDS, "difftori.cost_grad")
+"""What a resumed run may change: the runtime fields and how DiffTORI's cost gradient is computed (not its value)."""
+
+
 def _check_resume(saved: ILConfig, cfg: ILConfig) -> None:
     """Refuse a resumed config that differs from the saved one except in ``steps`` (>=) and runtime fields."""
-    from difftori.utils.config import RUNTIME_FIELDS, _flatten
+    from difftori.utils.config import _flatten
 
     a, b = _flatten(to_dict(saved)), _flatten(to_dict(cfg))
-    changed = sorted(k for k in a if k not in RUNTIME_FIELDS and k != "steps" and a[k] != b.get(k))
+    changed = sorted(k for k in a if k not in RESUME_RUNTIME and k != "steps" and a[k] != b.get(k))
     if changed:
         raise ConfigError(f"--resume continues a run with its saved config; cannot change {changed} (only --steps, to extend the budget)")
     if cfg.steps < saved.steps:
@@ -376,7 +380,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
         if args.config is not None:
             raise ValueError("--config and --resume exclude each other: a resumed run keeps its saved config")
         run_dir = find_run(args.resume)
-        cfg = resume_config(ILConfig, load_config(ILConfig, run_dir / "config.json"), args)
+        cfg = resume_config(ILConfig, load_config(ILConfig, run_dir / "config.json"), args, runtime=RESUME_RUNTIME)
         train(cfg, resume=run_dir, announce=_announce)
     else:
         train(train_config(args), announce=_announce)

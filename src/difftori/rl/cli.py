@@ -55,13 +55,15 @@ def train_config(args: argparse.Namespace) -> RLConfig:
 
 def _train(args: argparse.Namespace) -> int:
     from difftori.rl import trainer
-    from difftori.utils.config import load_config, resume_config
+    from difftori.utils.config import RUNTIME_FIELDS, load_config, resume_config
 
     if args.resume is not None:
         from difftori.utils.runs import find_run
 
         run_dir = find_run(args.resume, need_checkpoint=False)
-        cfg = resume_config(RLConfig, load_config(RLConfig, run_dir / "config.json"), args)
+        # the return gradient's mode changes how the solver's values are computed, not which: a resume may switch it
+        cfg = resume_config(RLConfig, load_config(RLConfig, run_dir / "config.json"), args,
+                            runtime=(*RUNTIME_FIELDS, "difftori.return_grad"))
         tr = trainer.Trainer.from_run_dir(run_dir, cfg=cfg)
     else:
         tr = trainer.Trainer.new(train_config(args))

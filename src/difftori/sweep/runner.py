@@ -130,6 +130,17 @@ def _resumable_run(run_root: Path) -> Path | None:
     return with_ckpt[-1] if with_ckpt else None
 
 
+def _volatile_options(options: list[str]) -> list[str]:
+    """The ``--flag value`` pairs of ``options`` that set a :data:`~difftori.sweep.grid._VOLATILE_NESTED` field."""
+    from difftori.sweep.grid import _VOLATILE_NESTED
+
+    out = []
+    for flag, value in zip(options, options[1:]):
+        if flag.startswith("--") and flag[2:].replace("-", "_") in _VOLATILE_NESTED:
+            out += [flag, value]
+    return out
+
+
 def _argv(spec: dict[str, Any], d: Path, dep_paths: dict[str, str], threads: int, device: str) -> tuple[list[str], Path | None]:
     """Arguments after ``python`` of the cell's next attempt and the run it resumes (None: a new run)."""
     paths = [x for role in ("dataset", "base_policy") if role in dep_paths for x in (f"--{role.replace('_', '-')}", dep_paths[role])]
@@ -144,7 +155,9 @@ def _argv(spec: dict[str, Any], d: Path, dep_paths: dict[str, str], threads: int
     resume = _resumable_run(d / "run")
     runtime += ["--num-threads", str(threads), "--device", device]
     if resume is not None:
-        return [*cli, spec["area"], "train", "--resume", str(resume), "--steps", str(spec["steps"]), *runtime], resume
+        # how-not-what options (left out of the cell id) follow the current spec on resume too
+        how = _volatile_options(spec["options"])
+        return [*cli, spec["area"], "train", "--resume", str(resume), "--steps", str(spec["steps"]), *how, *runtime], resume
     return [*cli, spec["area"], "train", *spec["options"], *paths, "--run-root", str(d / "run"), *runtime], None
 
 

@@ -49,6 +49,12 @@ def test_fields_added_later_keep_old_ids_at_their_default():
     assert a.config["precision"] == "fp32" and a.id.endswith(config_hash(old, {}))
     assert rl_cell("cartpole-balance", "tdmpc", 1, [*opts, "--precision", "fp32"]).id == a.id
     assert rl_cell("cartpole-balance", "tdmpc", 1, [*opts, "--precision", "bf16"]).id != a.id
+    # difftori.explore came later too: its default keeps the old ids (the committed rl100k cells), planner is new
+    d_opts = ["--agent", "difftori", "--steps", "96", *TINY_RL]
+    b = rl_cell("cartpole-balance", "difftori", 1, d_opts)
+    old = {**b.config, "difftori": {k: v for k, v in b.config["difftori"].items() if k != "explore"}}
+    assert b.config["difftori"]["explore"] == "schedule" and b.id.endswith(config_hash(old, {}))
+    assert rl_cell("cartpole-balance", "difftori", 1, [*d_opts, "--difftori.explore", "planner"]).id != b.id
 
 
 def test_bad_options_fail_before_anything_is_written(tmp_path):

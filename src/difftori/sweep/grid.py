@@ -94,7 +94,8 @@ def _check_owned(options: list[str], owned: tuple[str, ...]) -> None:
                           "device from --gpus-per-run, paths inside the sweep directory)")
 
 
-NEUTRAL_DEFAULTS: dict[str, Any] = {"precision": "fp32", "difftori.formulation": "released", "difftori.gamma": 0.99}
+NEUTRAL_DEFAULTS: dict[str, Any] = {"precision": "fp32", "difftori.formulation": "released", "difftori.gamma": 0.99,
+                                    "difftori.explore": "schedule"}
 """Config fields (dotted paths) added after grids were committed, left out of the cell id at the value every
 earlier run had: adding such a field keeps the ids (and so the committed results) of the runs it does not change."""
 

@@ -14,9 +14,9 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .derivatives import _FUNCTORCH_ERRORS
+from .derivatives import _FUNCTORCH_ERRORS, basis_tangents
 from .info import SolverInfo
-from .solver import TrajOptimizer
+from .solver import _RESIDUAL, TrajOptimizer
 
 __all__ = ["MPC", "MPCResult", "rollout_jacobian", "JACOBIAN_MODES"]
 
@@ -123,7 +123,7 @@ class MPC:
         self.residual = residual
         self.horizon, self.n_ctrl = horizon, n_ctrl
         self.optimizer = optimizer if optimizer is not None else TrajOptimizer(method="newton")
-        if self.optimizer.method in ("gauss_newton", "lm") and residual is None:
+        if self.optimizer.method in _RESIDUAL and residual is None:
             raise ValueError(f"MPC: method {self.optimizer.method!r} needs residual(X, U) -> (B, R), not stage_cost")
         self.warm_start = warm_start
         if jacobian_mode not in JACOBIAN_MODES:
@@ -147,8 +147,7 @@ class MPC:
         """``(r (B, R), dr/dvec(U) (B, R, T*nu))`` without a graph: :func:`rollout_jacobian` for the states, then
         the (cheap) residual's derivatives chained onto it: one ``vmap(jvp)`` over the T*nu tangents, or, for
         small batches (overhead-bound), one ``vmap(vjp)`` over the R cotangents."""
-        B, T, nu = U.shape
-        n = T * nu
+        B, T, _ = U.shape
         X, dX = rollout_jacobian(self.dynamics, x0, U, self.jacobian_mode)
         with torch.no_grad():
             Ud = U.detach()
@@ -159,7 +158,7 @@ class MPC:
                 gX, gU = torch.func.vmap(pull)(rows)  # (R, B, T+1, nx), (R, B, T, nu)
                 J = torch.bmm(gX.flatten(2).transpose(0, 1), dX.flatten(1, 2)) + gU.flatten(2).transpose(0, 1)
                 return r, J
-            tU = torch.eye(n, dtype=U.dtype, device=U.device).reshape(n, 1, T, nu).expand(n, B, T, nu)
+            tU = basis_tangents(Ud)  # (n, B, T, nu)
 
             def col(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 return torch.func.jvp(self.residual, (X, Ud), (a, b))
@@ -218,7 +217,7 @@ class MPC:
             else:
                 U_init = torch.zeros(B, self.horizon, self.n_ctrl, dtype=x0.dtype, device=x0.device)
         opt = self.optimizer
-        if opt.method in ("gauss_newton", "lm"):
+        if opt.method in _RESIDUAL:
             jac = self._structured_jacobian(x0, U_init)
             U, info = opt.solve(None, U_init, residual_fn=lambda U_: self.residual_of(x0, U_), backward=backward,
                                 residual_jac_fn=jac)

@@ -15,7 +15,9 @@ Outputs in ``--out-dir`` (default ``benchmarks/results``): ``rl_compare.csv`` (e
 task, variant, seed, env step, return), ``rl_compare.png`` (curves, mean and spread over seeds),
 ``rl_compare.md`` (final returns beside METHOD.md's reference TD-MPC numbers and a random policy,
 wall-clock ms per env step, crash / NaN flags) and ``rl_compare.json`` (the same + config). The sweep's
-own report (``results.csv``, ``summary.md``, plots) is in ``RUN_ROOT``.
+own report (``results.csv``, ``summary.md``, plots) is in ``RUN_ROOT``. After each run, a closing-evaluation
+cell (``rl_final_eval.py``) evaluates its final checkpoint on ``--final-eval-episodes`` fixed env seeds shared by
+every variant and seed (``rl_compare_final_eval.csv``, a column and a second paired table in the Markdown).
 
 Presets (the CLI's, ``difftori.rl.config.preset_values``): ``paper`` = the published sizes and
 schedules (GPU scale); ``small`` (alias ``cpu``) = small networks (MLP 64, latent 32, batch 64, 64
@@ -45,13 +47,13 @@ import numpy as np
 from difftori.envs import dmc
 from difftori.rl.config import SMALL_FRACTIONS, preset_values
 from difftori.sweep.archive import archive_done, restore
-from difftori.sweep.grid import Cell, rl_cell
+from difftori.sweep.grid import Cell, rl_cell, script_cell
 from difftori.sweep.runner import SweepOptions, cell_dir, read_state, run_sweep
 from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args, to_dict
 from difftori.utils.io import atomic_write_json, atomic_write_text
 from difftori.utils.runs import read_csv
 
-__all__ = ["CompareConfig", "VARIANTS", "REFERENCE_TDMPC", "run_args", "cells", "run", "main"]
+__all__ = ["CompareConfig", "VARIANTS", "REFERENCE_TDMPC", "run_args", "cells", "final_eval_cell", "sweep_cells", "run", "main"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "tdmpc": {"agent": "tdmpc"},
@@ -125,6 +127,12 @@ class CompareConfig:
     the grid still runs, or at the end of a session before its remaining cells continue elsewhere)."""
     random_episodes: int = 5
     """Episodes of the random-policy reference per task (0 skips it)."""
+    final_eval_episodes: int = 20
+    """Closing evaluation: each finished run's final checkpoint acts for this many episodes on fixed env seeds shared
+    by every variant and seed of a task (a cell of its own after the run; 0: none). Far less noisy than the last
+    periodic evaluation (``eval_episodes`` fresh seeds per run); not part of the training cells' ids."""
+    final_eval_seed: int = 100_000
+    """Env seed of the closing evaluation's first episode (episode i: this + i), the same for every run."""
     return_grad: Literal["autograd", "manual", "compiled"] = "compiled"
     """difftori.return_grad of the DiffTORI runs: how the acting solves get the predicted return's gradient (equal
     values to float rounding, so not part of a cell's id; compiled is the fastest on CPU)."""
@@ -148,6 +156,7 @@ class CompareConfig:
         check(self.eval_episodes >= 1, "eval_episodes must be >= 1 (the comparison needs evaluations)")
         check(self.jobs >= 1 and self.threads >= 1, "jobs and threads must be >= 1")
         check(self.timeout_s is None or self.timeout_s > 0, "timeout_s must be > 0")
+        check(self.final_eval_episodes >= 0, f"final_eval_episodes must be >= 0, got {self.final_eval_episodes}")
 
 
 # ----------------------------------------------------------------------------------- the grid
@@ -192,6 +201,22 @@ def run_args(cfg: CompareConfig, task: str, variant: str, seed: int) -> list[str
 def cells(cfg: CompareConfig) -> list[Cell]:
     """The grid: one sweep cell per task, seed and variant (options checked here, before anything is written)."""
     return [rl_cell(t, v, s, run_args(cfg, t, v, s)[6:]) for t in cfg.tasks for s in cfg.seeds for v in cfg.variants]
+
+
+FINAL_EVAL_SCRIPT = Path(__file__).resolve().parent / "rl_final_eval.py"
+
+
+def final_eval_cell(cfg: CompareConfig, train: Cell) -> Cell:
+    """The closing evaluation of ``train``'s final checkpoint (``rl_final_eval.py``, a script cell depending on it)."""
+    n, seed = cfg.final_eval_episodes, cfg.final_eval_seed
+    return script_cell(FINAL_EVAL_SCRIPT, train.task, f"{train.variant}-final{n}", train.seed,
+                       ["--episodes", n, "--seed", seed], {"episodes": n, "seed": seed, "act": "agent"},
+                       steps=n, deps={"checkpoint": train.id})
+
+
+def sweep_cells(cfg: CompareConfig, grid: list[Cell]) -> list[tuple[Cell, Optional[Cell]]]:
+    """Each training cell with its closing-evaluation cell (None when ``final_eval_episodes`` is 0)."""
+    return [(c, final_eval_cell(cfg, c) if cfg.final_eval_episodes > 0 else None) for c in grid]
 
 
 def _adopt_legacy(cfg: CompareConfig, cell: Cell) -> bool:
@@ -290,6 +315,19 @@ def summarise_run(cfg: CompareConfig, cell: Cell, state: dict[str, Any]) -> dict
     return out
 
 
+def summarise_final_eval(cfg: CompareConfig, cell: Cell, state: dict[str, Any]) -> dict[str, Any]:
+    """The closing evaluation's result (``final_eval_*`` keys; none while it has not run, an error if it failed)."""
+    out: dict[str, Any] = {"final_eval_cell": cell.id}
+    if state.get("status") != "done" or not state.get("run_dir"):
+        if state.get("status") == "failed":
+            out["final_eval_error"] = state.get("error", "")
+        return out
+    res = json.loads((cell_dir(cfg.run_root, cell.id) / state["run_dir"] / "final.json").read_text())
+    out.update(final_eval_return=float(res["episode_return"]), final_eval_std=float(res["return_std"]),
+               final_eval_returns=[float(r) for r in res["returns"]], final_eval_step=int(res["step"]))
+    return out
+
+
 def random_returns(cfg: CompareConfig) -> dict[str, float]:
     """Mean return of uniformly random actions per task (the trainer's evaluation seeds)."""
     if cfg.random_episodes <= 0:
@@ -309,6 +347,8 @@ def _fmt(x: Any, nd: int = 1) -> str:
 
 def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str, float], meta: dict[str, Any]) -> str:
     """The comparison table (final return mean +- std over seeds; reference TD-MPC; ms per env step; flags)."""
+    n_fe = cfg.final_eval_episodes
+    fe_head = f" final model, {n_fe} episodes on fixed seeds (mean +- std; per seed) |" if n_fe > 0 else ""
     lines = [
         "# DiffTORI vs TD-MPC (DeepMind Control, state observations)",
         "",
@@ -317,8 +357,8 @@ def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str
         f"{meta['cpu_count']} CPU cores ({meta['machine']}); total wall clock {meta['wall_s'] / 60:.1f} min. "
         "Reference TD-MPC numbers are METHOD.md's (paper sizes, 500k / 1M env steps); they are NOT comparable in budget.",
         "",
-        f"| task | variant | final return (mean +- std) | per seed | mean of the last {LAST_EVALS} evaluations | random policy | TD-MPC ref 500k / 1M | ms / env step (agent phase) | solver iters | converged | acting first action saturated | PG first action saturated | flags |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| task | variant | final return (mean +- std) | per seed |{fe_head} mean of the last {LAST_EVALS} evaluations | random policy | TD-MPC ref 500k / 1M | ms / env step (agent phase) | solver iters | converged | acting first action saturated | PG first action saturated | flags |",
+        "|---|---|---|---|" + "---|" * (bool(fe_head) + 9),
     ]
     for task in cfg.tasks:
         ref = REFERENCE_TDMPC.get(task)
@@ -337,8 +377,11 @@ def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str
             lasts = [float(np.mean(s["eval_returns"][-LAST_EVALS:])) for s in rows
                      if len(s.get("eval_returns") or []) >= LAST_EVALS and "unfinished" not in s["flags"]]
             last = f"{np.mean(lasts):.1f} +- {np.std(lasts):.1f} (n={len(lasts)})" if lasts else "-"
+            fe = [s["final_eval_return"] for s in rows if "final_eval_return" in s]
+            fe_col = ((f" {np.mean(fe):.1f} +- {np.std(fe):.1f} (n={len(fe)}; "
+                       + ", ".join(_fmt(s.get("final_eval_return")) for s in rows) + ") |") if fe else " - |") if n_fe > 0 else ""
             lines.append(
-                f"| {task} | {v} | {mean} | {per_seed} | {last} | {_fmt(rand.get(task))} | "
+                f"| {task} | {v} | {mean} | {per_seed} |{fe_col} {last} | {_fmt(rand.get(task))} | "
                 f"{f'{ref[0]} / {ref[1]}' if ref else '- (not in the paper)'} | {_fmt(float(np.mean(ms)), 1) if ms else '-'} | "
                 f"{avg('solver_iters', 1)} | {avg('solver_converged')} | {avg('act_saturated')} | {avg('pg_saturated')} | {', '.join(flags) or 'ok'} |"
             )
@@ -349,21 +392,30 @@ def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str
               "solve's U* at the [-1, 1] bounds, where the policy gradient is exactly zero. Flags: crash, timeout, nan (non-finite value in train/eval logs), "
               "pg_skipped=N (non-finite PG steps skipped), unfinished, solver-never-acted (the budget ended before DiffTORI's start: the run is plain TD-MPC). "
               f"`mean of the last {LAST_EVALS} evaluations`: per run, then mean +- std over finished runs (less noisy than "
-              "one final evaluation; the final return stays the headline number).", ""]
+              "one final evaluation; the final return stays the headline number)."
+              + (f" `final model, {n_fe} episodes`: the closing evaluation of each finished run's final checkpoint on env "
+                 f"seeds {cfg.final_eval_seed}..{cfg.final_eval_seed + n_fe - 1}, the same for every variant and seed "
+                 f"(`{cfg.eval_episodes}` fresh seeds per periodic evaluation are few: one failed episode moves a "
+                 "run's final return by a fifth of its range)." if n_fe > 0 else ""), ""]
     lines += paired_differences(cfg, summaries)
+    if n_fe > 0:
+        lines += paired_differences(cfg, summaries, key="final_eval_return",
+                                    title=f"the final model on {n_fe} fixed episodes")
     return "\n".join(lines)
 
 
-def paired_differences(cfg: CompareConfig, summaries: list[dict[str, Any]]) -> list[str]:
-    """Each DiffTORI variant minus TD-MPC on the final return, paired by seed (same evaluation seeds), per task, and
-    the tasks won / tied (|difference of task means| < 1% of TD-MPC's) / lost: the issue's target is >= 2 of 3 won or tied."""
+def paired_differences(cfg: CompareConfig, summaries: list[dict[str, Any]], key: str = "final_return",
+                       title: str = "final return") -> list[str]:
+    """Each DiffTORI variant minus TD-MPC on ``key`` (default: the final return), paired by seed (same evaluation
+    seeds), per task, and the tasks won / tied (|difference of task means| < 1% of TD-MPC's) / lost: the issue's
+    target is >= 2 of 3 won or tied."""
     if "tdmpc" not in cfg.variants:
         return []
     def finals(task: str, v: str) -> dict[int, float]:
-        return {s["seed"]: s["final_return"] for s in summaries if s["task"] == task and s["variant"] == v
-                and "unfinished" not in s["flags"] and s.get("final_return") is not None and math.isfinite(s["final_return"])}
+        return {s["seed"]: s[key] for s in summaries if s["task"] == task and s["variant"] == v
+                and "unfinished" not in s["flags"] and s.get(key) is not None and math.isfinite(s[key])}
 
-    lines = ["## Paired differences (final return, variant - tdmpc, same seed)", "",
+    lines = [f"## Paired differences ({title}, variant - tdmpc, same seed)", "",
              "| variant | task | difference (mean +- std over seeds) | seeds | task means (variant / tdmpc) | outcome |",
              "|---|---|---|---|---|---|"]
     for v in [v for v in cfg.variants if v != "tdmpc"]:
@@ -389,17 +441,26 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
     for c in grid:
         if not cfg.fresh and _adopt_legacy(cfg, c):
             print(f"[rl_compare] adopted {cfg.run_root / c.variant / c.task / f'seed{c.seed}'} as cell {c.id}", flush=True)
+    pairs = sweep_cells(cfg, grid)
+    full = [c for pair in pairs for c in pair if c is not None]  # each closing evaluation right after its run
     archive = cfg.out_dir / "cells"
-    for cid in restore(grid, cfg.run_root, archive):
+    for cid in restore(full, cfg.run_root, archive):
         print(f"[rl_compare] restored {cid} from the committed results in {archive}", flush=True)
     opts = SweepOptions(address=cfg.address, num_cpus=None if cfg.address else cfg.jobs * cfg.threads, cpus_per_run=cfg.threads,
                         max_parallel=cfg.jobs, fresh=cfg.fresh, timeout_s=cfg.timeout_s, retry_failed=cfg.retry_failed)
     if cfg.report_only:
         states = {}
     else:
-        states = run_sweep(grid, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[rl_compare]"), flush=True))
-    archive_done(grid, cfg.run_root, archive)  # small committable records: a later session skips these cells
-    summaries = [summarise_run(cfg, c, {**read_state(cfg.run_root, c.id), **states.get(c.id, {})}) for c in grid]
+        states = run_sweep(full, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[rl_compare]"), flush=True))
+    archive_done(full, cfg.run_root, archive)  # small committable records: a later session skips these cells
+
+    def state(c: Cell) -> dict[str, Any]:
+        return {**read_state(cfg.run_root, c.id), **states.get(c.id, {})}
+
+    summaries = [{**summarise_run(cfg, c, state(c)), **(summarise_final_eval(cfg, ev, state(ev)) if ev else {})} for c, ev in pairs]
+    for s in summaries:
+        if s.get("final_eval_error"):
+            s["flags"].append("final-eval-failed")
     rand = random_returns(cfg)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     csv_lines = ["task,variant,seed,step,episode_return"]
@@ -407,6 +468,11 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
         for st, ret in zip(s.get("eval_steps", []), s.get("eval_returns", [])):
             csv_lines.append(f"{s['task']},{s['variant']},{s['seed']},{st},{ret}")
     atomic_write_text(cfg.out_dir / "rl_compare.csv", "\n".join(csv_lines) + "\n")
+    if cfg.final_eval_episodes > 0:
+        fe = ["task,variant,seed,step,episodes,first_env_seed,episode_return,return_std"]
+        fe += [f"{s['task']},{s['variant']},{s['seed']},{s['final_eval_step']},{cfg.final_eval_episodes},{cfg.final_eval_seed},"
+               f"{s['final_eval_return']},{s['final_eval_std']}" for s in summaries if "final_eval_return" in s]
+        atomic_write_text(cfg.out_dir / "rl_compare_final_eval.csv", "\n".join(fe) + "\n")
     run_dirs = [Path(s["run_dir"]) for s in summaries if s.get("run_dir") and s.get("eval_steps")]
     if run_dirs:
         from difftori.utils.plotting import plot_runs

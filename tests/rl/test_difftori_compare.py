@@ -80,9 +80,10 @@ def test_tiny_comparison_end_to_end(tmp_path):
         tasks=("cartpole-swingup",), seeds=(1,), variants=("tdmpc", "difftori-episode"), steps=160, episode_length=80,
         eval_freq=160, eval_episodes=1, jobs=2, run_root=tmp_path / "runs", out_dir=out, random_episodes=1, extra=TINY,
         return_grad="manual",  # the grid's default (compiled) would spend most of this tiny run compiling
+        final_eval_episodes=2, final_eval_seed=555,
     )
     res = bench.run(cfg)
-    assert json.loads(next((cfg.run_root / "cells").glob("*difftori-episode*/cell.json")).read_text())["config"]["difftori"]["return_grad"] == "manual"
+    assert json.loads(next((cfg.run_root / "cells").glob("*difftori-episode-seed*/cell.json")).read_text())["config"]["difftori"]["return_grad"] == "manual"
     assert [(r["variant"], r["flags"]) for r in res["runs"]] == [("tdmpc", []), ("difftori-episode", [])]
     rows = list(csv.DictReader((out / "rl_compare.csv").open()))
     assert {r["variant"] for r in rows} == {"tdmpc", "difftori-episode"} and all(int(r["step"]) == 160 for r in rows)
@@ -92,13 +93,46 @@ def test_tiny_comparison_end_to_end(tmp_path):
     for r in res["runs"]:
         assert r["ms_per_env_step"] > 0 and r["final_step"] >= 160
     assert json.loads((out / "rl_compare.json").read_text())["runs"][0]["task"] == "cartpole-swingup"
+    # The closing evaluation: both final checkpoints on the same two fixed seeds, a column and a paired table.
+    fe = list(csv.DictReader((out / "rl_compare_final_eval.csv").open()))
+    assert [(r["variant"], r["step"], r["episodes"], r["first_env_seed"]) for r in fe] == [
+        ("tdmpc", "160", "2", "555"), ("difftori-episode", "160", "2", "555")]
+    for r in res["runs"]:
+        assert len(r["final_eval_returns"]) == 2 and r["final_eval_return"] == pytest.approx(sum(r["final_eval_returns"]) / 2)
+    assert "final model, 2 episodes on fixed seeds" in table and "the final model on 2 fixed episodes" in table
+    evals = [bench.final_eval_cell(cfg, c) for c in bench.cells(cfg)]
+    assert [read_state(cfg.run_root, e.id)["status"] for e in evals] == ["done", "done"]
+    assert all((out / "cells" / e.id / "result.json").exists() for e in evals)  # archived like the runs
     # A second invocation (through main) reuses the finished cells: nothing runs again.
-    stamp = [(cell_dir(cfg.run_root, c.id) / "result.json").stat().st_mtime_ns for c in bench.cells(cfg)]
+    every = [*bench.cells(cfg), *evals]
+    stamp = [(cell_dir(cfg.run_root, c.id) / "result.json").stat().st_mtime_ns for c in every]
     argv = ["--tasks", "cartpole-swingup", "--seeds", "1", "--variants", "tdmpc", "difftori-episode", "--steps", "160",
             "--episode-length", "80", "--eval-freq", "160", "--eval-episodes", "1", "--run-root", str(cfg.run_root),
-            "--out-dir", str(out), "--random-episodes", "0", "--extra", TINY]
+            "--out-dir", str(out), "--random-episodes", "0", "--extra", TINY, "--final-eval-episodes", "2",
+            "--final-eval-seed", "555"]
     assert bench.main(argv) == 0
-    assert [(cell_dir(cfg.run_root, c.id) / "result.json").stat().st_mtime_ns for c in bench.cells(cfg)] == stamp
+    assert [(cell_dir(cfg.run_root, c.id) / "result.json").stat().st_mtime_ns for c in every] == stamp
+
+
+def test_final_eval_cells_depend_on_their_run_and_refuse_unfinished_runs(tmp_path):
+    cfg = bench.CompareConfig(tasks=("cartpole-swingup",), seeds=(1,), variants=("tdmpc", "difftori-episode"), steps=100)
+    grid = bench.cells(cfg)
+    pairs = bench.sweep_cells(cfg, grid)
+    assert [ev.deps for _, ev in pairs] == [{"checkpoint": c.id} for c in grid]
+    assert pairs[0][1].variant == "tdmpc-final20" and pairs[0][1].options[1:] == ["--episodes", "20", "--seed", "100000"]
+    # not part of the training cells' ids; another seed or count is another evaluation cell
+    assert [c.id for c in bench.cells(bench.CompareConfig(**{**cfg.__dict__, "final_eval_episodes": 0}))] == [c.id for c in grid]
+    assert bench.final_eval_cell(bench.CompareConfig(**{**cfg.__dict__, "final_eval_seed": 7}), grid[0]).id != pairs[0][1].id
+    assert all(ev is None for _, ev in bench.sweep_cells(bench.CompareConfig(**{**cfg.__dict__, "final_eval_episodes": 0}), grid))
+    with pytest.raises(ConfigError, match="final_eval_episodes"):
+        bench.CompareConfig(final_eval_episodes=-1)
+    from benchmarks import rl_final_eval
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(SystemExit):  # no checkpoint: a clear argparse error, nothing written
+        rl_final_eval.main(["--checkpoint", str(run), "--run-root", str(tmp_path / "ev")])
+    assert not (tmp_path / "ev").exists()
 
 
 def test_failed_cell_is_flagged(tmp_path):

@@ -195,9 +195,10 @@ def script_cell(script: str | Path, task: str, variant: str, seed: int, options:
 
     ``config`` is what the run computes (the id hashes it with the script's file name and ``deps``, not the
     script's absolute path, so a checkout elsewhere maps to the same ids). The runner appends ``--run-root DIR
-    --num-threads N --device DEV`` and, per dependency role, ``--dataset PATH`` / ``--base-policy PATH`` (the
-    dependency's run directory). The script must print ``run directory: PATH`` (a folder under the run root
-    holding ``config.json`` and ``final.json``, optionally ``train.csv`` / ``eval.csv``) and exit 0 when done.
+    --num-threads N --device DEV`` and, per dependency role, ``--<role> PATH`` (the dependency's run directory,
+    a collect cell's dataset; ``deps={"checkpoint": train_cell.id}`` gives ``--checkpoint RUN_DIR``). The script
+    must print ``run directory: PATH`` (a folder under the run root holding ``config.json`` and ``final.json``,
+    optionally ``train.csv`` / ``eval.csv``) and exit 0 when done.
     Script cells do not resume: an unfinished attempt is discarded and the cell starts over.
     """
     path = Path(script).resolve()
@@ -207,6 +208,7 @@ def script_cell(script: str | Path, task: str, variant: str, seed: int, options:
     _check_owned(options, RUNNER_OPTIONS)
     config = {"script": path.name, **config}
     deps = dict(deps or {})
+    _check_owned(options, tuple(f"--{role.replace('_', '-')}" for role in deps))
     return Cell(area="script", task=task, variant=variant, seed=seed, options=[str(path), *options], config=config,
                 steps=int(steps), deps=deps, id=_cell_id(task, None, variant, seed, config_hash(config, deps)))
 

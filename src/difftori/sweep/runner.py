@@ -143,7 +143,9 @@ def _volatile_options(options: list[str]) -> list[str]:
 
 def _argv(spec: dict[str, Any], d: Path, dep_paths: dict[str, str], threads: int, device: str) -> tuple[list[str], Path | None]:
     """Arguments after ``python`` of the cell's next attempt and the run it resumes (None: a new run)."""
-    paths = [x for role in ("dataset", "base_policy") if role in dep_paths for x in (f"--{role.replace('_', '-')}", dep_paths[role])]
+    # train / collect cells know the roles dataset and base_policy; a script cell gets every role as --<role> PATH
+    roles = sorted(dep_paths) if spec["area"] == "script" else [r for r in ("dataset", "base_policy") if r in dep_paths]
+    paths = [x for role in roles for x in (f"--{role.replace('_', '-')}", dep_paths[role])]
     if spec["area"] == "script":  # no resume: an unfinished attempt's folder is discarded (see grid.script_cell)
         if (d / "run").exists():
             shutil.rmtree(d / "run")

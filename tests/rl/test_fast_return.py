@@ -97,7 +97,7 @@ def test_second_order_method_with_manual_gradient_is_a_clear_error():
 def test_compiled_falls_back_to_eager_when_compilation_fails(monkeypatch):
     import difftori.rl.fast_return as fr
 
-    def broken(fn):
+    def broken(fn, **options):
         def call(*args):
             raise RuntimeError("no compiler")
         return call

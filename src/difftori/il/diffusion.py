@@ -139,8 +139,9 @@ class EMA:
     @staticmethod
     @torch.no_grad()
     def update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+        pe, pm = list(ema.parameters()), [p.detach() for p in model.parameters()]
+        torch._foreach_mul_(pe, decay)  # pe = decay * pe + (1 - decay) * pm, all tensors per op
+        torch._foreach_add_(pe, pm, alpha=1 - decay)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
 

@@ -8,6 +8,6 @@ stage / terminal costs.
 
 from .info import SolverInfo, Status
 from .mpc import MPC, MPCResult
-from .solver import BACKWARDS, DEFAULT_STEP_SIZE, FIRST_ORDER_METHODS, METHODS, TrajOptimizer
+from .solver import BACKWARDS, DEFAULT_STEP_SIZE, FIRST_ORDER_METHODS, METHODS, RESIDUAL_METHODS, TrajOptimizer
 
-__all__ = ["TrajOptimizer", "SolverInfo", "Status", "METHODS", "FIRST_ORDER_METHODS", "BACKWARDS", "DEFAULT_STEP_SIZE", "MPC", "MPCResult"]
+__all__ = ["TrajOptimizer", "SolverInfo", "Status", "METHODS", "FIRST_ORDER_METHODS", "RESIDUAL_METHODS", "BACKWARDS", "DEFAULT_STEP_SIZE", "MPC", "MPCResult"]

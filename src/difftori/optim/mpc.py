@@ -16,7 +16,7 @@ import torch
 
 from .derivatives import _FUNCTORCH_ERRORS, basis_tangents
 from .info import SolverInfo
-from .solver import _RESIDUAL, TrajOptimizer
+from .solver import RESIDUAL_METHODS, TrajOptimizer
 
 __all__ = ["MPC", "MPCResult", "rollout_jacobian", "JACOBIAN_MODES"]
 
@@ -123,7 +123,7 @@ class MPC:
         self.residual = residual
         self.horizon, self.n_ctrl = horizon, n_ctrl
         self.optimizer = optimizer if optimizer is not None else TrajOptimizer(method="newton")
-        if self.optimizer.method in _RESIDUAL and residual is None:
+        if self.optimizer.method in RESIDUAL_METHODS and residual is None:
             raise ValueError(f"MPC: method {self.optimizer.method!r} needs residual(X, U) -> (B, R), not stage_cost")
         self.warm_start = warm_start
         if jacobian_mode not in JACOBIAN_MODES:
@@ -217,7 +217,7 @@ class MPC:
             else:
                 U_init = torch.zeros(B, self.horizon, self.n_ctrl, dtype=x0.dtype, device=x0.device)
         opt = self.optimizer
-        if opt.method in _RESIDUAL:
+        if opt.method in RESIDUAL_METHODS:
             jac = self._structured_jacobian(x0, U_init)
             U, info = opt.solve(None, U_init, residual_fn=lambda U_: self.residual_of(x0, U_), backward=backward,
                                 residual_jac_fn=jac)

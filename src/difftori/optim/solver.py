@@ -110,7 +110,8 @@ DEFAULT_STEP_SIZE = {"gd": 0.1, "adam": 0.05, "lm_scalar": 1e-4, "newton": 1.0, 
 BACKWARDS = ("unroll", "truncated", "implicit", "none")
 FIRST_ORDER_METHODS = ("gd", "adam", "lm_scalar")
 """Methods that need only the cost's gradient (and accept ``solve(..., cost_grad_fn=...)``)."""
-_RESIDUAL = ("gauss_newton", "lm")
+RESIDUAL_METHODS = ("gauss_newton", "lm")
+"""Methods that solve a least-squares residual (``solve(..., residual_fn=...)``, optionally ``residual_jac_fn=``)."""
 
 CostFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -353,7 +354,7 @@ class TrajOptimizer:
             raise ValueError(f"U0 must be a floating-point tensor of shape (B, H, A), got {desc}")
         if U0.numel() == 0:
             raise ValueError(f"U0 must be non-empty, got shape {tuple(U0.shape)}")
-        if self.method in _RESIDUAL:
+        if self.method in RESIDUAL_METHODS:
             if residual_fn is None:
                 raise ValueError(f"method {self.method!r} needs residual_fn(U) -> (B, R)")
         elif residual_fn is not None:
@@ -381,15 +382,15 @@ class TrajOptimizer:
         clamp_cost = bounded and bm == "clamp_in_cost"
         if cost_grad_fn is not None and self.method not in FIRST_ORDER_METHODS:
             raise ValueError(f"cost_grad_fn serves the first-order methods ({', '.join(FIRST_ORDER_METHODS)}), not {self.method!r}")
-        if residual_jac_fn is not None and self.method not in _RESIDUAL:
+        if residual_jac_fn is not None and self.method not in RESIDUAL_METHODS:
             raise ValueError(f"residual_jac_fn serves the residual methods (gauss_newton, lm), not {self.method!r}")
-        ev = Evaluator(cost_fn, residual_fn if self.method in _RESIDUAL else None, B,
+        ev = Evaluator(cost_fn, residual_fn if self.method in RESIDUAL_METHODS else None, B,
                        clamp=(lo, hi) if clamp_cost else None, hessian=self.hessian, cost_grad_fn=cost_grad_fn,
                        residual_jac_fn=residual_jac_fn)
 
         K = self.max_iters
         graph_from = {"unroll": 0, "truncated": max(K - self.backward_iters, 0)}.get(mode, K + 1)
-        level = "grad" if self.method in FIRST_ORDER_METHODS else ("jac" if self.method in _RESIDUAL else "hess")
+        level = "grad" if self.method in FIRST_ORDER_METHODS else ("jac" if self.method in RESIDUAL_METHODS else "hess")
 
         # ---- start point: +-inf onto the bound when bounded; other non-finite entries -> box midpoint / 0 (NON_FINITE)
         U = U0 if (graph_from == 0 and U0.requires_grad) else U0.detach()
@@ -520,7 +521,7 @@ class TrajOptimizer:
                 need = need | stuck_check
         if self.tol > 0 and bool(need.any()):
             Uc = S.U.detach() if box is None else torch.clamp(S.U.detach(), *box)
-            raw = Evaluator(cost_fn, residual_fn if self.method in _RESIDUAL else None, Uc.shape[0], hessian=self.hessian)
+            raw = Evaluator(cost_fn, residual_fn if self.method in RESIDUAL_METHODS else None, Uc.shape[0], hessian=self.hessian)
             _, g = raw.cost_grad(Uc, graph=False)
             with torch.no_grad():
                 pg = g if box is None else g.masked_fill(_active(Uc, g, *box), 0.0)

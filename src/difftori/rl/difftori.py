@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from difftori.envs.spec import EnvSpec
-from difftori.optim import SolverInfo, Status, TrajOptimizer
+from difftori.optim import RESIDUAL_METHODS, SolverInfo, Status, TrajOptimizer
 from difftori.rl.buffer import Batch, ReplayBuffer
 from difftori.rl.config import RLConfig
 from difftori.rl.fast_return import ReturnGradient, compiled_return_gradient
@@ -63,7 +63,6 @@ from difftori.rl.tdmpc import TDMPC
 
 __all__ = ["DiffTORI"]
 
-_RESIDUAL_METHODS = ("gauss_newton", "lm")
 
 
 class DiffTORI(TDMPC):
@@ -167,7 +166,7 @@ class DiffTORI(TDMPC):
             def cost(U: torch.Tensor) -> torch.Tensor:
                 return -self.predicted_return(z0, U)
 
-            if self.solver.method in _RESIDUAL_METHODS:
+            if self.solver.method in RESIDUAL_METHODS:
                 offset = self.solver.offset
 
                 def residual(U: torch.Tensor) -> torch.Tensor:  # original: r = 1000 - G

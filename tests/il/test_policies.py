@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -176,3 +178,24 @@ def test_ddim_with_an_oracle_denoiser_recovers_the_target():
     pol.nets["unet"] = Oracle()
     out = pol.sample_normalized(data["obs"])
     torch.testing.assert_close(out, target, atol=1e-4, rtol=0)
+
+
+def test_training_optimizer_is_fused_adamw_with_the_reference_update():
+    """il.train's AdamW uses torch's fused kernel on CPU: the same parameters as the per-tensor loop to float rounding."""
+    from difftori.il.train import _adamw
+
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    fast = copy.deepcopy(ref)
+    kw = dict(lr=1e-2, betas=(0.95, 0.999), weight_decay=1e-6)
+    opt_ref, opt_fast = torch.optim.AdamW(ref.parameters(), foreach=False, **kw), _adamw(fast.parameters(), **kw)
+    assert opt_fast.defaults["fused"] is True
+    for _ in range(20):
+        x, y = torch.randn(8, 6), torch.randn(8, 3)
+        for net, opt in ((ref, opt_ref), (fast, opt_fast)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+    for a, b in zip(ref.parameters(), fast.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert _adamw([torch.zeros(2, dtype=torch.long)], lr=1e-3).defaults["fused"] is None  # nothing fusable: the default loop

@@ -56,3 +56,17 @@ def test_vulkan_configure_respects_the_users_choice(monkeypatch, tmp_path):
 
     assert os.environ["VK_ICD_FILENAMES"] == str(tmp_path / vulkan.ICD_NAME)
     assert os.environ["LD_LIBRARY_PATH"].startswith(str(tmp_path)) and os.environ["LD_LIBRARY_PATH"].endswith(":/somewhere")
+
+
+def test_il_training_checks_mujoco_rendering_only_for_mujoco_suites(monkeypatch):
+    """`il train` on a ManiSkill task (own venv, no MuJoCo) must not probe MuJoCo's GL context before training."""
+    from difftori.il import train
+
+    assert [train._renderer(t) for t in ("pick-cube", "door-open", "lift", "no-such-task")] == ["sapien", "mujoco", "mujoco", None]
+    monkeypatch.setitem(sys.modules, "mujoco", None)  # as in .venv-maniskill: importing it fails
+    from difftori.il.config import ILConfig
+
+    cfg = ILConfig(task="pick-cube", obs_type="pointcloud", policy="bc", dataset="/nonexistent.zarr", eval_episodes=1)
+    with pytest.raises((FileNotFoundError, ValueError)) as exc:  # gets as far as the dataset, not a MuJoCo import error
+        train.train(cfg)
+    assert "mujoco" not in str(exc.value).lower()

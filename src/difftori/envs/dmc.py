@@ -54,6 +54,9 @@ def _name(domain: str, task: str) -> str:
     return f"{_DOMAIN_ALIAS.get(domain, domain)}-{task.replace('_', '-')}"
 
 
+RENDERER = "mujoco"
+"""What renders this suite's images and point clouds (MuJoCo's GL context, or SAPIEN's Vulkan renderer)."""
+
 TASKS: dict[str, tuple[str, str]] = {_name(d, t): (d, t) for d, t in _SUITE_TASKS}
 """Canonical task name -> ``(dm_control domain, task)``."""
 

@@ -62,6 +62,9 @@ ENV_IDS: dict[str, str] = {
 }
 """Our task names and ManiSkill's env ids (each has a Panda motion-planning solution)."""
 
+RENDERER = "sapien"
+"""What renders this suite's images and point clouds (MuJoCo's GL context, or SAPIEN's Vulkan renderer)."""
+
 TASKS: tuple[str, ...] = tuple(ENV_IDS)
 
 EPISODE_LENGTHS: dict[str, int] = {

@@ -57,6 +57,9 @@ __all__ = [
 
 INSTALL_HINT = "pip install 'difftori[metaworld]'"
 
+RENDERER = "mujoco"
+"""What renders this suite's images and point clouds (MuJoCo's GL context, or SAPIEN's Vulkan renderer)."""
+
 TASKS: tuple[str, ...] = (
     "assembly", "basketball", "bin-picking", "box-close", "button-press-topdown",
     "button-press-topdown-wall", "button-press", "button-press-wall", "coffee-button",

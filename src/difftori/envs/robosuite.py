@@ -79,6 +79,9 @@ TASK_INFO: dict[str, TaskInfo] = {
     ),
 }  # fmt: skip
 
+RENDERER = "mujoco"
+"""What renders this suite's images and point clouds (MuJoCo's GL context, or SAPIEN's Vulkan renderer)."""
+
 TASKS: tuple[str, ...] = tuple(TASK_INFO)
 """Robomimic's single-arm tasks with a scripted expert: ``lift``, ``can``, ``square``."""
 

@@ -72,6 +72,14 @@ def _batch(windows: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ pieces -------------------
+def _renderer(task: str) -> str | None:
+    """The task's suite renderer (``mujoco`` / ``sapien``), None for an unknown task (the env reports it)."""
+    from difftori.envs import suite_of
+
+    found = suite_of(task)
+    return getattr(found[0], "RENDERER", None) if found else None
+
+
 def _adamw(params, **kwargs) -> torch.optim.AdamW:
     """AdamW with torch's fused kernel where every parameter is a float tensor on CPU or CUDA: the same update to
     float rounding, ~5x faster than the per-tensor loop on a diffusion UNet's ~130 tensors (~15% of its step)."""
@@ -211,7 +219,7 @@ def train(
         raise ValueError("no dataset given: pass --dataset PATH (written by `difftori il collect`)")
     show_progress = cfg.progress if progress is None else progress
     device = resolve_device(cfg.device)
-    if cfg.eval_episodes > 0 and cfg.obs_type != "state":
+    if cfg.eval_episodes > 0 and cfg.obs_type != "state" and _renderer(cfg.task) == "mujoco":
         from difftori.utils.gl import check_rendering
 
         check_rendering()  # fail now, not at the first evaluation

@@ -90,6 +90,9 @@ class CompareConfig:
     variants: tuple[str, ...] = ("tdmpc", "difftori-episode", "difftori-replay")
     """Agents / variants: tdmpc, difftori-episode, difftori-replay, difftori-faithful, difftori-actplanner
     (MPPI acts, the solver only trains the model through PG), difftori-nopg (solver acts, no PG: a diagnostic)."""
+    max_seeds: tuple[str, ...] = ()
+    """Fewer seeds for some variants, as ``VARIANT=N`` (that variant runs only the first N of ``seeds``), e.g.
+    ``difftori-faithful=1``: an expensive reference variant beside the full-seed comparison."""
     steps: int = 20_000
     """ENV steps per run."""
     preset: Literal["small", "cpu", "paper"] = "small"
@@ -148,6 +151,11 @@ class CompareConfig:
         self.tasks = tuple(dmc.canonical(t) for t in self.tasks)
         for v in self.variants:
             check(v in VARIANTS, f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+        self.max_seeds = tuple(self.max_seeds)
+        for item in self.max_seeds:
+            name, _, n = item.partition("=")
+            check(name in self.variants and n.isdigit() and int(n) >= 1,
+                  f"max_seeds entries are VARIANT=N with a variant of this grid and N >= 1, got {item!r}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         check(self.preset in ("small", "cpu", "paper"), f"preset must be small (alias cpu) or paper, got {self.preset!r}")
         check(0 <= self.seed_frac <= self.pg_start_frac <= 1, "need 0 <= seed_frac <= pg_start_frac <= 1")
@@ -157,6 +165,11 @@ class CompareConfig:
         check(self.jobs >= 1 and self.threads >= 1, "jobs and threads must be >= 1")
         check(self.timeout_s is None or self.timeout_s > 0, "timeout_s must be > 0")
         check(self.final_eval_episodes >= 0, f"final_eval_episodes must be >= 0, got {self.final_eval_episodes}")
+
+    def seeds_of(self, variant: str) -> tuple[int, ...]:
+        """The seeds ``variant`` runs (all of ``seeds`` unless ``max_seeds`` limits it)."""
+        limits = {k: int(n) for k, _, n in (m.partition("=") for m in self.max_seeds)}
+        return self.seeds[: limits.get(variant, len(self.seeds))]
 
 
 # ----------------------------------------------------------------------------------- the grid
@@ -200,7 +213,8 @@ def run_args(cfg: CompareConfig, task: str, variant: str, seed: int) -> list[str
 
 def cells(cfg: CompareConfig) -> list[Cell]:
     """The grid: one sweep cell per task, seed and variant (options checked here, before anything is written)."""
-    return [rl_cell(t, v, s, run_args(cfg, t, v, s)[6:]) for t in cfg.tasks for s in cfg.seeds for v in cfg.variants]
+    return [rl_cell(t, v, s, run_args(cfg, t, v, s)[6:]) for t in cfg.tasks for s in cfg.seeds for v in cfg.variants
+            if s in cfg.seeds_of(v)]
 
 
 FINAL_EVAL_SCRIPT = Path(__file__).resolve().parent / "rl_final_eval.py"
@@ -352,7 +366,8 @@ def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str
     lines = [
         "# DiffTORI vs TD-MPC (DeepMind Control, state observations)",
         "",
-        f"Budget: **{cfg.steps} env steps** per run, preset `{cfg.preset}`, seeds {list(cfg.seeds)}, "
+        f"Budget: **{cfg.steps} env steps** per run, preset `{cfg.preset}`, seeds {list(cfg.seeds)}"
+        + "".join(f" ({v}: seeds {list(cfg.seeds_of(v))})" for v in cfg.variants if cfg.seeds_of(v) != cfg.seeds) + ", "
         f"{cfg.eval_episodes} eval episodes; {meta['jobs']} runs in parallel x {cfg.threads} torch thread(s) on "
         f"{meta['cpu_count']} CPU cores ({meta['machine']}); total wall clock {meta['wall_s'] / 60:.1f} min. "
         "Reference TD-MPC numbers are METHOD.md's (paper sizes, 500k / 1M env steps); they are NOT comparable in budget.",

@@ -54,6 +54,12 @@ def test_cells_follow_the_options():
     other = bench.cells(bench.CompareConfig(**{**cfg.__dict__, "extra": "--difftori.init pi"}))
     assert [c.id for c in same] == [c.id for c in grid]
     assert grid[1].id != other[1].id  # changed options: a new cell (never the stale run)
+    capped = bench.cells(bench.CompareConfig(**{**cfg.__dict__, "max_seeds": ("difftori-nopg=1",)}))
+    assert [(c.variant, c.seed) for c in capped] == [("tdmpc", 1), ("difftori-nopg", 1), ("tdmpc", 2)]
+    assert [c.id for c in capped] == [grid[0].id, grid[1].id, grid[2].id]  # the same cells, fewer of them
+    for bad in ("difftori-nopg=0", "difftori-replay=1", "difftori-nopg"):
+        with pytest.raises(ConfigError, match="max_seeds"):
+            bench.CompareConfig(**{**cfg.__dict__, "max_seeds": (bad,)})
 
 
 def test_runs_of_the_earlier_layout_are_adopted(tmp_path):

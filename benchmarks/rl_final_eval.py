@@ -43,6 +43,9 @@ def final_eval(checkpoint: Path, episodes: int, seed: int, act: str = "agent", d
     final_step = int(json.loads(final_path.read_text())["step"])
     if env_step < final_step:
         raise ValueError(f"{path}: the checkpoint is at env step {env_step}, the run ended at {final_step}")
+    from difftori.utils.seeding import seed_everything
+
+    seed_everything(seed)  # the planner's sampling too: the same evaluation whenever it is rerun
     t0 = time.perf_counter()
     res = trainer.evaluate(trainer.acting_policy(agent, step, act), env, episodes, seed)
     env.close()

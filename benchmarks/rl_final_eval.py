@@ -63,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="device (auto, cpu, cuda[:N])")
     args = p.parse_args(argv)
-    if args.episodes < 1:
-        p.error(f"--episodes must be >= 1, got {args.episodes}")
     from difftori.utils.device import set_num_threads
 
     set_num_threads(args.num_threads)

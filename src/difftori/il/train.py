@@ -77,7 +77,7 @@ def _renderer(task: str) -> str | None:
     from difftori.envs import suite_of
 
     found = suite_of(task)
-    return getattr(found[0], "RENDERER", None) if found else None
+    return found[0].RENDERER if found else None
 
 
 def _adamw(params, **kwargs) -> torch.optim.AdamW:

@@ -383,7 +383,7 @@ class TrajOptimizer:
         if cost_grad_fn is not None and self.method not in FIRST_ORDER_METHODS:
             raise ValueError(f"cost_grad_fn serves the first-order methods ({', '.join(FIRST_ORDER_METHODS)}), not {self.method!r}")
         if residual_jac_fn is not None and self.method not in RESIDUAL_METHODS:
-            raise ValueError(f"residual_jac_fn serves the residual methods (gauss_newton, lm), not {self.method!r}")
+            raise ValueError(f"residual_jac_fn serves the residual methods ({', '.join(RESIDUAL_METHODS)}), not {self.method!r}")
         ev = Evaluator(cost_fn, residual_fn if self.method in RESIDUAL_METHODS else None, B,
                        clamp=(lo, hi) if clamp_cost else None, hessian=self.hessian, cost_grad_fn=cost_grad_fn,
                        residual_jac_fn=residual_jac_fn)

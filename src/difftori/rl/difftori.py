@@ -64,7 +64,6 @@ from difftori.rl.tdmpc import TDMPC
 __all__ = ["DiffTORI"]
 
 
-
 class DiffTORI(TDMPC):
     """DiffTORI agent: TD-MPC world model + trajectory-optimization policy trained by policy gradient."""
 

@@ -146,6 +146,23 @@ def test_falls_back_with_one_warning_when_functorch_fails():
         mpc(x0, U0.clone())  # remembered: no second warning
 
 
+def test_probe_jacobian_is_not_wasted(monkeypatch):
+    """The first call's torch.func probe serves the solver's first iteration: one structured Jacobian per
+    solver Jacobian evaluation, on the first call as on later ones."""
+    x0, residual, U0 = problem()
+    mpc = MPC(Dyn(), None, U0.shape[1], U0.shape[2], residual=residual,
+              optimizer=TrajOptimizer(method="gauss_newton", max_iters=3, tol=0.0, backward="none"))
+    calls = []
+    real = mpc.residual_jacobian
+    monkeypatch.setattr(mpc, "residual_jacobian", lambda x, U: calls.append(1) or real(x, U))
+    counts = []
+    for _ in range(2):
+        calls.clear()
+        mpc(x0, U0.clone())
+        counts.append(len(calls))
+    assert counts[0] == counts[1] >= 1, counts  # the probe was counted on the first call only if it was wasted
+
+
 def test_residual_jac_fn_clamp_masks_columns():
     """clamp_in_cost: columns of coordinates outside the box are zero, as torch.clamp's backward makes them."""
     x0, residual, U = problem()

@@ -4,7 +4,10 @@ Parts (ms of one call): ``update`` (one TD-MPC update on a batch from a replay b
 transitions; DiffTORI's adds the Q_s loss), ``plan`` (one MPPI plan of TD-MPC, also DiffTORI's default
 acting start), ``act_solve`` (one batch-1 DiffTORI acting solve from the pi rollout) and ``pg_grad`` (one
 episode-mode DiffTORI policy-gradient term: the truncated-backward solve and the gradient into the world
-model). Each part starts from fresh fp32 and bf16 agents with the same weights, whose repetitions are
+model). A second table times one whole training agent step (act with exploration + one update; DiffTORI's act
+includes its MPPI plan, the acting/PG solve and the episode-mode gradient) at the issue's starting settings
+(``today``: fp32, autograd return gradient, a fixed number of solver iterations) against the fast ones (``fast``:
+bf16 autocast, compiled return gradient, the plateau stop). Each part starts from fresh fp32 and bf16 agents with the same weights, whose repetitions are
 interleaved so load drift hits both alike; both solves start from a fixed plan, so every call does the
 same iterations. No environment is needed: the env spec is built directly (walker-walk: 24-D state,
 6-D action). Reward and critic heads are re-initialised (TD-MPC zeroes them, which would make the
@@ -74,6 +77,10 @@ class SpeedConfig:
     """Seed of the weights, the replay data and the observation."""
     return_grads: tuple[str, ...] = ("autograd", "manual", "compiled")
     """difftori.return_grad modes timed against each other on DiffTORI's solves (fp32); empty: skip that table."""
+    agent_steps: bool = True
+    """Also time one whole training agent step per agent, today's settings vs the fast ones (see STEP_SETTINGS)."""
+    fast_return_grad: str = "compiled"
+    """difftori.return_grad of the fast DiffTORI agent step (compiled: the grids' setting; manual: no compile wait)."""
     out: str = str(DEFAULT_OUT)
     """Folder of rl_speed.json and rl_speed.md (written atomically)."""
 
@@ -82,19 +89,30 @@ class SpeedConfig:
         self.return_grads = tuple(self.return_grads)
         check(all(m in RETURN_GRADS for m in self.return_grads), f"return_grads must be among {', '.join(RETURN_GRADS)}, got {self.return_grads}")
         check(bool(self.sizes) and all(s in PRESETS for s in self.sizes), f"sizes must be among {', '.join(PRESETS)}, got {self.sizes}")
+        check(self.fast_return_grad in RETURN_GRADS, f"fast_return_grad must be one of {', '.join(RETURN_GRADS)}, got {self.fast_return_grad!r}")
         check(self.threads >= 1, f"threads must be >= 1, got {self.threads}")
         check(self.repeats >= 1, f"repeats must be >= 1, got {self.repeats}")
         check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
 
 
-QUICK = SpeedConfig(quick=True, repeats=2, warmup=1, return_grads=("autograd", "manual"))
+QUICK = SpeedConfig(quick=True, repeats=2, warmup=1, return_grads=("autograd", "manual"), fast_return_grad="manual")
+
+STEP_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "tdmpc": {"today": {"precision": "fp32"}, "fast": {"precision": "bf16"}},
+    "difftori": {"today": {"precision": "fp32", "return_grad": "autograd", "plateau_window": 0},
+                 "fast": {"precision": "bf16", "return_grad": "compiled", "plateau_window": 5}},
+}
+"""Settings of the whole-agent-step table: the issue's starting point (fp32, autograd, fixed solver iterations)
+and the fast options (each verified by learning curves / exactness tests before use in the grids)."""
 
 
-def agent_config(agent: str, precision: str, sizes: str, device: torch.device, return_grad: str = "autograd") -> RLConfig:
+def agent_config(agent: str, precision: str, sizes: str, device: torch.device, return_grad: str = "autograd",
+                 plateau_window: int | None = None) -> RLConfig:
     """RLConfig of one timed agent: the sizes' network/planner values, everything else default."""
     extra = dict(SMALL_SIZES) if sizes == "small" else {}
     if agent == "difftori":
-        extra["difftori"] = DiffTORIConfig(return_grad=return_grad)
+        more = {} if plateau_window is None else {"plateau_window": plateau_window}
+        extra["difftori"] = DiffTORIConfig(return_grad=return_grad, **more)
     return RLConfig(task=SPEC.task, agent=agent, precision=precision, preset=sizes, device=str(device), **extra)
 
 
@@ -105,7 +123,8 @@ def make_agents(agent: str, sizes: str, device: torch.device, seed: int,
     cls = DiffTORI if agent == "difftori" else TDMPC
     variants = variants or {p: {"precision": p} for p in PRECISIONS}
     torch.manual_seed(seed)
-    agents = {name: cls(agent_config(agent, kw.get("precision", "fp32"), sizes, device, kw.get("return_grad", "autograd")), SPEC)
+    agents = {name: cls(agent_config(agent, kw.get("precision", "fp32"), sizes, device, kw.get("return_grad", "autograd"),
+                                     kw.get("plateau_window")), SPEC)
               for name, kw in variants.items()}
     first = next(iter(agents.values()))
     m = first.model
@@ -151,6 +170,14 @@ def part_fn(part: str, agent: TDMPC, obs: torch.Tensor, buf: ReplayBuffer | None
             return torch.autograd.grad(loss, agent.pg_parameters(), allow_unused=True)
         return pg_grad
     raise ValueError(f"unknown part {part!r}; known: {sorted({p for ps in PARTS.values() for p in ps})}")
+
+
+def agent_step_fn(agent: TDMPC, obs: np.ndarray, buf: ReplayBuffer) -> Callable[[], object]:
+    """One training agent step after every schedule: act (exploration on) from a warm start, then one update."""
+    def step():
+        agent.act(obs, t0=False, eval_mode=False, step=STEP)
+        return agent.update(buf, STEP)
+    return step
 
 
 def solver_iters(agent: DiffTORI, obs: torch.Tensor) -> int:
@@ -199,8 +226,36 @@ def run(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> dict
             grad_rows.append({"sizes": sizes, "part": part, "ms": ms, "solver_iters": solver_iters(first, obs),
                               "speedup": {m: ms[cfg.return_grads[0]] / ms[m] for m in cfg.return_grads},
                               "times_ms": {m: [1e3 * t for t in times[m]] for m in cfg.return_grads}})
+    step_rows: list[dict[str, Any]] = []
+    for sizes in cfg.sizes if cfg.agent_steps else ():
+        for agent_name, settings in STEP_SETTINGS.items():
+            say(f"{sizes} {agent_name} agent step, today vs fast")
+            if agent_name == "difftori":
+                settings = {**settings, "fast": {**settings["fast"], "return_grad": cfg.fast_return_grad}}
+            agents = make_agents(agent_name, sizes, device, cfg.seed, settings)
+            obs = np.random.default_rng(cfg.seed).standard_normal(SPEC.obs_shape).astype(np.float32)
+            fns = {n: agent_step_fn(a, obs, random_buffer(a.cfg, a.res.batch_size, cfg.seed)) for n, a in agents.items()}
+            for a in agents.values():
+                a.reset()
+                a.act(obs, t0=True, eval_mode=False, step=STEP)
+                if agent_name == "difftori":
+                    a.on_episode_end(STEP)  # forget the warm-up's solver metrics and PG sum
+            times = interleaved_timings(fns, repeats=cfg.repeats, warmup=cfg.warmup + 1, device=device)  # +1: compile
+            ms = {n: 1e3 * median(times[n]) for n in settings}
+            iters = {}
+            if agent_name == "difftori":
+                for n, a in agents.items():
+                    m = a.on_episode_end(STEP)
+                    iters[n] = float(m["solver_iters"]) if "solver_iters" in m else None
+            step_rows.append({"sizes": sizes, "agent": agent_name, "settings": settings, "ms": ms,
+                              "speedup": ms["today"] / ms["fast"], "solver_iters": iters or None,
+                              "times_ms": {n: [1e3 * t for t in times[n]] for n in settings}})
+        today_tdmpc = next(r["ms"]["today"] for r in step_rows if r["sizes"] == sizes and r["agent"] == "tdmpc")
+        for r in step_rows:
+            if r["sizes"] == sizes:
+                r["fast_vs_today_tdmpc"] = r["ms"]["fast"] / today_tdmpc
     results = {"meta": run_meta(cfg.threads, device, quick=cfg.quick, wall_s=time.perf_counter() - t_start,
-                                config=to_dict(cfg)), "rows": rows, "return_grad_rows": grad_rows}
+                                config=to_dict(cfg)), "rows": rows, "return_grad_rows": grad_rows, "step_rows": step_rows}
     out = Path(cfg.out)
     atomic_write_json(out / "rl_speed.json", results)
     atomic_write_text(out / "rl_speed.md", markdown(results))
@@ -236,6 +291,21 @@ def markdown(results: dict[str, Any]) -> str:
         for r in grad_rows:
             lines.append(f"| {r['sizes']} | {r['part']} | {r['solver_iters']} | " + " | ".join(f"{r['ms'][m]:.1f}" for m in modes)
                          + " | " + " | ".join(f"{r['speedup'][m]:.2f}" for m in modes[1:]) + " |")
+    step_rows = results.get("step_rows") or []
+    if step_rows:
+        lines += ["", "## One training agent step: today's settings vs the fast ones", "",
+                  "act (exploration on, warm-started) + one update, after every schedule. today: fp32, and for DiffTORI "
+                  "the autograd return gradient and a fixed number of solver iterations; fast: bf16 autocast, and for "
+                  "DiffTORI the compiled return gradient and the plateau stop (random weights: the plateau stop's "
+                  "iteration count is that of this problem, real runs report theirs in train.csv). Median ms; "
+                  "fast / today TD-MPC: the fast step against today's fp32 TD-MPC step.", "",
+                  "| sizes | agent | today ms | fast ms | speedup | fast / today TD-MPC | solver iters (today / fast) |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        for r in step_rows:
+            it = r.get("solver_iters") or {}
+            its = " / ".join("-" if it.get(n) is None else f"{it[n]:.0f}" for n in ("today", "fast")) if it else "-"
+            lines.append(f"| {r['sizes']} | {r['agent']} | {r['ms']['today']:.1f} | {r['ms']['fast']:.1f} | "
+                         f"{r['speedup']:.2f} | {r['fast_vs_today_tdmpc']:.2f} | {its} |")
     return "\n".join(lines) + "\n"
 
 

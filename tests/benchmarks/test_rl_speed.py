@@ -37,8 +37,16 @@ def test_quick_small_run_writes_every_part(tmp_path, capsys):
     for r in grad_rows:
         assert set(r["ms"]) == set(bench.QUICK.return_grads) and all(v > 0 for v in r["ms"].values())
         assert r["speedup"]["autograd"] == pytest.approx(1.0)
+    step_rows = data["step_rows"]
+    assert [r["agent"] for r in step_rows] == list(bench.STEP_SETTINGS)
+    for r in step_rows:
+        assert set(r["ms"]) == {"today", "fast"} and all(v > 0 and math.isfinite(v) for v in r["ms"].values())
+        assert r["speedup"] == pytest.approx(r["ms"]["today"] / r["ms"]["fast"])
+    dt = step_rows[1]
+    assert dt["settings"]["fast"]["return_grad"] == "manual" and dt["settings"]["today"]["plateau_window"] == 0
+    assert dt["solver_iters"]["today"] >= 1 and dt["solver_iters"]["fast"] >= 1
     md = (tmp_path / "rl_speed.md").read_text()
-    assert md.count("| small |") == len(data["rows"]) + len(grad_rows) and "bf16/fp32" in md and "manual speedup" in md
+    assert md.count("| small |") == len(data["rows"]) + len(grad_rows) + len(step_rows) and "bf16/fp32" in md and "manual speedup" in md
     assert md in capsys.readouterr().out
 
 

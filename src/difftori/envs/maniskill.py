@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from difftori.envs.pointcloud import Box, crop_mask, sample_cloud
-from difftori.envs.spec import EnvSpec, manipulation_observations
+from difftori.envs.manipulation import ManipulationEnv, manipulation_observations
+from difftori.envs.spec import EnvSpec
 
 __all__ = [
     "TASKS",
@@ -136,8 +137,10 @@ def _build_env_class():
     import torch
     from gymnasium import spaces
 
-    class _ManiSkillEnv(gym.Env):
+    class _ManiSkillEnv(ManipulationEnv, gym.Env):
         """One ManiSkill3 task with dict observations (see module docstring)."""
+
+        SUITE, ACTION_DIM = "ManiSkill", ACTION_DIM
 
         metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
@@ -222,27 +225,16 @@ def _build_env_class():
 
         # ----------------------------------------------------------------- gym API
         def reset(self, *, seed: int | None = None, options: dict | None = None):
-            if seed is None and self._pending_seed is not None:
-                seed = self._pending_seed
-            self._pending_seed = None
-            if seed is not None:
-                super().reset(seed=seed)
+            seed = self._take_seed(seed)
             raw, _ = self._base.reset(seed=None if seed is None else int(seed))
             self._full_state = _np(raw)[0].astype(np.float32)
             self._background_ids = self._find_background_ids()  # the scene may have been rebuilt
-            self._t = 0
             return self._observation(), {"success": 0.0}
 
         def step(self, action):
-            a = np.asarray(action, dtype=np.float64)
-            if a.shape != (ACTION_DIM,):
-                raise ValueError(f"ManiSkill actions have shape ({ACTION_DIM},), got {a.shape}")
-            if not np.all(np.isfinite(a)):
-                raise ValueError(f"action has non-finite entries: {a}")
-            raw, reward, _, _, info = self._base.step(self.denormalize_action(np.clip(a, -1.0, 1.0)))
+            raw, reward, _, _, info = self._base.step(self.denormalize_action(self._checked_action(action)))
             self._full_state = _np(raw)[0].astype(np.float32)
-            self._t += 1
-            truncated = self._t >= self.episode_length
+            truncated = self._tick()
             out = {k: _scalar(v) for k, v in info.items()}
             out["success"] = float(bool(out.get("success", 0.0)))
             return self._observation(), float(_np(reward).reshape(-1)[0]), False, truncated, out
@@ -291,16 +283,13 @@ def _build_env_class():
             parts = [proprio["qpos"], proprio["qvel"], self._base.agent.tcp.pose.raw_pose]
             return np.concatenate([_np(p)[0] for p in parts]).astype(np.float32)
 
-        def _observation(self) -> dict[str, np.ndarray]:
-            obs = {"state": self.agent_state()}
-            if self.obs_type == "state":
-                obs["full_state"] = self._full_state.copy()
-            elif self.obs_type == "image":
-                rgb = self.capture(rgb=True)["rgb"]
-                obs["image"] = np.ascontiguousarray(rgb.transpose(2, 0, 1))
-            else:
-                obs["pointcloud"] = self.point_cloud()
-            return obs
+        def full_state(self) -> np.ndarray:
+            """ManiSkill's flattened state observation (``full_state`` of ``obs_type="state"``)."""
+            return self._full_state.copy()
+
+        def image(self) -> np.ndarray:
+            """``(img_size, img_size, 3)`` uint8 image of the task camera."""
+            return self.capture(rgb=True)["rgb"]
 
         def _find_background_ids(self) -> np.ndarray:
             builder = getattr(self._base, "table_scene", None) or getattr(self._base, "scene_builder", None)

@@ -42,7 +42,8 @@ from difftori.envs.pointcloud import (
     sample_cloud,
     unproject,
 )
-from difftori.envs.spec import EnvSpec, manipulation_observations
+from difftori.envs.manipulation import ManipulationEnv, manipulation_observations
+from difftori.envs.spec import EnvSpec
 
 __all__ = [
     "TASKS",
@@ -146,8 +147,10 @@ def _build_env_class():
     import mujoco
     from gymnasium import spaces
 
-    class _MetaWorldEnv(gym.Env):
+    class _MetaWorldEnv(ManipulationEnv, gym.Env):
         """One MetaWorld task with dict observations (see module docstring)."""
+
+        SUITE, ACTION_DIM = "MetaWorld", 4
 
         metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
 
@@ -235,28 +238,17 @@ def _build_env_class():
 
         # ----------------------------------------------------------------- gym API
         def reset(self, *, seed: int | None = None, options: dict | None = None):
-            if seed is None and self._pending_seed is not None:
-                seed = self._pending_seed
-            self._pending_seed = None
+            seed = self._take_seed(seed)
             if seed is not None:
-                super().reset(seed=seed)
                 self._inner.seed(int(seed))
             raw, _ = self._inner.reset()
             self._raw_obs = np.asarray(raw, dtype=np.float64)
-            self._t = 0
             return self._observation(), {"success": 0.0}
 
         def step(self, action):
-            a = np.asarray(action, dtype=np.float32)
-            if a.shape != (4,):
-                raise ValueError(f"MetaWorld actions have shape (4,), got {a.shape}")
-            if not np.all(np.isfinite(a)):
-                raise ValueError(f"action has non-finite entries: {a}")
-            a = np.clip(a, -1.0, 1.0)
-            raw, reward, _, _, info = self._inner.step(a)
+            raw, reward, _, _, info = self._inner.step(self._checked_action(action, np.float32))
             self._raw_obs = np.asarray(raw, dtype=np.float64)
-            self._t += 1
-            truncated = self._t >= self.episode_length
+            truncated = self._tick()
             return self._observation(), float(reward), False, truncated, dict(info)
 
         def render(self):
@@ -288,15 +280,13 @@ def _build_env_class():
                 [inner.tcp_center, inner._get_site_pos("rightEndEffector"), inner._get_site_pos("leftEndEffector")]
             ).astype(np.float32)
 
-        def _observation(self) -> dict[str, np.ndarray]:
-            obs = {"state": self.agent_state()}
-            if self.obs_type == "state":
-                obs["full_state"] = self._raw_obs.astype(np.float32)
-            elif self.obs_type == "image":
-                obs["image"] = np.ascontiguousarray(self._rgb(self.img_size).transpose(2, 0, 1))
-            else:
-                obs["pointcloud"] = self.point_cloud()
-            return obs
+        def full_state(self) -> np.ndarray:
+            """The 39-D MetaWorld observation as float32 (``full_state`` of ``obs_type="state"``)."""
+            return self._raw_obs.astype(np.float32)
+
+        def image(self) -> np.ndarray:
+            """``(img_size, img_size, 3)`` uint8 camera image."""
+            return self._rgb(self.img_size)
 
         def _renderer(self, size: int, depth: bool):
             key = (size, depth)

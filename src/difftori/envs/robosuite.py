@@ -45,7 +45,8 @@ from difftori.envs.pointcloud import (
     sample_cloud,
     unproject,
 )
-from difftori.envs.spec import EnvSpec, manipulation_observations
+from difftori.envs.manipulation import ManipulationEnv, manipulation_observations
+from difftori.envs.spec import EnvSpec
 
 __all__ = ["TASKS", "TaskInfo", "TASK_INFO", "canonical", "make", "make_expert", "env_class", "background_geoms"]
 
@@ -195,8 +196,10 @@ def _build_env_class():
     import mujoco
     from gymnasium import spaces
 
-    class _RobosuiteEnv(gym.Env):
+    class _RobosuiteEnv(ManipulationEnv, gym.Env):
         """One robosuite task with dict observations (see module docstring)."""
+
+        SUITE, ACTION_DIM = "robosuite", ACTION_DIM
 
         metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_FREQ}
 
@@ -294,31 +297,20 @@ def _build_env_class():
 
         # ----------------------------------------------------------------- gym API
         def reset(self, *, seed: int | None = None, options: dict | None = None):
-            if seed is None and self._pending_seed is not None:
-                seed = self._pending_seed
-            self._pending_seed = None
+            seed = self._take_seed(seed)
             if seed is not None:
-                super().reset(seed=seed)
                 rng = np.random.default_rng(int(seed))
                 self._inner.rng = rng
                 _reseed_samplers(getattr(self._inner, "placement_initializer", None), rng)
-            raw = self._inner.reset()
-            self._t = 0
-            self._set_raw(raw)
+            self._set_raw(self._inner.reset())
             return self._observation(), {"success": 0.0}
 
         def step(self, action):
-            a = np.asarray(action, dtype=np.float64)
-            if a.shape != (ACTION_DIM,):
-                raise ValueError(f"robosuite actions have shape ({ACTION_DIM},), got {a.shape}")
-            if not np.all(np.isfinite(a)):
-                raise ValueError(f"action has non-finite entries: {a}")
-            raw, reward, _, info = self._inner.step(np.clip(a, -1.0, 1.0))
-            self._t += 1
+            raw, reward, _, info = self._inner.step(self._checked_action(action))
+            truncated = self._tick()
             self._set_raw(raw)
             info = dict(info)
             info["success"] = float(bool(self._inner._check_success()))
-            truncated = self._t >= self.episode_length
             return self._observation(), float(reward), False, truncated, info
 
         def render(self):
@@ -368,15 +360,13 @@ def _build_env_class():
             r = self._raw
             return np.concatenate([r["robot0_eef_pos"], r["robot0_eef_quat"], r["robot0_gripper_qpos"]]).astype(np.float32)
 
-        def _observation(self) -> dict[str, np.ndarray]:
-            obs = {"state": self.agent_state()}
-            if self.obs_type == "state":
-                obs["full_state"] = np.concatenate([obs["state"], self._raw["object-state"]]).astype(np.float32)
-            elif self.obs_type == "image":
-                obs["image"] = np.ascontiguousarray(self._rgb(IMAGE_CAMERA, self.img_size).transpose(2, 0, 1))
-            else:
-                obs["pointcloud"] = self.point_cloud()
-            return obs
+        def full_state(self) -> np.ndarray:
+            """Agent state and robosuite's ``object-state`` (``full_state`` of ``obs_type="state"``)."""
+            return np.concatenate([self.agent_state(), self._raw["object-state"]]).astype(np.float32)
+
+        def image(self) -> np.ndarray:
+            """``(img_size, img_size, 3)`` uint8 image of the agentview camera."""
+            return self._rgb(IMAGE_CAMERA, self.img_size)
 
         def _renderer(self, size: int, depth: bool):
             key = (size, depth)

@@ -105,7 +105,7 @@ def test_act_in_bounds_and_executes_best_solution(obs_type):
     # Before pg_start_step the TD-MPC planner acts (no solver statistics recorded).
     late = make_agent(obs_type, pg_start_step=STEP + 1)
     a = late.act(obs, t0=True, eval_mode=False, step=STEP)
-    assert a.shape == (2,) and np.all(np.abs(a) <= 1.0) and not late._stats
+    assert a.shape == (2,) and np.all(np.abs(a) <= 1.0) and set(late._stats) == {"explore_std"}  # MPPI's noise only
 
 
 def test_observation_shape_is_checked():
@@ -334,6 +334,9 @@ def test_explore_planner_uses_the_mppi_elite_std():
         agent.reset()
         torch.manual_seed(11)
         evals.append(agent.plan(x, t0=True, eval_mode=True, step=STEP))
+        # the episode's metrics report the mean std of the noise actually added (training steps only)
+        logged = agent.on_episode_end(STEP)["explore_std"]
+        torch.testing.assert_close(logged, torch.as_tensor(std).float().mean())
     torch.testing.assert_close(evals[0], evals[1])  # same weights and RNG: evaluation adds no noise in either mode
     with pytest.raises(ConfigError, match="needs difftori.init=planner"):
         DiffTORIConfig(explore="planner", init="pi")

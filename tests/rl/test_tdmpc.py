@@ -50,8 +50,11 @@ def test_act_in_bounds_and_warm_start():
         a = agent.act(obs, t0=t == 0, eval_mode=False, step=1000)
         assert a.shape == (2,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1)
         assert agent._prev_mean.shape == (5, 2)
+    logged = agent.on_episode_end(1000)["explore_std"]  # mean std of the noise on the 4 training actions
+    assert agent.std(1000) - 1e-6 <= logged.item() <= agent.cfg.max_std + 1e-6
     a_eval = agent.act(obs, t0=True, eval_mode=True, step=1000)
     assert np.all(np.abs(a_eval) <= 1)
+    assert agent.on_episode_end(1000) == {}  # evaluation adds no noise and logs none
     seed_agent, _ = _agent(seed_steps=50)
     assert np.all(np.abs(seed_agent.act(obs, t0=True, eval_mode=False, step=0)) <= 1)
     with pytest.raises(ValueError, match="observation shape"):

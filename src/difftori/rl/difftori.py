@@ -85,7 +85,6 @@ class DiffTORI(TDMPC):
         self._pg_count = 0  # PG terms accumulated in the current episode
         self.pg_steps = 0  # PG optimizer steps taken
         self.pg_skipped = 0  # PG terms / steps dropped because they were non-finite
-        self._stats: dict[str, list[torch.Tensor]] = {}
         self._rg: tuple[tuple[int, ...], ReturnGradient] | None = None  # weight snapshot, keyed on param versions
 
     # -- parameters -----------------------------------------------------------------------------
@@ -241,7 +240,9 @@ class DiffTORI(TDMPC):
         self._prev_U = info.best_U.detach()
         a = info.best_U[0, 0]
         if not eval_mode:
-            a = a + self._explore_std(step) * torch.randn_like(a)
+            std = self._explore_std(step)
+            a = a + std * torch.randn_like(a)
+            self._push("explore_std", torch.as_tensor(std).float().mean())
         return a.detach()
 
     def _explore_std(self, step: int) -> torch.Tensor | float:
@@ -355,9 +356,6 @@ class DiffTORI(TDMPC):
         return {"value_s_loss": self.dcfg.qs_coef * (rho.view(h, 1, 1) * err).sum(0)}
 
     # -- metrics ----------------------------------------------------------------------------------
-    def _push(self, key: str, value: torch.Tensor) -> None:
-        self._stats.setdefault(key, []).append(value.detach().float().cpu())
-
     def _record(self, prefix: str, info: SolverInfo) -> None:
         for k, v in self._info_metrics(prefix, info).items():
             self._push(k, v)
@@ -374,15 +372,6 @@ class DiffTORI(TDMPC):
         out.update({f"{prefix}_{s.name.lower()}": counts[s.value] for s in Status})
         if info.fallback_steps is not None:  # FALLBACK is an event counter now: fraction of samples that met one
             out[f"{prefix}_fallback"] = (info.fallback_steps > 0).float().mean().detach()
-        return out
-
-    def _flush(self) -> dict[str, torch.Tensor]:
-        """Per-episode means of the recorded acting/PG metrics (``*_skipped`` is a count)."""
-        out = {}
-        for k, vs in self._stats.items():
-            x = torch.stack(vs)
-            out[k] = x.sum() if k.endswith("_skipped") else x.mean()
-        self._stats = {}
         return out
 
     # -- checkpointing ----------------------------------------------------------------------------
@@ -408,5 +397,4 @@ class DiffTORI(TDMPC):
         self._pg_count = int(d["pg_count"])
         self.pg_steps = int(d["pg_steps"])
         self.pg_skipped = int(d["pg_skipped"])
-        self._stats = {}
         self._prev_U = None

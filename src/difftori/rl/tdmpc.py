@@ -68,6 +68,7 @@ class TDMPC:
         self.num_updates = 0
         self._prev_mean: torch.Tensor | None = None
         self._prev_std: torch.Tensor | None = None  # (H, A) std of the last plan's elites (clamped to the schedule)
+        self._stats: dict[str, list[torch.Tensor]] = {}  # per-step acting metrics, averaged per episode
 
     def autocast(self, enabled: bool = True) -> torch.autocast:
         """bf16 autocast on the agent's device if ``enabled`` and ``precision == "bf16"``, else autocast off.
@@ -161,6 +162,7 @@ class TDMPC:
             a = elite_actions[0, choice]
             if not eval_mode:
                 a = a + std[0] * torch.randn(adim, device=dev)
+                self._push("explore_std", std[0].mean())
             return a
 
     def reset(self) -> None:
@@ -265,8 +267,22 @@ class TDMPC:
         return metrics
 
     def on_episode_end(self, step: int) -> dict[str, torch.Tensor]:
-        """Hook called after each training episode (DiffTORI's episode policy-gradient step); none here."""
-        return {}
+        """Hook called after each training episode: the episode's acting metrics (``explore_std``: mean std of
+        the exploration noise on the executed action)."""
+        return self._flush()
+
+    # -- metrics ----------------------------------------------------------------------------------
+    def _push(self, key: str, value: torch.Tensor) -> None:
+        self._stats.setdefault(key, []).append(value.detach().float().cpu())
+
+    def _flush(self) -> dict[str, torch.Tensor]:
+        """Per-episode means of the recorded acting metrics (``*_skipped`` is a count)."""
+        out = {}
+        for k, vs in self._stats.items():
+            x = torch.stack(vs)
+            out[k] = x.sum() if k.endswith("_skipped") else x.mean()
+        self._stats = {}
+        return out
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -284,4 +300,5 @@ class TDMPC:
         self.optim.load_state_dict(state["optim"])
         self.pi_optim.load_state_dict(state["pi_optim"])
         self.num_updates = int(state["num_updates"])
+        self._stats = {}
         self._prev_mean = None

@@ -102,7 +102,7 @@ def test_train_eval_and_resume_without_lost_or_duplicated_rows(tmp_path, dataset
     assert json.loads(capsys.readouterr().out)["checkpoint"].endswith("latest.pt")
 
 
-def test_difftori_from_a_trained_diffusion_checkpoint(tmp_path, dataset):
+def test_difftori_from_a_trained_diffusion_checkpoint(tmp_path, dataset, capsys):
     small = ["--diffusion.down-dims", "16", "32", "--diffusion.step-embed-dim", "16"]
     assert main(_args(tmp_path, dataset, "diffusion", "--steps", "2", "--eval-episodes", "0", *small)) == 0
     base_ckpt = _run_dir(tmp_path, "diffusion") / "checkpoints" / "last.pt"
@@ -112,9 +112,18 @@ def test_difftori_from_a_trained_diffusion_checkpoint(tmp_path, dataset):
     rows = read_csv(run / "train.csv")
     assert rows and {"action_mse", "kl", "init_mse"} <= set(rows[0])
     assert read_csv(run / "eval.csv")[-1]["step"] == "2"
+    capsys.readouterr()
+    assert main(["il", "eval", "--checkpoint", str(base_ckpt), "--episodes", "1", "--select", "lowest_cost"]) == 2
+    assert "--select applies to DiffTORI checkpoints" in capsys.readouterr().err
     # the DiffTORI checkpoint is self-contained (frozen base inside): it evaluates without the base file
     base_ckpt.unlink()
+    capsys.readouterr()
     assert main(["il", "eval", "--checkpoint", str(run), "--episodes", "1", "--max-steps", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["select"] == "first"
+    # --select overrides which solved draw is executed, for this evaluation only
+    assert main(["il", "eval", "--checkpoint", str(run), "--episodes", "1", "--max-steps", "4", "--select", "lowest_cost"]) == 0
+    assert json.loads(capsys.readouterr().out)["select"] == "lowest_cost"
+    assert json.loads((run / "config.json").read_text())["difftori"]["inference_select"] == "first"
 
 
 def test_clear_errors(tmp_path, dataset, capsys):

@@ -7,14 +7,18 @@ dataset / :class:`~difftori.envs.spec.EnvSpec` at run time and are never stored 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from difftori.utils.config import check
 
-__all__ = ["ILConfig", "BCConfig", "IBCConfig", "DiffusionConfig", "DiffTORIConfig", "SolverConfig", "POLICIES", "OBS_TYPES", "IL_PRESETS"]
+__all__ = ["ILConfig", "BCConfig", "IBCConfig", "DiffusionConfig", "DiffTORIConfig", "SolverConfig", "POLICIES", "OBS_TYPES", "IL_PRESETS", "INFERENCE_SELECT"]
 
 POLICIES = ("bc", "ibc", "diffusion", "difftori")
 OBS_TYPES = ("pointcloud", "image", "state")
+
+InferenceSelect = Literal["first", "lowest_cost"]
+INFERENCE_SELECT: tuple[str, ...] = get_args(InferenceSelect)
+"""Which of an observation's solved draws DiffTORI executes: first (draw 0, the original) or lowest_cost."""
 
 
 @dataclass
@@ -156,7 +160,7 @@ class DiffTORIConfig:
     """Latent draws z ~ N(0, I) solved per observation at inference (one base call, repeated); None = 128 with
     solver.packed (the original packs 128 draws of one observation; keep it equal to the training batch size, it
     sets the packed step scale), else 1."""
-    inference_select: Literal["first", "lowest_cost"] = "first"
+    inference_select: InferenceSelect = "first"
     """Which draw is executed: the first (the original) or the one with the lowest cost."""
     base_pool: int = 0
     """K > 0: training draws U0 from K base predictions per demo window, computed once when training starts,
@@ -183,7 +187,7 @@ class DiffTORIConfig:
         check(self.solver.method not in ("gauss_newton", "lm"),
               f"difftori.solver.method {self.solver.method!r} needs residuals; DiffTORI's cost is one scalar per sample: use lm_scalar, newton, gd or adam")
         check(self.inference_samples is None or self.inference_samples >= 1, f"difftori.inference_samples must be >= 1 or None, got {self.inference_samples}")
-        check(self.inference_select in ("first", "lowest_cost"), f"difftori.inference_select must be first or lowest_cost, got {self.inference_select!r}")
+        check(self.inference_select in INFERENCE_SELECT, f"difftori.inference_select must be first or lowest_cost, got {self.inference_select!r}")
         check(self.base_pool >= 0, f"difftori.base_pool must be >= 0, got {self.base_pool}")
         check(self.cost_grad in ("autograd", "manual"), f"difftori.cost_grad must be autograd or manual, got {self.cost_grad!r}")
         from difftori.optim import FIRST_ORDER_METHODS

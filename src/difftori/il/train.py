@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from difftori.il.base import OBS_KEYS, Policy, policy_obs_shapes
-from difftori.il.config import IL_PRESETS, ILConfig
+from difftori.il.config import IL_PRESETS, INFERENCE_SELECT, ILConfig
 from difftori.utils.config import RUNTIME_FIELDS, ConfigError, add_dataclass_args, dataclass_from_args, load_config, save_config, to_dict
 
 __all__ = ["train", "train_config", "evaluate_checkpoint", "load_windows", "fit_normalizer", "register_cli", "EVAL_SEED_BASE"]
@@ -333,11 +333,13 @@ def evaluate_checkpoint(
     obs_type: str | None = None,
     device: str = "auto",
     video_dir: str | Path | None = None,
+    select: str | None = None,
 ) -> dict[str, Any]:
     """Load a policy checkpoint (file, run dir, or folder of runs) and evaluate it.
 
     ``task``/``obs_type`` default to its training config; the video goes to ``video_dir``
-    (default: RUN_DIR/videos for a run's checkpoint, else ./videos).
+    (default: RUN_DIR/videos for a run's checkpoint, else ./videos). ``select`` (DiffTORI checkpoints only)
+    overrides which of an observation's solved draws is executed: first (the original) or lowest_cost.
     """
     from difftori.il.policies import load_policy
     from difftori.il.runner import evaluate
@@ -349,8 +351,13 @@ def evaluate_checkpoint(
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if select is not None and select not in INFERENCE_SELECT:
+        raise ValueError(f"select must be one of {', '.join(INFERENCE_SELECT)}, got {select!r}")
     path, run_dir = locate_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
+    policy_name = (ckpt.get("policy_info") or {}).get("policy")
+    if select is not None and policy_name != "difftori":
+        raise ValueError(f"--select applies to DiffTORI checkpoints; {path} holds a {policy_name} policy")
     saved = ckpt.get("config", {})
     task = task or saved.get("task")
     obs_type = obs_type or saved.get("obs_type")
@@ -362,6 +369,8 @@ def evaluate_checkpoint(
     if trained_on != obs_type:
         raise ValueError(f"{path} was trained on obs_type {saved.get('obs_type', trained_on)!r}; it cannot be evaluated with obs_type {obs_type!r}")
     policy = load_policy(path, device=resolve_device(device))
+    if select is not None:
+        policy.cfg = dataclasses.replace(policy.cfg, inference_select=select)
     env_options = ckpt.get("env_options") or {}
     if video_dir is None:
         video_dir = run_dir / "videos" if run_dir is not None else Path("videos")
@@ -370,6 +379,8 @@ def evaluate_checkpoint(
         video_dir=video_dir, env_options=env_options,
     )
     out.update(checkpoint=str(path), task=task, obs_type=obs_type, policy=policy.name)
+    if policy.name == "difftori":
+        out.update(select=policy.cfg.inference_select, draws=policy.cfg.draws)
     return out
 
 
@@ -413,7 +424,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     set_num_threads(args.num_threads)
     res = evaluate_checkpoint(
         args.checkpoint, episodes=args.episodes, seed=args.seed, video=args.video, max_steps=args.max_steps,
-        task=args.task, obs_type=args.obs_type, device=args.device, video_dir=args.video_dir,
+        task=args.task, obs_type=args.obs_type, device=args.device, video_dir=args.video_dir, select=args.select,
     )
     summary = {k: v for k, v in res.items() if k != "episodes"}
     if args.out:
@@ -449,4 +460,7 @@ def register_cli(sub) -> None:
     e.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     e.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     e.add_argument("--out", type=Path, default=None, help="also write the full results (per episode) as JSON here")
+    e.add_argument("--select", default=None, choices=INFERENCE_SELECT,
+                   help="DiffTORI checkpoints: which solved draw of an observation is executed, first (the original) or "
+                        "lowest_cost (default: the checkpoint's difftori.inference_select)")
     e.set_defaults(func=_eval_cmd)

@@ -118,8 +118,11 @@ def test_difftori_from_a_trained_diffusion_checkpoint(tmp_path, dataset, capsys)
     # the DiffTORI checkpoint is self-contained (frozen base inside): it evaluates without the base file
     base_ckpt.unlink()
     capsys.readouterr()
-    assert main(["il", "eval", "--checkpoint", str(run), "--episodes", "1", "--max-steps", "4"]) == 0
-    assert json.loads(capsys.readouterr().out)["select"] == "first"
+    for _ in range(2):  # seeded: the same evaluation twice gives the same episodes
+        assert main(["il", "eval", "--checkpoint", str(run), "--episodes", "1", "--max-steps", "4", "--out", str(tmp_path / f"e{_}.json")]) == 0
+        assert json.loads(capsys.readouterr().out)["select"] == "first"
+    runs = [json.loads((tmp_path / f"e{i}.json").read_text())["episodes"] for i in range(2)]
+    assert runs[0] == runs[1] and runs[0][0]["return"] != 0.0
     # --select overrides which solved draw is executed, for this evaluation only
     assert main(["il", "eval", "--checkpoint", str(run), "--episodes", "1", "--max-steps", "4", "--select", "lowest_cost"]) == 0
     assert json.loads(capsys.readouterr().out)["select"] == "lowest_cost"

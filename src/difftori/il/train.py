@@ -340,6 +340,7 @@ def evaluate_checkpoint(
     ``task``/``obs_type`` default to its training config; the video goes to ``video_dir``
     (default: RUN_DIR/videos for a run's checkpoint, else ./videos). ``select`` (DiffTORI checkpoints only)
     overrides which of an observation's solved draws is executed: first (the original) or lowest_cost.
+    torch is seeded with ``seed`` for the evaluation (inside a forked RNG), so the result is reproducible.
     """
     from difftori.il.policies import load_policy
     from difftori.il.runner import evaluate
@@ -374,10 +375,12 @@ def evaluate_checkpoint(
     env_options = ckpt.get("env_options") or {}
     if video_dir is None:
         video_dir = run_dir / "videos" if run_dir is not None else Path("videos")
-    out = evaluate(
-        policy, task, obs_type, episodes=episodes, seed=seed, video=video, max_steps=max_steps,
-        video_dir=video_dir, env_options=env_options,
-    )
+    with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):  # the caller's RNG stream is untouched
+        torch.manual_seed(seed)  # the policy's sampling noise too: the same call gives the same result
+        out = evaluate(
+            policy, task, obs_type, episodes=episodes, seed=seed, video=video, max_steps=max_steps,
+            video_dir=video_dir, env_options=env_options,
+        )
     out.update(checkpoint=str(path), task=task, obs_type=obs_type, policy=policy.name)
     if policy.name == "difftori":
         out.update(select=policy.cfg.inference_select, draws=policy.cfg.draws)

@@ -84,6 +84,9 @@ def _eval(args: argparse.Namespace) -> int:
     path, run_dir = locate_checkpoint(args.checkpoint)
     cfg, agent, env, step = trainer.load_agent(path, device=args.device, act=args.act)
     policy = trainer.acting_policy(agent, step, args.act)
+    from difftori.utils.seeding import seed_everything
+
+    seed_everything(args.seed)  # the planner's / solver's sampling too: the same command gives the same returns
 
     env_step = step * env.task_spec.action_repeat
     video_dir = args.video_dir or (run_dir / "videos" if run_dir is not None else Path("videos"))

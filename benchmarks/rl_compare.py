@@ -326,6 +326,9 @@ def summarise_run(cfg: CompareConfig, cell: Cell, state: dict[str, Any]) -> dict
         vals = [float(t[key]) for t in train if t.get(key) not in (None, "")]
         if vals:
             out[key] = float(np.mean(vals))
+    stds = [float(t["explore_std"]) for t in agent_rows if t.get("explore_std") not in (None, "")]
+    if stds:  # logged by runs since 2026-11-30
+        out["explore_std"] = float(np.mean(stds))
     return out
 
 
@@ -372,8 +375,8 @@ def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str
         f"{meta['cpu_count']} CPU cores ({meta['machine']}); total wall clock {meta['wall_s'] / 60:.1f} min. "
         "Reference TD-MPC numbers are METHOD.md's (paper sizes, 500k / 1M env steps); they are NOT comparable in budget.",
         "",
-        f"| task | variant | final return (mean +- std) | per seed |{fe_head} mean of the last {LAST_EVALS} evaluations | random policy | TD-MPC ref 500k / 1M | ms / env step (agent phase) | solver iters | converged | acting first action saturated | PG first action saturated | flags |",
-        "|---|---|---|---|" + "---|" * (bool(fe_head) + 9),
+        f"| task | variant | final return (mean +- std) | per seed |{fe_head} mean of the last {LAST_EVALS} evaluations | random policy | TD-MPC ref 500k / 1M | ms / env step (agent phase) | solver iters | converged | acting first action saturated | PG first action saturated | explore std | flags |",
+        "|---|---|---|---|" + "---|" * (bool(fe_head) + 10),
     ]
     for task in cfg.tasks:
         ref = REFERENCE_TDMPC.get(task)
@@ -398,13 +401,14 @@ def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str
             lines.append(
                 f"| {task} | {v} | {mean} | {per_seed} |{fe_col} {last} | {_fmt(rand.get(task))} | "
                 f"{f'{ref[0]} / {ref[1]}' if ref else '- (not in the paper)'} | {_fmt(float(np.mean(ms)), 1) if ms else '-'} | "
-                f"{avg('solver_iters', 1)} | {avg('solver_converged')} | {avg('act_saturated')} | {avg('pg_saturated')} | {', '.join(flags) or 'ok'} |"
+                f"{avg('solver_iters', 1)} | {avg('solver_converged')} | {avg('act_saturated')} | {avg('pg_saturated')} | {avg('explore_std', 3)} | {', '.join(flags) or 'ok'} |"
             )
     lines += ["", "Columns: `ms / env step` = wall clock of collection + updates (+ PG step) per env step, averaged over "
               "episodes after the seed phase (TD-MPC) / after DiffTORI starts acting (DiffTORI), without evaluation. "
               "`solver iters` / `converged` = mean LM iterations and converged fraction of DiffTORI's acting solves; "
               "`acting` / `PG first action saturated` = fraction of first-action coordinates of the acting solve's / the PG "
-              "solve's U* at the [-1, 1] bounds, where the policy gradient is exactly zero. Flags: crash, timeout, nan (non-finite value in train/eval logs), "
+              "solve's U* at the [-1, 1] bounds, where the policy gradient is exactly zero. `explore std` = mean std of the "
+              "training noise on the executed action in the agent phase (MPPI elites' for TD-MPC; runs before 2026-11-30 did not log it). Flags: crash, timeout, nan (non-finite value in train/eval logs), "
               "pg_skipped=N (non-finite PG steps skipped), unfinished, solver-never-acted (the budget ended before DiffTORI's start: the run is plain TD-MPC). "
               f"`mean of the last {LAST_EVALS} evaluations`: per run, then mean +- std over finished runs (less noisy than "
               "one final evaluation; the final return stays the headline number)."

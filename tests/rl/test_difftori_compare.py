@@ -98,6 +98,8 @@ def test_tiny_comparison_end_to_end(tmp_path):
     assert "| cartpole-swingup | difftori-episode |" in table and "not in the paper" in table
     for r in res["runs"]:
         assert r["ms_per_env_step"] > 0 and r["final_step"] >= 160
+        assert r["explore_std"] >= 0.05 - 1e-6  # the noise actually added (never below the schedule's floor)
+    assert "| explore std |" in table
     assert json.loads((out / "rl_compare.json").read_text())["runs"][0]["task"] == "cartpole-swingup"
     # The closing evaluation: both final checkpoints on the same two fixed seeds, a column and a paired table.
     fe = list(csv.DictReader((out / "rl_compare_final_eval.csv").open()))

@@ -238,15 +238,11 @@ def run(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> dict
             for a in agents.values():
                 a.reset()
                 a.act(obs, t0=True, eval_mode=False, step=STEP)
-                if agent_name == "difftori":
-                    a.on_episode_end(STEP)  # forget the warm-up's solver metrics and PG sum
+                a.on_episode_end(STEP)  # forget the warm-up's acting metrics (and DiffTORI's PG sum)
             times = interleaved_timings(fns, repeats=cfg.repeats, warmup=cfg.warmup + 1, device=device)  # +1: compile
             ms = {n: 1e3 * median(times[n]) for n in settings}
-            iters = {}
-            if agent_name == "difftori":
-                for n, a in agents.items():
-                    m = a.on_episode_end(STEP)
-                    iters[n] = float(m["solver_iters"]) if "solver_iters" in m else None
+            ends = {n: a.on_episode_end(STEP) for n, a in agents.items()}  # the timed steps' metrics
+            iters = {n: float(m["solver_iters"]) for n, m in ends.items() if "solver_iters" in m}
             step_rows.append({"sizes": sizes, "agent": agent_name, "settings": settings, "ms": ms,
                               "speedup": ms["today"] / ms["fast"], "solver_iters": iters or None,
                               "times_ms": {n: [1e3 * t for t in times[n]] for n in settings}})

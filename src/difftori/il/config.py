@@ -187,7 +187,7 @@ class DiffTORIConfig:
         check(self.solver.method not in ("gauss_newton", "lm"),
               f"difftori.solver.method {self.solver.method!r} needs residuals; DiffTORI's cost is one scalar per sample: use lm_scalar, newton, gd or adam")
         check(self.inference_samples is None or self.inference_samples >= 1, f"difftori.inference_samples must be >= 1 or None, got {self.inference_samples}")
-        check(self.inference_select in INFERENCE_SELECT, f"difftori.inference_select must be first or lowest_cost, got {self.inference_select!r}")
+        check(self.inference_select in INFERENCE_SELECT, f"difftori.inference_select must be one of {', '.join(INFERENCE_SELECT)}, got {self.inference_select!r}")
         check(self.base_pool >= 0, f"difftori.base_pool must be >= 0, got {self.base_pool}")
         check(self.cost_grad in ("autograd", "manual"), f"difftori.cost_grad must be autograd or manual, got {self.cost_grad!r}")
         from difftori.optim import FIRST_ORDER_METHODS

@@ -46,26 +46,30 @@ def test_packed_inference_solves_each_observations_draws_as_one_problem(monkeypa
 
     def spy(self, cost_fn, U0, *a, **k):
         out = real(self, cost_fn, U0, *a, **k)
-        calls.append((self.packed, U0.clone(), out[0].clone(), out[1]))
+        calls.append((self.packed, k.get("packed_groups", 1), U0.clone(), out[0].clone(), out[1]))
         return out
 
     monkeypatch.setattr(TrajOptimizer, "solve", spy)
     obs = {k: v[:3] for k, v in data["obs"].items()}
     a = pol.predict_action(obs)
     assert a.shape == (3, 4, 4)
-    assert len(calls) == 3, "one packed problem per observation, never several observations in one"
-    for j, (packed, U0, U, info) in enumerate(calls):
-        assert packed and U0.shape == (128, 4, 4)
-        assert (U0 == U0[:1]).all(), "the draws of one observation start from the same initial window"
-        assert not torch.equal(U[0], U[1]), "different draws z give different solutions"
+    assert len(calls) == 1, "one batched call"
+    packed, groups, U0, U, info = calls[0]
+    assert packed and groups == 3 and U0.shape == (3 * 128, 4, 4), "one packed problem per observation, never several in one"
+    for j in range(3):
+        blk = slice(128 * j, 128 * (j + 1))
+        assert (U0[blk] == U0[blk][:1]).all(), "the draws of one observation start from the same initial window"
+        assert not torch.equal(U[blk][0], U[blk][1]), "different draws z give different solutions"
         # the executed window is draw 0's last iterate (what the original executes)
-        torch.testing.assert_close(a[j], pol.unnormalize_action(U[:1])[0])
+        torch.testing.assert_close(a[j], pol.unnormalize_action(U[blk][:1])[0])
 
     calls.clear()
     pol.cfg.inference_select = "lowest_cost"
     a = pol.predict_action(obs)
-    for j, (_, _, U, info) in enumerate(calls):
-        torch.testing.assert_close(a[j], pol.unnormalize_action(U[info.cost.argmin()][None])[0])
+    _, _, _, U, info = calls[0]
+    for j in range(3):
+        blk = slice(128 * j, 128 * (j + 1))
+        torch.testing.assert_close(a[j], pol.unnormalize_action(U[blk][info.cost[blk].argmin()][None])[0])
 
 
 def test_per_sample_inference_defaults_to_one_draw_and_can_take_the_lowest_cost_of_many(monkeypatch):

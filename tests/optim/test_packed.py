@@ -139,3 +139,62 @@ def test_packed_rejects_the_whole_step_on_a_non_finite_trial():
 def test_packed_needs_lm_scalar():
     with pytest.raises(ValueError, match="packed=True is only defined for method lm_scalar"):
         TrajOptimizer(method="gd", packed=True)
+
+
+def _sub_cost(cost, U_full, rows):
+    """``cost`` restricted to ``rows`` of the batch (the others held at ``U_full``): one packed problem."""
+
+    def f(V):
+        return cost(U_full.detach().index_copy(0, rows, V))[rows]
+
+    return f
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["fixed_iters", "tol_stop"])
+def test_packed_groups_equal_separate_packed_solves(early):
+    """``packed_groups=G``: G problems side by side, each exactly its own packed solve (values, status, iterations,
+    gradients), and one group's non-finite trial rejects only that group's step."""
+    torch.manual_seed(5)
+    G, m = 3, 2
+    cost6 = MLPCost(G * m, H, A)
+    U0 = 0.3 * torch.randn(G * m, H, A, dtype=DT)
+    kw = dict(max_iters=60, step_size=1e-3, tol=0.5, early_stop=True, bounds=None) if early else dict(max_iters=4)
+    U, info = solver(backward="unroll", **kw).solve(cost6, U0, packed_groups=G)
+    w = torch.randn_like(U0)
+    (g_all,) = torch.autograd.grad((w * U).sum(), cost6.z)
+    for j in range(G):
+        rows = torch.arange(j * m, (j + 1) * m)
+        Uj, info_j = solver(backward="unroll", **kw).solve(_sub_cost(cost6, U0, rows), U0[rows])
+        torch.testing.assert_close(U[rows], Uj, rtol=1e-10, atol=1e-12)
+        for f in ("cost", "best_cost", "best_U", "iterations", "status", "grad_norm"):
+            torch.testing.assert_close(getattr(info, f)[rows], getattr(info_j, f), rtol=1e-10, atol=1e-12, equal_nan=True)
+        (g_j,) = torch.autograd.grad((w[rows] * Uj).sum(), cost6.z)
+        torch.testing.assert_close(g_all[rows], g_j[rows], rtol=1e-8, atol=1e-10)
+        assert g_all[rows].abs().sum() > 0
+    if early:  # the groups stop on their own: not all after the same number of iterations
+        assert len(set(info.iterations.tolist())) > 1
+
+
+def test_packed_groups_reject_only_the_failing_group():
+    torch.manual_seed(6)
+    cost4 = MLPCost(4, H, A)
+    U0 = torch.zeros(4, H, A, dtype=DT)
+
+    def cost(U):  # NaN for sample 3 (group 1) away from the start
+        c = cost4(U)
+        return torch.where((U.flatten(1).abs().sum(1) > 0) & (torch.arange(4) == 3), torch.full_like(c, float("nan")), c)
+
+    U, info = solver(max_iters=2, bounds=None).solve(cost, U0, packed_groups=2)
+    assert info.fallback_steps.tolist() == [0, 0, 2, 2]
+    assert torch.equal(U[2:], U0[2:]) and (U[:2] - U0[:2]).abs().max() > 1e-4
+    ref, _ = solver(max_iters=2, bounds=None).solve(_sub_cost(cost4, U0, torch.arange(2)), U0[:2])
+    torch.testing.assert_close(U[:2], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_packed_groups_checks_its_argument():
+    cost = MLPCost(4, H, A)
+    U0 = torch.zeros(4, H, A, dtype=DT)
+    with pytest.raises(ValueError, match="packed_groups must be an int >= 1 that divides the batch 4"):
+        solver().solve(cost, U0, packed_groups=3)
+    with pytest.raises(ValueError, match="packed_groups > 1 needs packed=True"):
+        solver(packed=False).solve(cost, U0, packed_groups=2)

@@ -240,6 +240,9 @@ class ILConfig:
     """Episodes per evaluation (0 = no evaluation)."""
     eval_max_steps: int | None = None
     """Cap on env steps per evaluation episode (None = the task's episode length)."""
+    eval_envs: int = 10
+    """Evaluation episodes run side by side in this many envs, one batched policy call per decision (1 = one at a
+    time). The env seeds are the same either way; only the order of the policy's sampling noise changes."""
     checkpoint_freq: int = 500
     """Save a resumable checkpoint every this many steps (and always at the end)."""
     seed: int = 1
@@ -275,6 +278,7 @@ class ILConfig:
         check(self.log_freq >= 1 and self.eval_freq >= 0 and self.checkpoint_freq >= 1, "log_freq, checkpoint_freq >= 1 and eval_freq >= 0")
         check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
         check(self.eval_max_steps is None or self.eval_max_steps >= 1, "eval_max_steps must be >= 1 or None")
+        check(self.eval_envs >= 1, f"eval_envs must be >= 1, got {self.eval_envs}")
         check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         if self.policy == "difftori" and self.difftori.formulation == "paper":
             check(self.action_steps >= 2, f"difftori.formulation paper needs action_steps >= 2 (planning horizon = action_steps - 1), got {self.action_steps}")

@@ -183,12 +183,14 @@ class DiffTORIPolicy(Policy):
             U0 = U0 + self.cfg.init_noise * torch.randn_like(U0)
         return U0
 
-    def solve(self, ctx: torch.Tensor, z: torch.Tensor, U0: torch.Tensor, training: bool):
-        """All ``B`` samples in one batched solve (one problem if ``solver.packed``); returns ``(U*, info)``.
+    def solve(self, ctx: torch.Tensor, z: torch.Tensor, U0: torch.Tensor, training: bool, groups: int = 1):
+        """All ``B`` samples in one batched solve; returns ``(U*, info)``. With ``solver.packed`` the batch is
+        ``groups`` problems (consecutive equal blocks; 1 = the whole batch, as in training).
 
         ``ctx`` = :meth:`context` of the features (the features themselves in the released formulation)."""
         grad_fn = self._cost_grad_fn(ctx, z) if self.cfg.cost_grad == "manual" and self.cfg.formulation == "released" else None
-        return self.solver(training).solve(lambda U: self.cost(ctx, z, U), U0, cost_grad_fn=grad_fn)
+        kw = {"packed_groups": groups} if self.cfg.solver.packed else {}
+        return self.solver(training).solve(lambda U: self.cost(ctx, z, U), U0, cost_grad_fn=grad_fn, **kw)
 
     def _cost_grad_fn(self, ctx: torch.Tensor, z: torch.Tensor):
         """``U -> (C(features, z, U), dC/dU)`` of the released cost network without autograd (no graph).
@@ -250,9 +252,8 @@ class DiffTORIPolicy(Policy):
         packed = self.cfg.solver.packed
         with torch.enable_grad():  # the solver needs grad_U of the cost; no parameter graph is kept
             if packed:  # one problem per observation: its S draws (never several observations together)
-                outs = [self.solve(feat[j * S : (j + 1) * S], z[j * S : (j + 1) * S], U0[j * S : (j + 1) * S], training=False) for j in range(b)]
-                U = torch.cat([u for u, _ in outs])
-                cost = torch.cat([info.cost for _, info in outs])
+                U, info = self.solve(feat, z, U0, training=False, groups=b)
+                cost = info.cost
             else:
                 _, info = self.solve(feat, z, U0, training=False)
                 U, cost = info.best_U, info.best_cost

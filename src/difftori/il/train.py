@@ -171,8 +171,9 @@ def _plot(run_dir: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------ training -----------------
-RESUME_RUNTIME = (*RUNTIME_FIELDS, "difftori.cost_grad")
-"""What a resumed run may change: the runtime fields and how DiffTORI's cost gradient is computed (not its value)."""
+RESUME_RUNTIME = (*RUNTIME_FIELDS, "difftori.cost_grad", "eval_envs")
+"""What a resumed run may change: the runtime fields, how DiffTORI's cost gradient is computed (not its value) and
+how many evaluation episodes run side by side."""
 
 
 def _check_resume(saved: ILConfig, cfg: ILConfig) -> None:
@@ -279,7 +280,7 @@ def train(
             return
         res = evaluate(
             policy, cfg.task, cfg.obs_type, episodes=cfg.eval_episodes, seed=EVAL_SEED_BASE + 1000 * cfg.seed,
-            max_steps=cfg.eval_max_steps, env_options=env_options,
+            max_steps=cfg.eval_max_steps, env_options=env_options, num_envs=cfg.eval_envs,
         )
         logger.log("eval", step, {k: res[k] for k in ("success_rate", "mean_return", "mean_length", "eval_time_s")})
 
@@ -334,6 +335,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     video_dir: str | Path | None = None,
     select: str | None = None,
+    num_envs: int = 10,
 ) -> dict[str, Any]:
     """Load a policy checkpoint (file, run dir, or folder of runs) and evaluate it.
 
@@ -379,7 +381,7 @@ def evaluate_checkpoint(
         torch.manual_seed(seed)  # the policy's sampling noise too: the same call gives the same result
         out = evaluate(
             policy, task, obs_type, episodes=episodes, seed=seed, video=video, max_steps=max_steps,
-            video_dir=video_dir, env_options=env_options,
+            video_dir=video_dir, env_options=env_options, num_envs=num_envs,
         )
     out.update(checkpoint=str(path), task=task, obs_type=obs_type, policy=policy.name)
     if policy.name == "difftori":
@@ -424,10 +426,13 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.envs < 1:
+        raise ValueError(f"--envs must be >= 1, got {args.envs}")
     set_num_threads(args.num_threads)
     res = evaluate_checkpoint(
         args.checkpoint, episodes=args.episodes, seed=args.seed, video=args.video, max_steps=args.max_steps,
         task=args.task, obs_type=args.obs_type, device=args.device, video_dir=args.video_dir, select=args.select,
+        num_envs=args.envs,
     )
     summary = {k: v for k, v in res.items() if k != "episodes"}
     if args.out:
@@ -458,6 +463,7 @@ def register_cli(sub) -> None:
     e.add_argument("--video-dir", type=Path, default=None,
                    help="folder for the video (default: RUN_DIR/videos for a run's checkpoint, else ./videos)")
     e.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode (default: the task's episode length)")
+    e.add_argument("--envs", type=int, default=10, help="episodes run side by side, one batched policy call per decision (default: 10)")
     e.add_argument("--task", default=None, help="task (default: the checkpoint's training task)")
     e.add_argument("--obs-type", default=None, choices=sorted(OBS_KEYS), help="modality (default: the checkpoint's)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")

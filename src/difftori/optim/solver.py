@@ -293,7 +293,8 @@ class TrajOptimizer:
     This is the ONLY mode where a sample's result depends on the rest of the batch. Everything that belongs to
     the problem is shared: convergence (norm of dr/dvec(U), or of the whole step), accept/reject (a non-finite
     trial anywhere rejects the whole step), best iterate (lowest |r|); samples non-finite at the start are left
-    out of the problem (B counts the others). ``SolverInfo`` fields stay (B,), with the shared values repeated."""
+    out of the problem (B counts the others). ``SolverInfo`` fields stay (B,), with the shared values repeated.
+    ``solve(..., packed_groups=G)`` solves G such problems side by side (consecutive equal blocks of the batch)."""
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -332,7 +333,7 @@ class TrajOptimizer:
     # ------------------------------------------------------------------ public API
     def solve(self, cost_fn: CostFn | None, U0: torch.Tensor, residual_fn: CostFn | None = None, *,
               backward: str | None = None, cost_grad_fn: Callable | None = None,
-              residual_jac_fn: Callable | None = None) -> tuple[torch.Tensor, SolverInfo]:
+              residual_jac_fn: Callable | None = None, packed_groups: int = 1) -> tuple[torch.Tensor, SolverInfo]:
         """Minimise ``cost_fn`` from ``U0`` (B, H, A); return ``(U_star, info)``.
 
         ``residual_fn(U) -> (B, R)`` is required by gauss_newton / lm (objective 0.5||r||^2; ``cost_fn``
@@ -344,6 +345,9 @@ class TrajOptimizer:
         ``residual_jac_fn(U) -> (r (B, R), dr/dvec(U) (B, R, H*A))``, optional (gauss_newton / lm): the same
         for the residual and its Jacobian, e.g. a structured one (:meth:`MPC.residual_jacobian`); it must agree
         with ``residual_fn``.
+        ``packed_groups`` (``packed=True`` only): the batch is this many independent packed problems, its
+        consecutive equal blocks (e.g. the draws of each of several observations solved in one call); 1 = the
+        whole batch is one problem.
         """
         mode = self.backward if backward is None else backward
         if mode not in BACKWARDS:
@@ -363,6 +367,10 @@ class TrajOptimizer:
             raise ValueError("cost_fn is required")
 
         B, H, A = U0.shape
+        if not isinstance(packed_groups, int) or packed_groups < 1 or B % packed_groups:
+            raise ValueError(f"packed_groups must be an int >= 1 that divides the batch {B}, got {packed_groups!r}")
+        if packed_groups > 1 and not self.packed:
+            raise ValueError("packed_groups > 1 needs packed=True (a per-sample solve has no groups)")
         dev, dt = U0.device, U0.dtype
         bm = self.bound_mode
         if bm == "auto":
@@ -404,6 +412,7 @@ class TrajOptimizer:
         U0_box = U.detach().clamp(lo, hi) if bounded else U.detach()
         S = _State()
         S.U = U
+        S.G = packed_groups
         S.c, S.g, S.M = self._evaluate(ev, U, level, graph_from == 0 and K > 0)
         with torch.no_grad():
             S.dead = ~_finite(S.c, S.g, S.M) | bad_start
@@ -565,15 +574,25 @@ class TrajOptimizer:
         U_safe = torch.where(_bcast(bad, U_try), S.U.detach(), U_try)
         return self._evaluate(ev, U_safe, level, True)
 
+    @staticmethod
+    def _gsum(x: torch.Tensor, G: int) -> torch.Tensor:
+        """(B,) -> (B,): the sum over each sample's packed problem (G consecutive equal blocks), repeated."""
+        return x.reshape(G, -1).sum(1).repeat_interleave(x.shape[0] // G)
+
+    def _packed_n(self, S) -> torch.Tensor:
+        """Live samples of each sample's packed problem (B,), at least 1."""
+        return self._gsum(S.live.to(S.c.dtype), S.G).clamp_min(1)
+
     def _packed_r(self, S, c: torch.Tensor) -> torch.Tensor:
-        """The packed problem's residual r = mean over the live samples of (offset + c_i) (0-d)."""
-        return torch.where(S.live, self.offset + c, 0.0).sum() / S.live.sum().clamp_min(1)
+        """Each sample's packed residual r = mean over its problem's live samples of (offset + c_i) (B,)."""
+        return self._gsum(torch.where(S.live, self.offset + c, 0.0), S.G) / self._packed_n(S)
 
     def _record(self, S, acc, c_t, U_try, moving):
         if self.packed:  # one problem: the best iterate is the whole batch's, by |r|
             r_t = self._packed_r(S, c_t.detach()).abs()
-            better = acc & (r_t < S.best_r)
-            S.best_r = torch.where(better.any(), r_t, S.best_r)
+            grp = self._gsum((acc & (r_t < S.best_r)).to(r_t.dtype), S.G) > 0  # the problem's iterate improved
+            better = acc & grp
+            S.best_r = torch.where(grp, r_t, S.best_r)
         else:
             better = acc & (c_t.detach() < S.best_c)
         S.best_c = torch.where(better, c_t.detach(), S.best_c)
@@ -593,7 +612,7 @@ class TrajOptimizer:
                 pg = g.masked_fill(_active(U, g, *box), 0.0) if project else g
                 gn = torch.linalg.vector_norm(pg.flatten(1), dim=1)
                 if self.packed:  # one problem: ||dr/dvec(U)|| = ||g||_F / B, shared by every sample
-                    gn = (gn.square().sum().sqrt() / S.live.sum().clamp_min(1)).expand_as(gn)
+                    gn = self._gsum(gn.square(), S.G).sqrt() / self._packed_n(S)
                 moving = self._converged(S, gn, freeze)
             else:
                 moving = ~S.done if freeze else ~S.dead
@@ -601,8 +620,8 @@ class TrajOptimizer:
             d = g * (-self.step_size * S.lr)[:, None, None]
         elif self.method == "lm_scalar":
             if self.packed:  # one residual, J = [g_1 .. g_n] / n over the n live samples
-                n = S.live.sum().clamp_min(1)
-                coef = self._packed_r(S, c) * (-self.step_size * S.lr) / (n * (self.damping + (g * g).sum() / n**2))
+                n = self._packed_n(S)
+                coef = self._packed_r(S, c) * (-self.step_size * S.lr) / (n * (self.damping + self._gsum((g * g).sum((1, 2)), S.G) / n**2))
             else:
                 coef = (self.offset + c) * (-self.step_size * S.lr) / (self.damping + (g * g).sum((1, 2)))
             d = g * coef[:, None, None]
@@ -625,7 +644,7 @@ class TrajOptimizer:
             # one fused finiteness test: NaN/inf anywhere in U_try or g_t makes the sum non-finite
             ok = torch.isfinite((c_t if g_t is None else c_t + g_t.sum((1, 2))) + U_try.detach().sum((1, 2)))
             if self.packed:  # one problem: a non-finite trial anywhere rejects the whole step
-                ok = ok & (ok | ~moving).all()
+                ok = ok & ~(self._gsum((moving & ~ok).to(U.dtype), S.G) > 0)
             acc = moving & ok
             rej = moving ^ acc
             any_rej = True if U.device.type != "cpu" else bool(rej.any())  # the check is free on CPU
@@ -645,7 +664,7 @@ class TrajOptimizer:
             if self.step_tol > 0:
                 sn = torch.linalg.vector_norm((S.U - U).flatten(1), dim=1)
                 if self.packed:  # the norm of the whole (packed) step
-                    sn = sn.square().sum().sqrt().expand_as(sn)
+                    sn = self._gsum(sn.square(), S.G).sqrt()
                 small = acc & (sn <= self.step_tol)
                 S.conv = S.conv | small
                 S.done = S.done | small

@@ -1,0 +1,79 @@
+"""The env runner: episodes side by side in several envs give the same episodes as one env at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from difftori.il.base import Policy
+from difftori.il.runner import evaluate, run_episodes
+
+
+class RowwisePolicy(Policy):
+    """Deterministic and row-wise (elementwise ops only): its actions cannot depend on the batch size.
+    Records the batch size of every call."""
+
+    name = "rowwise"
+
+    def __init__(self, key: str, dim: int, action_dim: int = 4, obs_steps: int = 2, action_steps: int = 3):
+        super().__init__({key: (dim,)}, action_dim, obs_steps, action_steps, 8, None)
+        self.key = key
+        self.p = torch.nn.Parameter(torch.zeros(1))
+        self.batches: list[int] = []
+
+    def predict_action(self, obs):
+        x = torch.as_tensor(obs[self.key]).double()  # (B, To, D)
+        self.batches.append(x.shape[0])
+        a = torch.sin(3.0 * x[:, -1, : self.action_dim] + x[:, 0, : self.action_dim])  # (B, A)
+        steps = torch.arange(1, self.action_steps + 1, dtype=a.dtype)[None, :, None]
+        return (a[:, None, :] * 0.5 * steps / self.action_steps).float()
+
+
+class CountdownEnv:
+    """A fake env whose episode lasts ``3 + seed % 5`` steps and succeeds when the summed action is positive."""
+
+    def reset(self, seed):
+        self.t, self.left, self.total = 0, 3 + seed % 5, 0.0
+        return {"x": np.array([float(seed), 0.0], dtype=np.float32)}, {}
+
+    def step(self, action):
+        self.t += 1
+        self.total += float(action.sum())
+        obs = {"x": np.array([float(self.t), self.total], dtype=np.float32)}
+        return obs, 1.0, self.t >= self.left, False, {"success": self.total > 0}
+
+
+def test_episodes_side_by_side_end_on_their_own_and_shrink_the_batch():
+    pol = RowwisePolicy("x", 2, action_dim=2, action_steps=2)
+    seeds = [10, 12, 14, 11]  # lengths 3, 5, 7, 4 with 2 actions per decision: batches 4, 4, 2, 1
+    together = run_episodes(pol, [CountdownEnv() for _ in seeds], seeds, max_steps=100)
+    assert [r["length"] for r in together] == [3 + s % 5 for s in seeds]
+    assert pol.batches == [4, 4, 2, 1]
+    for s, r in zip(seeds, together):
+        alone = run_episodes(pol, [CountdownEnv()], [s], max_steps=100)[0]
+        assert alone == r
+    capped = run_episodes(pol, [CountdownEnv() for _ in seeds], seeds, max_steps=4)
+    assert [r["length"] for r in capped] == [min(4, 3 + s % 5) for s in seeds]
+    with pytest.raises(ValueError, match="one env per seed"):
+        run_episodes(pol, [CountdownEnv()], [1, 2], max_steps=5)
+
+
+def test_evaluate_in_several_envs_equals_one_env_at_a_time_on_metaworld():
+    """Same env seeds, same episodes: a batch-independent policy gets identical records with 1 or 3 envs
+    (4 episodes: a wave of 3, then 1)."""
+    from difftori.envs import make_env
+
+    env = make_env("reach", obs_type="state")
+    dim = env.observation_space["full_state"].shape[0]
+    env.close()
+    pol = RowwisePolicy("full_state", dim)
+    one = evaluate(pol, "reach", "state", episodes=4, seed=7, max_steps=30, num_envs=1)
+    assert pol.batches == [1] * len(pol.batches)
+    pol.batches.clear()
+    three = evaluate(pol, "reach", "state", episodes=4, seed=7, max_steps=30, num_envs=3)
+    assert max(pol.batches) == 3 and three["num_envs"] == 3
+    assert one["episodes"] == three["episodes"]
+    assert len({r["return"] for r in one["episodes"]}) == 4, "different seeds must give different episodes"
+    with pytest.raises(ValueError, match="num_envs must be >= 1"):
+        evaluate(pol, "reach", "state", episodes=1, num_envs=0)

@@ -1,0 +1,75 @@
+"""Smoke tests of the IL evaluation benchmarks on tiny runs: il_eval_speed.py (1 vs 2 envs side by side) and
+il_select.py (draw 0 vs the lowest-cost draw)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import il_eval_speed as bench  # noqa: E402
+from benchmarks import il_select  # noqa: E402
+from difftori.cli import main as cli  # noqa: E402
+from difftori.utils.config import ConfigError  # noqa: E402
+
+
+def _train(tmp_path: Path, policy: str, *extra: str) -> Path:
+    """A 2-step run of ``policy`` on a tiny synthetic 'reach' dataset; returns its run directory."""
+    from difftori.data.dataset import DemoData, save_demos
+
+    ds = tmp_path / "reach.zarr"
+    if not ds.exists():
+        rng = np.random.default_rng(0)
+        data = DemoData(
+            obs={"state": rng.uniform(-1, 1, (40, 9)).astype(np.float32), "full_state": rng.uniform(-1, 1, (40, 39)).astype(np.float32)},
+            action=rng.uniform(-1, 1, (40, 4)).astype(np.float32), episode_ends=np.array([20, 40]),
+            attrs={"task": "reach", "obs_type": "state", "env_options": {}},
+        )
+        save_demos(ds, data)
+    assert cli(["il", "train", "--task", "reach", "--obs-type", "state", "--policy", policy, "--dataset", str(ds), "--steps", "2",
+                "--batch-size", "8", "--eval-episodes", "0", "--run-root", str(tmp_path / "runs"), "--device", "cpu",
+                "--progress", "false", *extra]) == 0
+    return next((tmp_path / "runs" / "reach" / policy / "seed1").iterdir())
+
+
+def test_quick_run_times_every_envs_value(tmp_path):
+    run = _train(tmp_path, "bc")
+    out = tmp_path / "out"
+    assert bench.main(["--quick", "--runs", str(run), "--envs", "1", "2", "--episodes", "3", "--max-steps", "6", "--out", str(out)]) == 0
+    res = json.loads((out / "il_eval_speed.json").read_text())
+    (row,) = res["rows"]
+    assert (row["task"], row["policy"]) == ("reach", "bc") and set(row["by_envs"]) == {"1", "2"}
+    for r in row["by_envs"].values():
+        assert r["s_per_episode"] > 0 and r["mean_length"] == 6
+    # bc is deterministic: the same episodes either way
+    assert row["by_envs"]["1"]["success_rate"] == row["by_envs"]["2"]["success_rate"]
+    assert "speed-up 2 vs 1" in (out / "il_eval_speed.md").read_text()
+
+
+def test_needs_runs_and_valid_envs(tmp_path):
+    with pytest.raises(ConfigError, match="runs: pass at least one"):
+        bench.main(["--out", str(tmp_path)])
+    with pytest.raises(ConfigError, match="envs must be >= 1"):
+        bench.main(["--runs", "x", "--envs", "0", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+def test_select_compares_first_and_lowest_cost_draws_of_the_same_checkpoint(tmp_path):
+    base = _train(tmp_path, "diffusion", "--diffusion.down-dims", "16", "32", "--diffusion.step-embed-dim", "16")
+    run = _train(tmp_path, "difftori", "--base-policy", str(base), "--difftori.solver.max-iters", "3",
+                 "--difftori.inference-samples", "4")
+    out = tmp_path / "sel"
+    assert il_select.main(["--runs", str(run), "--episodes", "2", "--envs", "2", "--max-steps", "8", "--out", str(out)]) == 0
+    (row,) = [line.split(",") for line in (out / "il_select.csv").read_text().splitlines()[1:]]
+    assert row[0] == "reach" and row[3] == "1" and row[4] == "101000" and row[5] == "4"
+    assert all(0.0 <= float(x) <= 1.0 for x in row[6:8])
+    assert "paired difference" in (out / "il_select.md").read_text()
+    with pytest.raises(ConfigError, match="runs: pass at least one"):
+        il_select.main(["--out", str(tmp_path / "none")])

@@ -11,21 +11,22 @@ from difftori.il.runner import evaluate, run_episodes
 
 
 class RowwisePolicy(Policy):
-    """Deterministic and row-wise (elementwise ops only): its actions cannot depend on the batch size.
-    Records the batch size of every call."""
+    """Deterministic and row-wise (elementwise ops and per-row means only): its actions cannot depend on the batch
+    size. Reads observation entry ``key`` (any per-frame shape); records the batch size of every call."""
 
     name = "rowwise"
 
-    def __init__(self, key: str, dim: int, action_dim: int = 4, obs_steps: int = 2, action_steps: int = 3):
-        super().__init__({key: (dim,)}, action_dim, obs_steps, action_steps, 8, None)
+    def __init__(self, key: str, shape, action_dim: int = 4, obs_steps: int = 2, action_steps: int = 3):
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        super().__init__({key: shape}, action_dim, obs_steps, action_steps, 8, None)
         self.key = key
         self.p = torch.nn.Parameter(torch.zeros(1))
         self.batches: list[int] = []
 
     def predict_action(self, obs):
-        x = torch.as_tensor(obs[self.key]).double()  # (B, To, D)
+        x = torch.as_tensor(obs[self.key]).double().flatten(2)  # (B, To, D)
         self.batches.append(x.shape[0])
-        a = torch.sin(3.0 * x[:, -1, : self.action_dim] + x[:, 0, : self.action_dim])  # (B, A)
+        a = torch.sin(3.0 * x[:, -1, : self.action_dim] + x[:, 0, : self.action_dim] + 5.0 * x[:, -1].mean(-1, keepdim=True))
         steps = torch.arange(1, self.action_steps + 1, dtype=a.dtype)[None, :, None]
         return (a[:, None, :] * 0.5 * steps / self.action_steps).float()
 
@@ -59,21 +60,22 @@ def test_episodes_side_by_side_end_on_their_own_and_shrink_the_batch():
         run_episodes(pol, [CountdownEnv()], [1, 2], max_steps=5)
 
 
-def test_evaluate_in_several_envs_equals_one_env_at_a_time_on_metaworld():
+@pytest.mark.parametrize("obs_type,key", [("state", "full_state"), ("pointcloud", "pointcloud")])
+def test_evaluate_in_several_envs_equals_one_env_at_a_time_on_metaworld(obs_type, key):
     """Same env seeds, same episodes: a batch-independent policy gets identical records with 1 or 3 envs
-    (4 episodes: a wave of 3, then 1)."""
+    (4 episodes: a wave of 3, then 1); rendered observations come from each episode's own env."""
     from difftori.envs import make_env
 
-    env = make_env("reach", obs_type="state")
-    dim = env.observation_space["full_state"].shape[0]
+    env = make_env("reach", obs_type=obs_type)
+    shape = env.observation_space[key].shape
     env.close()
-    pol = RowwisePolicy("full_state", dim)
-    one = evaluate(pol, "reach", "state", episodes=4, seed=7, max_steps=30, num_envs=1)
+    pol = RowwisePolicy(key, shape)
+    one = evaluate(pol, "reach", obs_type, episodes=4, seed=7, max_steps=30, num_envs=1)
     assert pol.batches == [1] * len(pol.batches)
     pol.batches.clear()
-    three = evaluate(pol, "reach", "state", episodes=4, seed=7, max_steps=30, num_envs=3)
+    three = evaluate(pol, "reach", obs_type, episodes=4, seed=7, max_steps=30, num_envs=3)
     assert max(pol.batches) == 3 and three["num_envs"] == 3
     assert one["episodes"] == three["episodes"]
     assert len({r["return"] for r in one["episodes"]}) == 4, "different seeds must give different episodes"
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
-        evaluate(pol, "reach", "state", episodes=1, num_envs=0)
+        evaluate(pol, "reach", obs_type, episodes=1, num_envs=0)

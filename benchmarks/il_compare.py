@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import os
 import platform
@@ -76,7 +77,7 @@ VARIANTS: dict[str, list[str]] = {
 2-action window (the grid's preset sets those: the window must match the diffusion base it starts from)."""
 
 FIELDS = ["task", "modality", "variant", "policy", "seed", "steps", "status", "final", "dp3", "n_evals", "train_time_s",
-          "eval_time_s", "eval_s_per_episode", "cell"]
+          "eval_time_s", "eval_s_per_episode", "eval_envs", "cell"]
 
 
 @dataclass
@@ -208,7 +209,9 @@ def summarise(cfg: CompareConfig, cell, state: dict[str, Any]) -> dict[str, Any]
     rates = [float(e["success_rate"]) for e in evals]
     eval_s = sum(float(e["eval_time_s"]) for e in evals)
     episodes = int(cell.config.get("eval_episodes") or 1) * max(len(evals), 1)
-    row.update(final=rates[-1] if rates else float("nan"), dp3=dp3_score(rates, cfg.top_k), n_evals=len(rates),
+    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    row.update(eval_envs=int(saved.get("eval_envs", 1)),  # runs from before side-by-side evaluation: one at a time
+               final=rates[-1] if rates else float("nan"), dp3=dp3_score(rates, cfg.top_k), n_evals=len(rates),
                train_time_s=round(float(state.get("wall_s", float("nan"))) - eval_s, 1), eval_time_s=round(eval_s, 1),
                eval_s_per_episode=round(eval_s / episodes, 2))
     return row
@@ -284,7 +287,8 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
         tt = defaultdict(list)
         for r in rows:
             if r["modality"] == m and r.get("train_time_s") is not None:
-                tt[r["variant"]].append((float(r["train_time_s"]), float(r["eval_s_per_episode"]), int(r["steps"])))
+                tt[r["variant"]].append((float(r["train_time_s"]), float(r["eval_s_per_episode"]), int(r["steps"]),
+                                         int(r.get("eval_envs") or 1)))
         if tt:
             lines += ["Training wall clock per run (without evaluation; difftori excludes its base's training) and "
                       "evaluation cost:", "", "| variant | steps | train min (mean ± std) | ms / step | eval s / episode |",
@@ -293,12 +297,20 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
                 if tt.get(v):
                     tr = [x[0] for x in tt[v]]
                     lines.append(f"| {v} | {tt[v][0][2]} | {np.mean(tr) / 60:.1f} ± {np.std(tr) / 60:.1f} | "
-                                 f"{1000 * np.mean(tr) / tt[v][0][2]:.0f} | {np.mean([x[1] for x in tt[v]]):.1f} |")
+                                 f"{1000 * np.mean(tr) / tt[v][0][2]:.0f} | {_eval_cost(tt[v])} |")
             lines.append("")
     bad = [r for r in rows if r["status"] not in ("done", "pending")]
     if bad:
         lines += ["## Not finished", "", *[f"- {r['cell']}: {r['status']}" for r in bad], ""]
     return "\n".join(lines)
+
+
+def _eval_cost(runs: list[tuple]) -> str:
+    """Mean evaluation seconds per episode, split by the number of envs the episodes ran in side by side."""
+    by = defaultdict(list)
+    for r in runs:
+        by[r[3]].append(r[1])
+    return " / ".join(f"{np.mean(v):.1f} ({n} env{'s' if n > 1 else ''})" for n, v in sorted(by.items()))
 
 
 def plot(cfg: CompareConfig, rows: list[dict[str, Any]], out: Path) -> Optional[Path]:

@@ -46,3 +46,39 @@ def test_shape_errors_are_clear():
         enc({"pointcloud": torch.randn(4, 2, 9)})
     with pytest.raises(ValueError, match="no encoder for observation shape"):
         encoder_for_shape((4, 5))
+
+
+def test_obs_encoder_bf16_is_close_to_fp32_returns_fp32_and_trains():
+    torch.manual_seed(0)
+    enc = ObsEncoder({"pointcloud": (256, 3), "image": (3, 84, 84), "state": (9,)}, obs_steps=2, out_dim=32)
+    obs = {"pointcloud": torch.randn(4, 2, 256, 3), "image": torch.randint(0, 256, (4, 2, 3, 84, 84), dtype=torch.uint8),
+           "state": torch.randn(4, 2, 9)}
+    ref = enc(obs)
+    enc.precision = "bf16"
+    out = enc(obs)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert not torch.equal(out, ref), "bf16 must actually run in bf16"
+    assert (out - ref).norm() / ref.norm() < 0.05  # LayerNorm'd features: bf16's ~3 significant digits
+    out.square().sum().backward()
+    grads = [p.grad for p in enc.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        enc.precision = "fp16"
+
+
+def test_encoder_precision_is_part_of_the_policy_and_its_checkpoint_info():
+    from difftori.il.config import ILConfig
+    from difftori.utils.config import ConfigError
+    from difftori.il.policies import build_policy, policy_from_config
+    from difftori.models.encoders import ObsEncoder as Enc
+
+    cfg = ILConfig(task="push", policy="bc", obs_type="pointcloud", dataset="x", encoder_precision="bf16")
+    pol = policy_from_config(cfg, {"pointcloud": (64, 3), "state": (9,)}, 4)
+    assert [m.precision for m in pol.modules() if isinstance(m, Enc)] == ["bf16"]
+    info = pol.build_info()
+    assert info["encoder_precision"] == "bf16"
+    assert build_policy(info).encoder_precision == "bf16"
+    del info["encoder_precision"]  # a checkpoint from before the option
+    assert build_policy(info).encoder_precision == "fp32"
+    with pytest.raises(ConfigError, match="encoder_precision must be fp32 or bf16"):
+        ILConfig(encoder_precision="fp16")

@@ -53,6 +53,7 @@ class Policy(nn.Module):
         self.encoder_dim = int(encoder_dim)
         self.cfg = cfg
         self.normalizer: nn.Module | None = None
+        self.encoder_precision = "fp32"
 
     # --- interface -----------------------------------------------------------------------
     def predict_action(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -77,6 +78,17 @@ class Policy(nn.Module):
         """Parameters the optimiser updates (normalizer and frozen parts such as EMA copies excluded)."""
         frozen = {id(p) for p in self.normalizer.parameters()} if self.normalizer is not None else set()
         return [p for p in self.parameters() if p.requires_grad and id(p) not in frozen]
+
+    def set_encoder_precision(self, precision: str) -> None:
+        """fp32 or bf16 (autocast) for every observation encoder of this policy (a frozen base policy keeps its own)."""
+        from difftori.models.encoders import ObsEncoder
+
+        base = getattr(self, "base", None)
+        skip = {id(m) for m in base.modules()} if isinstance(base, nn.Module) else set()
+        for m in self.modules():
+            if isinstance(m, ObsEncoder) and id(m) not in skip:
+                m.precision = precision
+        self.encoder_precision = precision
 
     def set_normalizer(self, normalizer: nn.Module) -> None:
         """Attach the fitted normalizer (stored in ``state_dict`` under ``normalizer.``)."""
@@ -134,5 +146,6 @@ class Policy(nn.Module):
             "obs_steps": self.obs_steps,
             "action_steps": self.action_steps,
             "encoder_dim": self.encoder_dim,
+            "encoder_precision": self.encoder_precision,
             "cfg": to_dict(self.cfg),
         }

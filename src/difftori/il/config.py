@@ -228,6 +228,9 @@ class ILConfig:
     """Gradient-norm clip (None = off)."""
     encoder_dim: int = 64
     """Feature size of each modality encoder (PointNet / CNN / state MLP)."""
+    encoder_precision: str = "fp32"
+    """fp32, or bf16: the observation encoders run under bf16 autocast (point clouds / images: the encoder is most of
+    a training step on a CPU with bf16 matrix units); the policy heads, the diffusion UNet and DiffTORI's solve stay fp32."""
     obs_steps: int = 2
     """Observation frames the policy sees (To)."""
     action_steps: int = 4
@@ -279,6 +282,7 @@ class ILConfig:
         check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
         check(self.eval_max_steps is None or self.eval_max_steps >= 1, "eval_max_steps must be >= 1 or None")
         check(self.eval_envs >= 1, f"eval_envs must be >= 1, got {self.eval_envs}")
+        check(self.encoder_precision in ("fp32", "bf16"), f"encoder_precision must be fp32 or bf16, got {self.encoder_precision!r}")
         check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         if self.policy == "difftori" and self.difftori.formulation == "paper":
             check(self.action_steps >= 2, f"difftori.formulation paper needs action_steps >= 2 (planning horizon = action_steps - 1), got {self.action_steps}")

@@ -63,7 +63,9 @@ def build_policy(info: Mapping[str, Any], base: Policy | None = None) -> Policy:
             base = build_policy(info["base"])
             base.set_normalizer(new_normalizer())
         kwargs["base"] = base
-    return cls(**kwargs)
+    policy = cls(**kwargs)
+    policy.set_encoder_precision(info.get("encoder_precision", "fp32"))  # checkpoints from before the option: fp32
+    return policy
 
 
 def policy_from_config(cfg: ILConfig, obs_shapes: Mapping[str, tuple[int, ...]], action_dim: int, base: Policy | None = None) -> Policy:
@@ -75,6 +77,7 @@ def policy_from_config(cfg: ILConfig, obs_shapes: Mapping[str, tuple[int, ...]],
         "obs_steps": cfg.obs_steps,
         "action_steps": cfg.action_steps,
         "encoder_dim": cfg.encoder_dim,
+        "encoder_precision": cfg.encoder_precision,
         "cfg": _section(cfg),
     }
     return build_policy(info, base=base)

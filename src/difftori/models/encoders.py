@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Mapping, Sequence
 
 import torch
@@ -97,10 +98,13 @@ class ObsEncoder(nn.Module):
     """Encode a dict of ``(B, To, *shape)`` observations into ``(B, feature_dim)``.
 
     One encoder per key (chosen by shape), shared across the ``obs_steps`` frames; the
-    per-frame features of all keys are concatenated and flattened over frames.
+    per-frame features of all keys are concatenated and flattened over frames. ``precision="bf16"`` runs the
+    encoders under bf16 autocast (the point-cloud / image encoders are compute-bound; features come out fp32).
     """
 
-    def __init__(self, obs_shapes: Mapping[str, Sequence[int]], obs_steps: int = 2, out_dim: int = 64):
+    PRECISIONS = ("fp32", "bf16")
+
+    def __init__(self, obs_shapes: Mapping[str, Sequence[int]], obs_steps: int = 2, out_dim: int = 64, precision: str = "fp32"):
         super().__init__()
         if not obs_shapes:
             raise ValueError("ObsEncoder needs at least one observation key")
@@ -110,10 +114,23 @@ class ObsEncoder(nn.Module):
         self.obs_steps = obs_steps
         self.frame_dim = sum(e.out_dim for e in self.encoders.values())
         self.feature_dim = self.frame_dim * obs_steps
+        self.precision = precision
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in self.PRECISIONS:
+            raise ValueError(f"ObsEncoder precision must be one of {self.PRECISIONS}, got {value!r}")
+        self._precision = value
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         feats = []
         batch = None
+        dev = next(iter(obs.values())).device.type if obs else "cpu"
+        cast = torch.autocast(dev, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
         for k in self.keys:
             if k not in obs:
                 raise KeyError(f"observation is missing key {k!r} (has {sorted(obs)})")
@@ -122,5 +139,7 @@ class ObsEncoder(nn.Module):
             if tuple(x.shape[1:]) != want:
                 raise ValueError(f"observation {k!r}: expected (B, {', '.join(map(str, want))}), got {tuple(x.shape)}")
             batch = x.shape[0]
-            feats.append(self.encoders[k](x.reshape(-1, *self.obs_shapes[k])).reshape(batch, self.obs_steps, -1))
+            with cast:
+                f = self.encoders[k](x.reshape(-1, *self.obs_shapes[k]))
+            feats.append(f.float().reshape(batch, self.obs_steps, -1))
         return torch.cat(feats, dim=-1).reshape(batch, self.feature_dim)

@@ -128,6 +128,10 @@ class CompareConfig:
     cost_grad: Literal["autograd", "manual"] = "manual"
     """difftori.cost_grad of the DiffTORI runs: how the solver's no-graph iterations get the cost's gradient (equal
     values to float rounding, so not part of a cell's id; manual is ~1.9x faster on the faithful inference solve)."""
+    bf16_encoders: tuple[str, ...] = ("pointcloud", "image")
+    """Modalities whose runs encode observations under bf16 autocast (``--encoder-precision bf16``): the point-cloud
+    encoder is most of a training step on a CPU, and its bf16 loss curve matches fp32's
+    (benchmarks/results/il_encoder_precision.md); state runs stay fp32 (nothing to gain)."""
     extra: str = ""
     """Extra ``il train`` options for every training run (one shell-quoted string)."""
 
@@ -138,11 +142,12 @@ class CompareConfig:
 
         self.run_root, self.out = Path(self.run_root), Path(self.out)
         self.tasks, self.modalities, self.seeds, self.variants = map(tuple, (self.tasks, self.modalities, self.seeds, self.variants))
+        self.bf16_encoders = tuple(self.bf16_encoders)
         check(len(self.tasks) > 0 and len(self.modalities) > 0 and len(self.seeds) > 0 and len(self.variants) > 0,
               "need at least one task, modality, seed and variant")
         for t in self.tasks:
             check(suite_of(t, IL_SUITES) is not None, f"unknown IL task {t!r} (suites: {', '.join(IL_SUITES)})")
-        for m in self.modalities:
+        for m in self.modalities + self.bf16_encoders:
             check(m in OBS_TYPES, f"unknown modality {m!r}; known: {', '.join(OBS_TYPES)}")
         for v in self.variants:
             check(v in VARIANTS, f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
@@ -157,8 +162,8 @@ class CompareConfig:
 
 
 # ----------------------------------------------------------------------------------- the grid
-def variant_options(cfg: CompareConfig, variant: str) -> list[str]:
-    """``il train`` options of one variant's runs (without task, seed, obs type and the runner's paths)."""
+def variant_options(cfg: CompareConfig, variant: str, modality: str = "state") -> list[str]:
+    """``il train`` options of one variant's runs on one modality (without task, seed, obs type and the runner's paths)."""
     import shlex
 
     from difftori.il.config import IL_PRESETS
@@ -170,6 +175,8 @@ def variant_options(cfg: CompareConfig, variant: str) -> list[str]:
         opts += ["--difftori.inference-samples", str(IL_PRESETS[cfg.preset].get("batch_size", 128))]
     if variant.startswith("difftori"):
         opts += ["--difftori.cost-grad", cfg.cost_grad]
+    if modality in cfg.bf16_encoders:
+        opts += ["--encoder-precision", "bf16"]
     return opts + shlex.split(cfg.extra)
 
 
@@ -178,12 +185,12 @@ def cells(cfg: CompareConfig) -> list:
     from difftori.sweep.grid import collect_cell, il_seed_cells
 
     data = {(t, m): collect_cell(t, m, cfg.demos) for m in cfg.modalities for t in cfg.tasks}
-    variants = {v: variant_options(cfg, v) for v in cfg.variants}
+    variants = {m: {v: variant_options(cfg, v, m) for v in cfg.variants} for m in cfg.modalities}
     out = list(data.values())
     for s in cfg.seeds:  # seed-major: a grid stopped early covers every task with its first seeds
         for m in cfg.modalities:
             for t in cfg.tasks:
-                out.extend(il_seed_cells(data[(t, m)], s, variants))
+                out.extend(il_seed_cells(data[(t, m)], s, variants[m]))
     return out
 
 
@@ -261,7 +268,8 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
         f"Budget: preset `{cfg.preset}` (batch {preset.get('batch_size', 128)}), {cfg.steps} gradient steps for bc / ibc / "
         f"diffusion, {cfg.difftori_steps} more for DiffTORI on top of the finished diffusion run of the same task, modality and "
         f"seed; {cfg.demos} scripted-expert demos per task; seeds {list(cfg.seeds)}; {episodes} evaluation episodes on fixed "
-        f"seeds every {cfg.eval_freq} steps and at the end. {meta['jobs']} runs in parallel x {cfg.threads} thread(s) on "
+        f"seeds every {cfg.eval_freq} steps and at the end. Observation encoders in bf16 autocast on: "
+        f"{', '.join(m for m in cfg.modalities if m in cfg.bf16_encoders) or 'none'} (fp32 elsewhere). {meta['jobs']} runs in parallel x {cfg.threads} thread(s) on "
         f"{meta['cpu_count']} CPU cores ({meta['machine']}), no GPU. Entries: success rate, mean ± std over seeds.", "",
     ]
     counts = defaultdict(int)

@@ -107,3 +107,16 @@ def test_archived_cells_are_restored_except_a_base_whose_difftori_runs_are_missi
     assert rows["bc"]["status"] == "done" and rows["bc"]["final"] == 0.5
     assert rows["diffusion"]["status"] != "done", "its checkpoint is not archived: it must run again for difftori"
     assert (cfg.out / "il_compare.md").exists()
+
+
+def test_bf16_encoders_on_the_rendered_modalities_only_and_state_ids_unchanged():
+    cfg = bench.CompareConfig(tasks=("reach",), seeds=(1,), modalities=("state", "pointcloud"), variants=("diffusion", "difftori"))
+    grid = [c for c in bench.cells(cfg) if c.area == "il"]
+    assert {(c.obs_type, c.config["encoder_precision"]) for c in grid} == {("state", "fp32"), ("pointcloud", "bf16")}
+    fp32 = bench.CompareConfig(tasks=("reach",), seeds=(1,), modalities=("state", "pointcloud"), variants=("diffusion", "difftori"),
+                               bf16_encoders=())
+    ids = {c.id for c in bench.cells(fp32)}
+    assert {c.id for c in grid if c.obs_type == "state"} <= ids  # committed state cells keep their ids
+    assert not {c.id for c in grid if c.obs_type == "pointcloud"} & ids
+    with pytest.raises(ConfigError, match="unknown modality"):
+        bench.CompareConfig(bf16_encoders=("lidar",))

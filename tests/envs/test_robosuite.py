@@ -107,6 +107,23 @@ def test_seeded_reset_is_reproducible(env_of):
         twin.close()
 
 
+def test_every_instance_of_a_task_is_the_same_model():
+    """robosuite draws Lift's cube size from the env's generator at construction: built with a fixed model seed, two
+    unseeded instances are the same model (and give the same point clouds for the same reset seed); numpy's global
+    RNG is untouched."""
+    np.random.seed(123)
+    want = np.random.get_state()[1].copy()
+    a, b = make_env("lift", obs_type="pointcloud", num_points=128, pc_render_size=64), make_env("lift", obs_type="pointcloud", num_points=128, pc_render_size=64)
+    try:
+        np.testing.assert_array_equal(np.random.get_state()[1], want)
+        np.testing.assert_array_equal(a._model.geom_size, b._model.geom_size)
+        np.testing.assert_array_equal(a._model.body_mass, b._model.body_mass)
+        np.testing.assert_array_equal(a.reset(seed=4)[0]["pointcloud"], b.reset(seed=4)[0]["pointcloud"])
+    finally:
+        a.close()
+        b.close()
+
+
 def _expert_episode(env, task: str, seed: int, max_steps: int = 400) -> tuple[bool, int]:
     """Run the scripted expert; success = the env's check holding for 5 steps (as ``il collect``)."""
     env.reset(seed=seed)

@@ -23,7 +23,8 @@ sites stay out of images and clouds; shadows, reflections and the skybox are off
 
 Seeding: ``reset(seed=s)`` reseeds the generator robosuite draws object placements and the
 robot's initial joint noise from, so equal seeds give identical initial states; later ``reset()``
-calls continue that stream. Episodes are truncated after ``episode_length`` steps (default 400,
+calls continue that stream. The model itself (Lift's cube size is random in robosuite) is built under a fixed
+seed, so every instance of a task is the same. Episodes are truncated after ``episode_length`` steps (default 400,
 Robomimic's evaluation horizon). ``info["success"]`` is the env's own ``_check_success()``.
 """
 
@@ -91,6 +92,9 @@ AGENT_STATE_DIM = 9
 ACTION_DIM = 7
 CONTROL_FREQ = 20
 DEFAULT_EPISODE_LENGTH = 400
+MODEL_SEED = 0
+"""Seed of the generator robosuite builds a task's model with (Lift draws its cube's size at construction): every
+instance of a task is the same model, in any process; placements then come from the env's own seed."""
 IMAGE_CAMERA = "agentview"
 BACKGROUND_MARGIN = 0.005
 """Points closer than this (metres) to a background geom are dropped."""
@@ -245,8 +249,11 @@ def _build_env_class():
                 horizon=self.episode_length + 1,
                 ignore_done=True,  # truncation is ours
                 hard_reset=False,  # keep one MjModel (the renderers hold it) across resets
-                seed=seed,
+                seed=MODEL_SEED,  # the model: robosuite draws Lift's cube size from this generator
             )
+            rng = np.random.default_rng(seed)  # placements and joint noise: the caller's seed (None: fresh entropy)
+            self._inner.rng = rng
+            _reseed_samplers(getattr(self._inner, "placement_initializer", None), rng)
             self._model, self._data = self._inner.sim.model._model, self._inner.sim.data._data
             cams = [self._model.camera(i).name for i in range(self._model.ncam)]
             self.pc_cameras = tuple(pc_cameras) if pc_cameras is not None else info.pc_cameras

@@ -89,6 +89,9 @@ class CompareConfig:
     .venv-maniskill, `make maniskill`); ``suite:task`` picks a suite explicitly."""
     modalities: tuple[str, ...] = ("state",)
     """Observation types: state, pointcloud, image."""
+    modality_tasks: tuple[str, ...] = ()
+    """Per-modality task subsets, ``MODALITY=task,task`` (e.g. ``pointcloud=door-open,push``): that modality runs only
+    these of --tasks (the rendered modalities cost more); a modality not named runs every task."""
     seeds: tuple[int, ...] = (1, 2, 3)
     """Training seeds (each also fixes the evaluation seeds)."""
     variants: tuple[str, ...] = ("bc", "ibc", "diffusion", "difftori", "difftori-faithful")
@@ -147,6 +150,8 @@ class CompareConfig:
               "need at least one task, modality, seed and variant")
         for t in self.tasks:
             check(suite_of(t, IL_SUITES) is not None, f"unknown IL task {t!r} (suites: {', '.join(IL_SUITES)})")
+        self.modality_tasks = tuple(self.modality_tasks)
+        self.tasks_of(self.modalities[0] if self.modalities else "state")  # parses (and checks) every entry
         for m in self.modalities + self.bf16_encoders:
             check(m in OBS_TYPES, f"unknown modality {m!r}; known: {', '.join(OBS_TYPES)}")
         for v in self.variants:
@@ -159,6 +164,21 @@ class CompareConfig:
         check(self.eval_episodes is None or self.eval_episodes >= 1, "eval_episodes must be >= 1 (the comparison needs evaluations)")
         check(self.jobs >= 1 and self.threads >= 1, "jobs and threads must be >= 1")
         check(self.demos >= 1, "demos must be >= 1")
+
+    def tasks_of(self, modality: str) -> tuple[str, ...]:
+        """The tasks ``modality`` runs: its ``modality_tasks`` subset (in --tasks order), else every task."""
+        from difftori.il.config import OBS_TYPES
+
+        subsets: dict[str, set[str]] = {}
+        for entry in self.modality_tasks:
+            m, sep, names = entry.partition("=")
+            check(bool(sep) and m in OBS_TYPES and bool(names), f"modality_tasks entries are MODALITY=task,task with a modality of "
+                  f"{', '.join(OBS_TYPES)}, got {entry!r}")
+            picked = {t for t in names.split(",") if t}
+            unknown = sorted(picked - set(self.tasks))
+            check(not unknown, f"modality_tasks {entry!r}: {unknown} not in --tasks")
+            subsets[m] = picked
+        return tuple(t for t in self.tasks if t in subsets[modality]) if modality in subsets else self.tasks
 
 
 # ----------------------------------------------------------------------------------- the grid
@@ -184,12 +204,12 @@ def cells(cfg: CompareConfig) -> list:
     """Collect cells, then per seed, modality and task: diffusion first, the others after (options checked here)."""
     from difftori.sweep.grid import collect_cell, il_seed_cells
 
-    data = {(t, m): collect_cell(t, m, cfg.demos) for m in cfg.modalities for t in cfg.tasks}
+    data = {(t, m): collect_cell(t, m, cfg.demos) for m in cfg.modalities for t in cfg.tasks_of(m)}
     variants = {m: {v: variant_options(cfg, v, m) for v in cfg.variants} for m in cfg.modalities}
     out = list(data.values())
     for s in cfg.seeds:  # seed-major: a grid stopped early covers every task with its first seeds
         for m in cfg.modalities:
-            for t in cfg.tasks:
+            for t in cfg.tasks_of(m):
                 out.extend(il_seed_cells(data[(t, m)], s, variants[m]))
     return out
 

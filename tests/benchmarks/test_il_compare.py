@@ -120,3 +120,14 @@ def test_bf16_encoders_on_the_rendered_modalities_only_and_state_ids_unchanged()
     assert not {c.id for c in grid if c.obs_type == "pointcloud"} & ids
     with pytest.raises(ConfigError, match="unknown modality"):
         bench.CompareConfig(bf16_encoders=("lidar",))
+
+
+def test_modality_tasks_restrict_a_modality_to_a_subset_of_the_tasks():
+    cfg = bench.CompareConfig(tasks=("reach", "push", "door-open"), seeds=(1,), modalities=("state", "pointcloud"),
+                              variants=("bc",), modality_tasks=("pointcloud=door-open,reach",))
+    assert cfg.tasks_of("state") == ("reach", "push", "door-open") and cfg.tasks_of("pointcloud") == ("reach", "door-open")
+    got = {(c.task, c.obs_type) for c in bench.cells(cfg) if c.area == "il"}
+    assert got == {("reach", "state"), ("push", "state"), ("door-open", "state"), ("reach", "pointcloud"), ("door-open", "pointcloud")}
+    for bad, msg in ((("pointcloud=hammer",), "not in --tasks"), (("lidar=reach",), "MODALITY=task"), (("pointcloud",), "MODALITY=task")):
+        with pytest.raises(ConfigError, match=msg):
+            bench.CompareConfig(tasks=("reach",), modality_tasks=bad)

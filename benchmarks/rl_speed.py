@@ -79,6 +79,10 @@ class SpeedConfig:
     """difftori.return_grad modes timed against each other on DiffTORI's solves (fp32); empty: skip that table."""
     agent_steps: bool = True
     """Also time one whole training agent step per agent, today's settings vs the fast ones (see STEP_SETTINGS)."""
+    trained_iters: int = 30
+    """Solver iterations of a third DiffTORI agent step ("fast, trained iters"): the fast settings with the solve capped at this
+    many iterations, the median per-episode solver_iters of the rl100k default DiffTORI runs (train.csv, 765 episodes, plateau
+    stop, small preset); random weights make the plateau stop run far longer than on a trained model. 0: skip."""
     fast_return_grad: str = "compiled"
     """difftori.return_grad of the fast DiffTORI agent step (compiled: the grids' setting; manual: no compile wait)."""
     out: str = str(DEFAULT_OUT)
@@ -90,6 +94,7 @@ class SpeedConfig:
         check(all(m in RETURN_GRADS for m in self.return_grads), f"return_grads must be among {', '.join(RETURN_GRADS)}, got {self.return_grads}")
         check(bool(self.sizes) and all(s in PRESETS for s in self.sizes), f"sizes must be among {', '.join(PRESETS)}, got {self.sizes}")
         check(self.fast_return_grad in RETURN_GRADS, f"fast_return_grad must be one of {', '.join(RETURN_GRADS)}, got {self.fast_return_grad!r}")
+        check(self.trained_iters >= 0, f"trained_iters must be >= 0, got {self.trained_iters}")
         check(self.threads >= 1, f"threads must be >= 1, got {self.threads}")
         check(self.repeats >= 1, f"repeats must be >= 1, got {self.repeats}")
         check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
@@ -107,11 +112,13 @@ and the fast options (each verified by learning curves / exactness tests before 
 
 
 def agent_config(agent: str, precision: str, sizes: str, device: torch.device, return_grad: str = "autograd",
-                 plateau_window: int | None = None) -> RLConfig:
+                 plateau_window: int | None = None, max_iters: int | None = None) -> RLConfig:
     """RLConfig of one timed agent: the sizes' network/planner values, everything else default."""
     extra = dict(SMALL_SIZES) if sizes == "small" else {}
     if agent == "difftori":
         more = {} if plateau_window is None else {"plateau_window": plateau_window}
+        if max_iters is not None:
+            more["max_iters"] = max_iters
         extra["difftori"] = DiffTORIConfig(return_grad=return_grad, **more)
     return RLConfig(task=SPEC.task, agent=agent, precision=precision, preset=sizes, device=str(device), **extra)
 
@@ -124,7 +131,7 @@ def make_agents(agent: str, sizes: str, device: torch.device, seed: int,
     variants = variants or {p: {"precision": p} for p in PRECISIONS}
     torch.manual_seed(seed)
     agents = {name: cls(agent_config(agent, kw.get("precision", "fp32"), sizes, device, kw.get("return_grad", "autograd"),
-                                     kw.get("plateau_window")), SPEC)
+                                     kw.get("plateau_window"), kw.get("max_iters")), SPEC)
               for name, kw in variants.items()}
     first = next(iter(agents.values()))
     m = first.model
@@ -231,7 +238,10 @@ def run(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> dict
         for agent_name, settings in STEP_SETTINGS.items():
             say(f"{sizes} {agent_name} agent step, today vs fast")
             if agent_name == "difftori":
-                settings = {**settings, "fast": {**settings["fast"], "return_grad": cfg.fast_return_grad}}
+                fast = {**settings["fast"], "return_grad": cfg.fast_return_grad}
+                settings = {**settings, "fast": fast}
+                if cfg.trained_iters:
+                    settings["trained"] = {**fast, "max_iters": cfg.trained_iters}
             agents = make_agents(agent_name, sizes, device, cfg.seed, settings)
             obs = np.random.default_rng(cfg.seed).standard_normal(SPEC.obs_shape).astype(np.float32)
             fns = {n: agent_step_fn(a, obs, random_buffer(a.cfg, a.res.batch_size, cfg.seed)) for n, a in agents.items()}
@@ -245,11 +255,14 @@ def run(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> dict
             iters = {n: float(m["solver_iters"]) for n, m in ends.items() if "solver_iters" in m}
             step_rows.append({"sizes": sizes, "agent": agent_name, "settings": settings, "ms": ms,
                               "speedup": ms["today"] / ms["fast"], "solver_iters": iters or None,
+                              "speedup_trained": ms["today"] / ms["trained"] if "trained" in ms else None,
                               "times_ms": {n: [1e3 * t for t in times[n]] for n in settings}})
         today_tdmpc = next(r["ms"]["today"] for r in step_rows if r["sizes"] == sizes and r["agent"] == "tdmpc")
         for r in step_rows:
             if r["sizes"] == sizes:
                 r["fast_vs_today_tdmpc"] = r["ms"]["fast"] / today_tdmpc
+                if "trained" in r["ms"]:
+                    r["trained_vs_today_tdmpc"] = r["ms"]["trained"] / today_tdmpc
     results = {"meta": run_meta(cfg.threads, device, quick=cfg.quick, wall_s=time.perf_counter() - t_start,
                                 config=to_dict(cfg)), "rows": rows, "return_grad_rows": grad_rows, "step_rows": step_rows}
     out = Path(cfg.out)
@@ -294,14 +307,19 @@ def markdown(results: dict[str, Any]) -> str:
                   "the autograd return gradient and a fixed number of solver iterations; fast: bf16 autocast, and for "
                   "DiffTORI the compiled return gradient and the plateau stop (random weights: the plateau stop's "
                   "iteration count is that of this problem, real runs report theirs in train.csv). Median ms; "
-                  "fast / today TD-MPC: the fast step against today's fp32 TD-MPC step.", "",
-                  "| sizes | agent | today ms | fast ms | speedup | fast / today TD-MPC | solver iters (today / fast) |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+                  "fast / today TD-MPC: the fast step against today's fp32 TD-MPC step. trained iters (DiffTORI): the fast "
+                  "settings with the solve capped at the iteration count the plateau stop reaches on trained models "
+                  "(the median of the rl100k DiffTORI runs' train.csv; the cost of everything else is measured here).", "",
+                  "| sizes | agent | today ms | fast ms | speedup | fast / today TD-MPC | trained iters ms | speedup | "
+                  "trained iters / today TD-MPC | solver iters (today / fast / trained) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in step_rows:
             it = r.get("solver_iters") or {}
-            its = " / ".join("-" if it.get(n) is None else f"{it[n]:.0f}" for n in ("today", "fast")) if it else "-"
+            its = " / ".join("-" if it.get(n) is None else f"{it[n]:.0f}" for n in ("today", "fast", "trained")) if it else "-"
+            tr = (f"{r['ms']['trained']:.1f} | {r['speedup_trained']:.2f} | {r['trained_vs_today_tdmpc']:.2f}"
+                  if r.get("speedup_trained") else "- | - | -")
             lines.append(f"| {r['sizes']} | {r['agent']} | {r['ms']['today']:.1f} | {r['ms']['fast']:.1f} | "
-                         f"{r['speedup']:.2f} | {r['fast_vs_today_tdmpc']:.2f} | {its} |")
+                         f"{r['speedup']:.2f} | {r['fast_vs_today_tdmpc']:.2f} | {tr} | {its} |")
     return "\n".join(lines) + "\n"
 
 

@@ -40,11 +40,17 @@ def test_quick_small_run_writes_every_part(tmp_path, capsys):
     step_rows = data["step_rows"]
     assert [r["agent"] for r in step_rows] == list(bench.STEP_SETTINGS)
     for r in step_rows:
-        assert set(r["ms"]) == {"today", "fast"} and all(v > 0 and math.isfinite(v) for v in r["ms"].values())
+        names = {"today", "fast", "trained"} if r["agent"] == "difftori" else {"today", "fast"}
+        assert set(r["ms"]) == names and all(v > 0 and math.isfinite(v) for v in r["ms"].values())
         assert r["speedup"] == pytest.approx(r["ms"]["today"] / r["ms"]["fast"])
     dt = step_rows[1]
     assert dt["settings"]["fast"]["return_grad"] == "manual" and dt["settings"]["today"]["plateau_window"] == 0
     assert dt["solver_iters"]["today"] >= 1 and dt["solver_iters"]["fast"] >= 1
+    # the trained-iterations step: the fast settings with the solve capped at trained_iters
+    assert dt["settings"]["trained"] == {**dt["settings"]["fast"], "max_iters": bench.QUICK.trained_iters}
+    assert 1 <= dt["solver_iters"]["trained"] <= bench.QUICK.trained_iters
+    assert dt["speedup_trained"] == pytest.approx(dt["ms"]["today"] / dt["ms"]["trained"])
+    assert step_rows[0]["speedup_trained"] is None
     md = (tmp_path / "rl_speed.md").read_text()
     assert md.count("| small |") == len(data["rows"]) + len(grad_rows) + len(step_rows) and "bf16/fp32" in md and "manual speedup" in md
     assert md in capsys.readouterr().out
@@ -55,6 +61,8 @@ def test_config_validation_and_quick_preset():
         bench.SpeedConfig(sizes=("huge",))
     with pytest.raises(ConfigError, match="threads"):
         bench.SpeedConfig(threads=0)
+    with pytest.raises(ConfigError, match="trained_iters"):
+        bench.SpeedConfig(trained_iters=-1)
     quick = bench.parse_config(["--quick", "--repeats", "3"])
     assert quick.quick and quick.repeats == 3 and quick.warmup == bench.QUICK.warmup
     assert bench.parse_config([]).sizes == ("paper",) and bench.parse_config(["--sizes", "paper", "small"]).sizes == ("paper", "small")

@@ -84,7 +84,7 @@ def test_train_eval_and_resume_without_lost_or_duplicated_rows(tmp_path, dataset
     out = tmp_path / "eval.json"
     capsys.readouterr()
     argv = ["il", "eval", "--checkpoint", str(run), "--episodes", "2", "--max-steps", "4", "--out", str(out),
-            "--video", "--video-dir", str(tmp_path / "vids")]
+            "--video", "--video-dir", str(tmp_path / "vids"), "--full-episodes"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["video"] == str(tmp_path / "vids" / "reach_seed100000.mp4") and Path(summary["video"]).stat().st_size > 0

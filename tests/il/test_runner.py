@@ -79,3 +79,26 @@ def test_evaluate_in_several_envs_equals_one_env_at_a_time_on_metaworld(obs_type
     assert len({r["return"] for r in one["episodes"]}) == 4, "different seeds must give different episodes"
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         evaluate(pol, "reach", obs_type, episodes=1, num_envs=0)
+
+
+class SucceedsAtEnv:
+    """A fake env that never ends by itself and reports success from step ``seed`` on (never for seed 0)."""
+
+    def reset(self, seed):
+        self.t, self.at = 0, seed
+        return {"x": np.zeros(2, dtype=np.float32)}, {}
+
+    def step(self, action):
+        self.t += 1
+        return {"x": np.full(2, float(self.t), dtype=np.float32)}, 1.0, False, False, {"success": 0 < self.at <= self.t}
+
+
+def test_stop_on_success_ends_an_episode_at_its_first_success_with_the_same_success():
+    pol = RowwisePolicy("x", 2, action_dim=2, action_steps=3)
+    seeds = [2, 5, 0, 9]  # success from step 2, 5, never, 9 (inside an action window of 3, and across windows)
+    full = run_episodes(pol, [SucceedsAtEnv() for _ in seeds], seeds, max_steps=12)
+    cut = run_episodes(pol, [SucceedsAtEnv() for _ in seeds], seeds, max_steps=12, stop_on_success=True)
+    assert [r["success"] for r in full] == [r["success"] for r in cut] == [True, True, False, True]
+    assert [r["length"] for r in full] == [12] * 4
+    assert [r["length"] for r in cut] == [2, 5, 12, 9]
+    assert [r["return"] for r in cut] == [2.0, 5.0, 12.0, 9.0]

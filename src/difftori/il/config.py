@@ -243,6 +243,10 @@ class ILConfig:
     """Episodes per evaluation (0 = no evaluation)."""
     eval_max_steps: int | None = None
     """Cap on env steps per evaluation episode (None = the task's episode length)."""
+    eval_stop_on_success: bool = True
+    """End an evaluation episode at its first success (as robomimic's rollouts do): the success rate is that of
+    full-length episodes (an episode succeeds if any step does), evaluation is cheaper; returns and lengths count up to
+    the success. False: every episode runs its full length (DP3's MetaWorld evaluation)."""
     eval_envs: int = 10
     """Evaluation episodes run side by side in this many envs, one batched policy call per decision (1 = one at a
     time). The env seeds are the same either way; only the order of the policy's sampling noise changes."""

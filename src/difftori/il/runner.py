@@ -26,10 +26,12 @@ def _stack(histories: Sequence[deque], keys, device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(np.stack([np.stack([np.asarray(o[k]) for o in h]) for h in histories]), device=device) for k in keys}
 
 
-def run_episodes(policy: Policy, envs: Sequence, seeds: Sequence[int], max_steps: int, video: bool = False) -> list[dict[str, Any]]:
+def run_episodes(policy: Policy, envs: Sequence, seeds: Sequence[int], max_steps: int, video: bool = False,
+                 stop_on_success: bool = False) -> list[dict[str, Any]]:
     """Episode ``j`` with env seed ``seeds[j]`` in ``envs[j]``, all side by side: one batched policy call per
     decision for the episodes still running. Returns per episode success, return, length and frames (episode 0's,
-    if ``video``). ``policy.reset()`` is called once, before the episodes start."""
+    if ``video``). ``policy.reset()`` is called once, before the episodes start. An episode succeeds if any of its
+    steps does; ``stop_on_success`` ends it there (the same success, fewer steps; return and length up to it)."""
     if len(envs) != len(seeds) or not envs:
         raise ValueError(f"need one env per seed, got {len(envs)} envs and {len(seeds)} seeds")
     policy.reset()
@@ -54,15 +56,16 @@ def run_episodes(policy: Policy, envs: Sequence, seeds: Sequence[int], max_steps
                 steps[j] += 1
                 if video and j == 0:
                     frames.append(envs[0].render())
-                if terminated or truncated or steps[j] >= max_steps:
+                if terminated or truncated or steps[j] >= max_steps or (stop_on_success and success[j]):
                     done[j] = True
                     break
     return [{"success": success[j], "return": ret[j], "length": steps[j], "frames": frames if j == 0 else []} for j in range(n)]
 
 
-def run_episode(policy: Policy, env, seed: int, max_steps: int, video: bool = False) -> dict[str, Any]:
+def run_episode(policy: Policy, env, seed: int, max_steps: int, video: bool = False,
+                stop_on_success: bool = False) -> dict[str, Any]:
     """One episode; returns success, return, length, and frames (if ``video``)."""
-    return run_episodes(policy, [env], [seed], max_steps, video=video)[0]
+    return run_episodes(policy, [env], [seed], max_steps, video=video, stop_on_success=stop_on_success)[0]
 
 
 def evaluate(
@@ -76,11 +79,14 @@ def evaluate(
     video_dir: str | Path | None = None,
     env_options: dict[str, Any] | None = None,
     num_envs: int = 10,
+    stop_on_success: bool = True,
 ) -> dict[str, Any]:
     """Success rate of ``policy`` on ``task`` over ``episodes`` episodes (env seeds ``seed .. seed+episodes-1``).
 
     Episodes run ``num_envs`` at a time (1 = one after the other; the env seeds are the same either way,
-    the policy's sampling noise is drawn in a different order). Returns ``success_rate``, ``mean_return``,
+    the policy's sampling noise is drawn in a different order). ``stop_on_success`` ends an episode at its first
+    successful step (as robomimic's rollouts): the success rate is that of full-length episodes (an episode succeeds
+    if any step does), at a fraction of the cost for a good policy. Returns ``success_rate``, ``mean_return``,
     ``mean_length``, ``eval_time_s`` and per-episode records under ``episodes``; with ``video`` the first
     episode is saved (mp4, else gif) in ``video_dir``.
     """
@@ -106,7 +112,8 @@ def evaluate(
         limit = envs[0].task_spec.episode_length if max_steps is None else max_steps
         for first in range(0, episodes, len(envs)):
             n = min(len(envs), episodes - first)
-            recs = run_episodes(policy, envs[:n], [seed + first + j for j in range(n)], max_steps=limit, video=video and first == 0)
+            recs = run_episodes(policy, envs[:n], [seed + first + j for j in range(n)], max_steps=limit, video=video and first == 0,
+                                stop_on_success=stop_on_success)
             if recs[0]["frames"]:
                 from difftori.utils.video import save_video
 

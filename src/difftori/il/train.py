@@ -171,9 +171,9 @@ def _plot(run_dir: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------ training -----------------
-RESUME_RUNTIME = (*RUNTIME_FIELDS, "difftori.cost_grad", "eval_envs")
-"""What a resumed run may change: the runtime fields, how DiffTORI's cost gradient is computed (not its value) and
-how many evaluation episodes run side by side."""
+RESUME_RUNTIME = (*RUNTIME_FIELDS, "difftori.cost_grad", "eval_envs", "eval_stop_on_success")
+"""What a resumed run may change: the runtime fields, how DiffTORI's cost gradient is computed (not its value),
+how many evaluation episodes run side by side and whether they stop at their first success (the same success rate)."""
 
 
 def _check_resume(saved: ILConfig, cfg: ILConfig) -> None:
@@ -281,6 +281,7 @@ def train(
         res = evaluate(
             policy, cfg.task, cfg.obs_type, episodes=cfg.eval_episodes, seed=EVAL_SEED_BASE + 1000 * cfg.seed,
             max_steps=cfg.eval_max_steps, env_options=env_options, num_envs=cfg.eval_envs,
+            stop_on_success=cfg.eval_stop_on_success,
         )
         logger.log("eval", step, {k: res[k] for k in ("success_rate", "mean_return", "mean_length", "eval_time_s")})
 
@@ -336,6 +337,7 @@ def evaluate_checkpoint(
     video_dir: str | Path | None = None,
     select: str | None = None,
     num_envs: int = 10,
+    stop_on_success: bool = True,
 ) -> dict[str, Any]:
     """Load a policy checkpoint (file, run dir, or folder of runs) and evaluate it.
 
@@ -381,7 +383,7 @@ def evaluate_checkpoint(
         torch.manual_seed(seed)  # the policy's sampling noise too: the same call gives the same result
         out = evaluate(
             policy, task, obs_type, episodes=episodes, seed=seed, video=video, max_steps=max_steps,
-            video_dir=video_dir, env_options=env_options, num_envs=num_envs,
+            video_dir=video_dir, env_options=env_options, num_envs=num_envs, stop_on_success=stop_on_success,
         )
     out.update(checkpoint=str(path), task=task, obs_type=obs_type, policy=policy.name)
     if policy.name == "difftori":
@@ -432,7 +434,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     res = evaluate_checkpoint(
         args.checkpoint, episodes=args.episodes, seed=args.seed, video=args.video, max_steps=args.max_steps,
         task=args.task, obs_type=args.obs_type, device=args.device, video_dir=args.video_dir, select=args.select,
-        num_envs=args.envs,
+        num_envs=args.envs, stop_on_success=not args.full_episodes,
     )
     summary = {k: v for k, v in res.items() if k != "episodes"}
     if args.out:
@@ -464,6 +466,8 @@ def register_cli(sub) -> None:
                    help="folder for the video (default: RUN_DIR/videos for a run's checkpoint, else ./videos)")
     e.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode (default: the task's episode length)")
     e.add_argument("--envs", type=int, default=10, help="episodes run side by side, one batched policy call per decision (default: 10)")
+    e.add_argument("--full-episodes", action="store_true",
+                   help="run every episode to its full length (default: end it at its first success; the success rate is the same)")
     e.add_argument("--task", default=None, help="task (default: the checkpoint's training task)")
     e.add_argument("--obs-type", default=None, choices=sorted(OBS_KEYS), help="modality (default: the checkpoint's)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")

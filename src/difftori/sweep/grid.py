@@ -24,9 +24,10 @@ __all__ = ["Cell", "rl_cell", "il_cell", "collect_cell", "script_cell", "rl_grid
 RUNNER_OPTIONS = ("--run-root", "--resume", "--progress", "--num-threads", "--device", "--dataset", "--base-policy", "--out", "--config")
 """Options the sweep runner sets itself for every cell (paths, threads = CPUs per run, device = GPUs per run)."""
 
-_VOLATILE = {"run_root", "progress", "num_threads", "device", "dataset", "base_policy", "out", "overwrite", "eval_envs"}
+_VOLATILE = {"run_root", "progress", "num_threads", "device", "dataset", "base_policy", "out", "overwrite", "eval_envs",
+             "eval_stop_on_success"}
 """Config fields left out of the cell id: where and how a run executes, not what it computes (``eval_envs``: the
-same evaluation episodes, run side by side)."""
+same evaluation episodes, run side by side; ``eval_stop_on_success``: the same success rate, episodes cut at it)."""
 
 _VOLATILE_NESTED = {"difftori.return_grad", "difftori.cost_grad"}
 """Nested config fields (dotted paths) left out of the cell id for the same reason: how a value is computed

@@ -12,6 +12,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -396,3 +397,15 @@ def parse_bench_config(cls: type, quick: Any, description: str, argv: list[str] 
     add_dataclass_args(parser, cls)
     ns = parser.parse_args(argv)
     return dataclass_from_args(cls, ns, base=quick if getattr(ns, "quick", False) else cls())
+
+
+def write_results(out: str | Path, files: dict[str, Any], report: str) -> None:
+    """Write each ``{file name: content}`` atomically into ``out`` (a str as text, anything else as JSON), then print
+    ``report`` (the Markdown) and what was written."""
+    from difftori.utils.io import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    for name, content in files.items():
+        (atomic_write_text if isinstance(content, str) else atomic_write_json)(out / name, content)
+    print(report)
+    print("wrote " + " and ".join(str(out / name) for name in files))

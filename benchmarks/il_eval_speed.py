@@ -22,9 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # allow `python benchmarks/il_eval_speed.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import md_table, parse_bench_config, run_meta  # noqa: E402
+from benchmarks.common import md_table, parse_bench_config, run_meta, write_results  # noqa: E402
 from difftori.utils.config import check  # noqa: E402
-from difftori.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 __all__ = ["EvalSpeedConfig", "run", "markdown", "main"]
 
@@ -118,11 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     quick = EvalSpeedConfig(quick=True, episodes=2, max_steps=20)
     cfg = parse_bench_config(EvalSpeedConfig, quick, __doc__, argv)
     results = run(cfg, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
-    out = Path(cfg.out)
-    atomic_write_json(out / "il_eval_speed.json", results)
-    atomic_write_text(out / "il_eval_speed.md", markdown(results))
-    print(markdown(results))
-    print(f"wrote {out / 'il_eval_speed.json'} and {out / 'il_eval_speed.md'}")
+    md = markdown(results)
+    write_results(cfg.out, {"il_eval_speed.json": results, "il_eval_speed.md": md}, md)
     return 0
 
 

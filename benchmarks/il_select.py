@@ -24,9 +24,8 @@ if str(REPO) not in sys.path:  # allow `python benchmarks/il_select.py` from any
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import md_table, parse_bench_config, run_meta  # noqa: E402
+from benchmarks.common import md_table, parse_bench_config, run_meta, write_results  # noqa: E402
 from difftori.utils.config import check  # noqa: E402
-from difftori.utils.io import atomic_write_text  # noqa: E402
 
 __all__ = ["SelectConfig", "run", "markdown", "main"]
 
@@ -113,11 +112,8 @@ def to_csv(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_bench_config(SelectConfig, None, __doc__, argv)
     results = run(cfg, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
-    out = Path(cfg.out)
-    atomic_write_text(out / "il_select.csv", to_csv(results))
-    atomic_write_text(out / "il_select.md", markdown(results))
-    print(markdown(results))
-    print(f"wrote {out / 'il_select.csv'} and {out / 'il_select.md'}")
+    md = markdown(results)
+    write_results(cfg.out, {"il_select.csv": to_csv(results), "il_select.md": md}, md)
     return 0
 
 

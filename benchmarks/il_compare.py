@@ -365,6 +365,14 @@ def run(cfg: CompareConfig) -> list[dict[str, Any]]:
     from difftori.sweep.archive import archive_done, restore
     from difftori.sweep.runner import SweepOptions, read_state, run_sweep
 
+    if not cfg.report_only:  # a suite missing from this Python (ManiSkill outside its venv) fails here, not in every cell
+        from difftori.envs import MissingDependencyError, require_suite
+
+        for task in cfg.tasks:
+            try:
+                require_suite(task)
+            except MissingDependencyError as exc:
+                raise ConfigError(f"task {task}: {exc}") from None
     grid = cells(cfg)
     archive = cfg.out / "cells"
     # An archive keeps no checkpoints: a diffusion cell whose difftori cells are not all archived runs again here.

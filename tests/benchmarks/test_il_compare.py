@@ -131,3 +131,13 @@ def test_modality_tasks_restrict_a_modality_to_a_subset_of_the_tasks():
     for bad, msg in ((("pointcloud=hammer",), "not in --tasks"), (("lidar=reach",), "MODALITY=task"), (("pointcloud",), "MODALITY=task")):
         with pytest.raises(ConfigError, match=msg):
             bench.CompareConfig(tasks=("reach",), modality_tasks=bad)
+
+
+def test_a_task_whose_suite_is_missing_is_one_error_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mani_skill.envs", None)  # as in the default venv: ManiSkill has its own
+    argv = ["--tasks", "reach", "pick-cube", "--modalities", "state", "--seeds", "1",
+            "--run-root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2 and "task pick-cube: ManiSkill tasks need" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()

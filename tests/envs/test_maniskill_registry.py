@@ -70,3 +70,13 @@ def test_il_training_checks_mujoco_rendering_only_for_mujoco_suites(monkeypatch)
     with pytest.raises((FileNotFoundError, ValueError)) as exc:  # gets as far as the dataset, not a MuJoCo import error
         train.train(cfg)
     assert "mujoco" not in str(exc.value).lower()
+
+
+def test_require_suite_fails_up_front_without_the_suite(monkeypatch):
+    from difftori.envs import require_suite
+
+    monkeypatch.setitem(sys.modules, "mani_skill.envs", None)
+    with pytest.raises(MissingDependencyError, match="make maniskill"):
+        require_suite("pick-cube")
+    with pytest.raises(UnknownTaskError, match="pick-cube"):
+        require_suite("pick-cub")

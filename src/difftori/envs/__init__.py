@@ -14,7 +14,7 @@ from difftori.utils.gl import configure_gl
 
 configure_gl()
 
-__all__ = ["EnvSpec", "make_env", "known_tasks", "suite_of", "UnknownTaskError", "MissingDependencyError"]
+__all__ = ["EnvSpec", "make_env", "known_tasks", "suite_of", "require_suite", "UnknownTaskError", "MissingDependencyError"]
 
 
 class UnknownTaskError(ValueError):
@@ -47,6 +47,16 @@ def suite_of(task: str, suites: tuple[str, ...] | None = None):
         if s in mods and (suites is None or s in suites) and mods[s].canonical(name) is not None:
             return mods[s], mods[s].canonical(name)
     return None
+
+
+def require_suite(task: str) -> None:
+    """Import ``task``'s simulator without building an env: :class:`UnknownTaskError` for an unknown name,
+    :class:`MissingDependencyError` (with the install hint) where this Python lacks the suite (e.g. ManiSkill outside
+    its own venv). For tools that start many runs: fail once, up front, not in every run."""
+    found = suite_of(task)
+    if found is None:
+        make_env(task)  # raises UnknownTaskError listing the known tasks
+    found[0].require()
 
 
 def make_env(task: str, **options):

@@ -24,6 +24,7 @@ __all__ = [
     "SOLVER_PRESETS",
     "DEFAULT_SOLVER_PRESET",
     "canonical",
+    "require",
     "action_repeat_for",
     "solver_preset",
     "make",
@@ -118,6 +119,11 @@ def action_repeat_for(task: str) -> int:
 def solver_preset(task: str) -> dict[str, float | int]:
     """DiffTORI solver preset (``max_iters``, ``step_size``, ``damping``) for ``task`` (a copy)."""
     return dict(SOLVER_PRESETS.get(_require(task), DEFAULT_SOLVER_PRESET))
+
+
+def require() -> None:
+    """Import the suite's dependencies (:class:`~difftori.envs.MissingDependencyError` with the install hint if missing)."""
+    _import_dm_control()
 
 
 def _import_dm_control():

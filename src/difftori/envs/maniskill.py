@@ -46,6 +46,7 @@ __all__ = [
     "EPISODE_LENGTHS",
     "CROP_BOX",
     "canonical",
+    "require",
     "make",
     "make_expert",
     "env_class",
@@ -108,6 +109,11 @@ def _resolve(task: str) -> str:
 
         raise UnknownTaskError(f"unknown ManiSkill task {task!r}; known tasks: {', '.join(TASKS)}")
     return name
+
+
+def require() -> None:
+    """Import the suite's dependencies (:class:`~difftori.envs.MissingDependencyError` with the install hint if missing)."""
+    _import_maniskill()
 
 
 def _import_maniskill():

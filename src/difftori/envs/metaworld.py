@@ -48,6 +48,7 @@ from difftori.envs.spec import EnvSpec
 __all__ = [
     "TASKS",
     "canonical",
+    "require",
     "make",
     "make_expert",
     "env_class",
@@ -104,6 +105,11 @@ def canonical(name: str) -> str | None:
             n = n[: -len(suffix)]
             break
     return n if n in TASKS else None
+
+
+def require() -> None:
+    """Import the suite's dependencies (:class:`~difftori.envs.MissingDependencyError` with the install hint if missing)."""
+    _import_metaworld()
 
 
 def _import_metaworld():

@@ -49,7 +49,7 @@ from difftori.envs.pointcloud import (
 from difftori.envs.manipulation import ManipulationEnv, manipulation_observations
 from difftori.envs.spec import EnvSpec
 
-__all__ = ["TASKS", "TaskInfo", "TASK_INFO", "canonical", "make", "make_expert", "env_class", "background_geoms"]
+__all__ = ["TASKS", "TaskInfo", "TASK_INFO", "canonical", "require", "make", "make_expert", "env_class", "background_geoms"]
 
 INSTALL_HINT = "pip install 'difftori[robosuite]' && pip install --no-deps robosuite==1.5.2 (or: make setup)"
 
@@ -126,6 +126,11 @@ def _quiet_robosuite_logs() -> None:
     if not getattr(logger, "_difftori_quiet", False):
         logger.addFilter(lambda r: r.levelno >= logging.ERROR or not any(s in r.getMessage() for s in _NOISY_LOGS))
         logger._difftori_quiet = True  # type: ignore[attr-defined]
+
+
+def require() -> None:
+    """Import the suite's dependencies (:class:`~difftori.envs.MissingDependencyError` with the install hint if missing)."""
+    _import_robosuite()
 
 
 def _import_robosuite():

@@ -285,7 +285,7 @@ def summarise_run(cfg: CompareConfig, cell: Cell, state: dict[str, Any]) -> dict
         out["flags"].append(f"crash(rc={rc})" if rc is not None else state["status"])
         out["error"] = state.get("error", "")
     if run_dir is None:
-        out["flags"].append("no-run-dir")
+        out["flags"].append("not-run" if state["status"] == "pending" else "no-run-dir")
         return out
     train, evals = read_csv(run_dir / "train.csv"), read_csv(run_dir / "eval.csv")
     final_path = run_dir / "final.json"
@@ -409,7 +409,7 @@ def markdown(cfg: CompareConfig, summaries: list[dict[str, Any]], rand: dict[str
               "`acting` / `PG first action saturated` = fraction of first-action coordinates of the acting solve's / the PG "
               "solve's U* at the [-1, 1] bounds, where the policy gradient is exactly zero. `explore std` = mean std of the "
               "training noise on the executed action in the agent phase (MPPI elites' for TD-MPC; runs before 2026-11-30 did not log it). Flags: crash, timeout, nan (non-finite value in train/eval logs), "
-              "pg_skipped=N (non-finite PG steps skipped), unfinished, solver-never-acted (the budget ended before DiffTORI's start: the run is plain TD-MPC). "
+              "pg_skipped=N (non-finite PG steps skipped), unfinished, not-run (a cell of the grid not started yet), solver-never-acted (the budget ended before DiffTORI's start: the run is plain TD-MPC). "
               f"`mean of the last {LAST_EVALS} evaluations`: per run, then mean +- std over finished runs (less noisy than "
               "one final evaluation; the final return stays the headline number)."
               + (f" `final model, {n_fe} episodes`: the closing evaluation of each finished run's final checkpoint on env "

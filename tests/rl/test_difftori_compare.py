@@ -150,6 +150,7 @@ def test_failed_cell_is_flagged(tmp_path):
     assert s["flags"] == ["crash(rc=3)", "no-run-dir"] and s["error"] == "exit 3: boom"
     s = bench.summarise_run(cfg, cell, {"status": "interrupted", "error": "timeout after 5 s (resumes at the next sweep)"})
     assert s["flags"][0] == "timeout"
+    assert bench.summarise_run(cfg, cell, {"status": "pending"})["flags"] == ["not-run"]  # a grid cell not started yet
 
 
 def test_paired_differences_pair_by_seed_and_count_outcomes():

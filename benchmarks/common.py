@@ -12,8 +12,8 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 import torch

@@ -164,3 +164,22 @@ def test_manual_cost_gradient_gives_the_same_solves_and_loss(packed):
 def test_manual_cost_gradient_needs_a_first_order_method():
     with pytest.raises(ValueError, match="cost_grad"):
         DiffTORIConfig(cost_grad="manual", solver=SolverConfig(method="newton"))
+
+
+def test_encoder_init_base_copies_the_bases_acting_encoder_and_trains_its_own_copy():
+    data = linear_state_data(n=64)
+    base = build("diffusion", data, diffusion=SMALL_DIFFUSION).eval()
+    with torch.no_grad():  # make the EMA encoder (the one the base acts with) differ from the raw one
+        for p in base.ema_nets["encoder"].parameters():
+            p.add_(0.1)
+    pol = build("difftori", data, base=base, difftori={"encoder_init": "base", "solver": {"max_iters": 2}})
+    for (k, a), b in zip(pol.encoder.state_dict().items(), base.ema_nets["encoder"].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    assert all(p.requires_grad for p in pol.encoder.parameters()), "a trainable copy, not the frozen base's encoder"
+    assert not any(p is q for p in pol.encoder.parameters() for q in base.parameters())
+    fresh = build("difftori", data, base=base, difftori={"solver": {"max_iters": 2}})
+    assert not torch.equal(next(iter(fresh.encoder.state_dict().values())), next(iter(pol.encoder.state_dict().values())))
+    with pytest.raises(ConfigError, match="encoder_init=base needs difftori.init=base"):
+        DiffTORIConfig(init="zeros", encoder_init="base")
+    with pytest.raises(ValueError, match="encoder does not match"):
+        build("difftori", data, base=base, encoder_dim=32, difftori={"encoder_init": "base"})

@@ -165,6 +165,10 @@ class DiffTORIConfig:
     base_pool: int = 0
     """K > 0: training draws U0 from K base predictions per demo window, computed once when training starts,
     instead of calling the base afresh at every step (the original; 0). Saves the base's cost per step."""
+    encoder_init: Literal["scratch", "base"] = "scratch"
+    """Observation encoder at the start of training: fresh weights (the original), or a copy of the base diffusion
+    policy's encoder (its EMA weights, the ones it acts with), then trained on as usual. The copy gives DiffTORI the
+    base's trained features from its first step; needs init=base (the same observation keys and encoder_dim)."""
     cost_grad: Literal["autograd", "manual"] = "autograd"
     """Gradient of the released cost network w.r.t. the window in the solver's no-graph iterations: autograd, or
     manual (the features' and z's share of the first layer computed once per solve, a hand-written backward into U:
@@ -189,6 +193,8 @@ class DiffTORIConfig:
         check(self.inference_samples is None or self.inference_samples >= 1, f"difftori.inference_samples must be >= 1 or None, got {self.inference_samples}")
         check(self.inference_select in INFERENCE_SELECT, f"difftori.inference_select must be one of {', '.join(INFERENCE_SELECT)}, got {self.inference_select!r}")
         check(self.base_pool >= 0, f"difftori.base_pool must be >= 0, got {self.base_pool}")
+        check(self.encoder_init in ("scratch", "base"), f"difftori.encoder_init must be scratch or base, got {self.encoder_init!r}")
+        check(self.encoder_init == "scratch" or self.init == "base", "difftori.encoder_init=base needs difftori.init=base (a base policy to copy the encoder from)")
         check(self.cost_grad in ("autograd", "manual"), f"difftori.cost_grad must be autograd or manual, got {self.cost_grad!r}")
         from difftori.optim import FIRST_ORDER_METHODS
 

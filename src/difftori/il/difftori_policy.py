@@ -81,8 +81,19 @@ class DiffTORIPolicy(Policy):
                 raise ValueError(
                     f"base policy predicts ({base.action_steps}, {base.action_dim}) action windows, DiffTORI needs ({action_steps}, {action_dim})"
                 )
+        if c.encoder_init == "base":
+            self._copy_base_encoder()
         self._solvers: dict[bool, Any] = {}
         self._pool: torch.Tensor | None = None  # (N, K, Ta, A) base predictions per training window (base_pool)
+
+    def _copy_base_encoder(self) -> None:
+        """Load the base's observation encoder (its EMA copy when it acts with one) into ours."""
+        nets = getattr(self.base, "ema_nets" if getattr(self.base.cfg, "use_ema", False) else "nets", None)
+        enc = nets["encoder"] if isinstance(nets, nn.ModuleDict) and "encoder" in nets else getattr(self.base, "encoder", None)
+        if not isinstance(enc, ObsEncoder) or enc.obs_shapes != self.encoder.obs_shapes or enc.feature_dim != self.encoder.feature_dim:
+            raise ValueError("difftori.encoder_init=base: the base policy's observation encoder does not match DiffTORI's "
+                             "(same observation keys and shapes, obs_steps and encoder_dim needed)")
+        self.encoder.load_state_dict(enc.state_dict())
 
     def build_info(self) -> dict[str, Any]:
         info = super().build_info()

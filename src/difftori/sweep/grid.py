@@ -97,7 +97,8 @@ def _check_owned(options: list[str], owned: tuple[str, ...]) -> None:
 
 
 NEUTRAL_DEFAULTS: dict[str, Any] = {"precision": "fp32", "difftori.formulation": "released", "difftori.gamma": 0.99,
-                                    "difftori.explore": "schedule", "encoder_precision": "fp32"}
+                                    "difftori.explore": "schedule", "encoder_precision": "fp32",
+                                    "difftori.encoder_init": "scratch"}
 """Config fields (dotted paths) added after grids were committed, left out of the cell id at the value every
 earlier run had: adding such a field keeps the ids (and so the committed results) of the runs it does not change."""
 

@@ -135,6 +135,14 @@ class CompareConfig:
     """Modalities whose runs encode observations under bf16 autocast (``--encoder-precision bf16``): the point-cloud
     encoder is most of a training step on a CPU, and its bf16 loss curve matches fp32's
     (benchmarks/results/il_encoder_precision.md); state runs stay fp32 (nothing to gain)."""
+    modality_lr: tuple[str, ...] = ("pointcloud=1e-3", "image=1e-3")
+    """Learning rate of every variant's runs on a modality, ``MODALITY=LR`` (over the preset's and the variant's; a
+    modality not named keeps them). The rendered modalities' encoders are trained from scratch: at the preset's 1e-4
+    the diffusion policy's point-cloud loss is still falling fast at 2000 steps (benchmarks/results/il_budget.md)."""
+    encoder_from_base: tuple[str, ...] = ("pointcloud", "image")
+    """Modalities whose ``difftori`` runs start their observation encoder from their diffusion base's
+    (``--difftori.encoder-init base``; ``difftori-faithful`` keeps the released code's fresh encoder): 1000 steps
+    are too few to train a point-cloud encoder from scratch (benchmarks/results/il_budget.md)."""
     extra: str = ""
     """Extra ``il train`` options for every training run (one shell-quoted string)."""
 
@@ -145,14 +153,16 @@ class CompareConfig:
 
         self.run_root, self.out = Path(self.run_root), Path(self.out)
         self.tasks, self.modalities, self.seeds, self.variants = map(tuple, (self.tasks, self.modalities, self.seeds, self.variants))
-        self.bf16_encoders = tuple(self.bf16_encoders)
+        self.bf16_encoders, self.encoder_from_base = tuple(self.bf16_encoders), tuple(self.encoder_from_base)
+        self.modality_lr = tuple(self.modality_lr)
+        self.lr_of("state")  # parses (and checks) every entry
         check(len(self.tasks) > 0 and len(self.modalities) > 0 and len(self.seeds) > 0 and len(self.variants) > 0,
               "need at least one task, modality, seed and variant")
         for t in self.tasks:
             check(suite_of(t, IL_SUITES) is not None, f"unknown IL task {t!r} (suites: {', '.join(IL_SUITES)})")
         self.modality_tasks = tuple(self.modality_tasks)
         self.tasks_of(self.modalities[0] if self.modalities else "state")  # parses (and checks) every entry
-        for m in self.modalities + self.bf16_encoders:
+        for m in self.modalities + self.bf16_encoders + self.encoder_from_base:
             check(m in OBS_TYPES, f"unknown modality {m!r}; known: {', '.join(OBS_TYPES)}")
         for v in self.variants:
             check(v in VARIANTS, f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
@@ -164,6 +174,21 @@ class CompareConfig:
         check(self.eval_episodes is None or self.eval_episodes >= 1, "eval_episodes must be >= 1 (the comparison needs evaluations)")
         check(self.jobs >= 1 and self.threads >= 1, "jobs and threads must be >= 1")
         check(self.demos >= 1, "demos must be >= 1")
+
+    def lr_of(self, modality: str) -> str | None:
+        """The learning rate ``modality_lr`` gives ``modality`` (as written), or None (the preset's / variant's)."""
+        from difftori.il.config import OBS_TYPES
+
+        lrs: dict[str, str] = {}
+        for entry in self.modality_lr:
+            m, sep, lr = entry.partition("=")
+            try:
+                ok = bool(sep) and m in OBS_TYPES and float(lr) > 0
+            except ValueError:
+                ok = False
+            check(ok, f"modality_lr entries are MODALITY=LR with a modality of {', '.join(OBS_TYPES)} and LR > 0, got {entry!r}")
+            lrs[m] = lr
+        return lrs.get(modality)
 
     def tasks_of(self, modality: str) -> tuple[str, ...]:
         """The tasks ``modality`` runs: its ``modality_tasks`` subset (in --tasks order), else every task."""
@@ -197,6 +222,10 @@ def variant_options(cfg: CompareConfig, variant: str, modality: str = "state") -
         opts += ["--difftori.cost-grad", cfg.cost_grad]
     if modality in cfg.bf16_encoders:
         opts += ["--encoder-precision", "bf16"]
+    if cfg.lr_of(modality) is not None:
+        opts += ["--lr", cfg.lr_of(modality)]
+    if variant == "difftori" and modality in cfg.encoder_from_base:
+        opts += ["--difftori.encoder-init", "base"]
     return opts + shlex.split(cfg.extra)
 
 
@@ -289,7 +318,10 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
         f"diffusion, {cfg.difftori_steps} more for DiffTORI on top of the finished diffusion run of the same task, modality and "
         f"seed; {cfg.demos} scripted-expert demos per task; seeds {list(cfg.seeds)}; {episodes} evaluation episodes on fixed "
         f"seeds every {cfg.eval_freq} steps and at the end. Observation encoders in bf16 autocast on: "
-        f"{', '.join(m for m in cfg.modalities if m in cfg.bf16_encoders) or 'none'} (fp32 elsewhere). {meta['jobs']} runs in parallel x {cfg.threads} thread(s) on "
+        f"{', '.join(m for m in cfg.modalities if m in cfg.bf16_encoders) or 'none'} (fp32 elsewhere). "
+        f"{''.join(f'On {m}: every policy at lr {cfg.lr_of(m)}. ' for m in cfg.modalities if cfg.lr_of(m))}"
+        f"{''.join(f'On {m}: difftori starts its encoder from its base. ' for m in cfg.modalities if m in cfg.encoder_from_base)}"
+        f"{meta['jobs']} runs in parallel x {cfg.threads} thread(s) on "
         f"{meta['cpu_count']} CPU cores ({meta['machine']}), no GPU. Entries: success rate, mean ± std over seeds.", "",
     ]
     counts = defaultdict(int)

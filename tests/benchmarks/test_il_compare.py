@@ -122,6 +122,27 @@ def test_bf16_encoders_on_the_rendered_modalities_only_and_state_ids_unchanged()
         bench.CompareConfig(bf16_encoders=("lidar",))
 
 
+def test_rendered_modalities_get_their_lr_and_difftori_the_bases_encoder_state_ids_unchanged():
+    variants = ("diffusion", "difftori", "difftori-faithful", "bc")
+    cfg = bench.CompareConfig(tasks=("reach",), seeds=(1,), modalities=("state", "pointcloud"), variants=variants)
+    grid = [c for c in bench.cells(cfg) if c.area == "il"]
+    got = {(c.obs_type, c.variant): (c.config["lr"], c.config["difftori"]["encoder_init"]) for c in grid}
+    assert got[("pointcloud", "difftori")] == (1e-3, "base")
+    assert got[("pointcloud", "difftori-faithful")] == (1e-3, "scratch"), "the faithful variant keeps a fresh encoder"
+    assert got[("pointcloud", "diffusion")][0] == got[("pointcloud", "bc")][0] == 1e-3
+    assert got[("state", "diffusion")][0] == 1e-4 and got[("state", "difftori")] == (1e-3, "scratch")
+    plain = bench.CompareConfig(tasks=("reach",), seeds=(1,), modalities=("state", "pointcloud"), variants=variants,
+                                modality_lr=(), encoder_from_base=())
+    ids = {c.id for c in bench.cells(plain)}
+    assert {c.id for c in grid if c.obs_type == "state"} <= ids  # committed state cells keep their ids
+    assert not {c.id for c in grid if c.obs_type == "pointcloud"} & ids
+    for bad in (("pointcloud=fast",), ("pointcloud",), ("lidar=1e-3",), ("image=-1",)):
+        with pytest.raises(ConfigError, match="modality_lr entries are MODALITY=LR"):
+            bench.CompareConfig(modality_lr=bad)
+    with pytest.raises(ConfigError, match="unknown modality"):
+        bench.CompareConfig(encoder_from_base=("lidar",))
+
+
 def test_modality_tasks_restrict_a_modality_to_a_subset_of_the_tasks():
     cfg = bench.CompareConfig(tasks=("reach", "push", "door-open"), seeds=(1,), modalities=("state", "pointcloud"),
                               variants=("bc",), modality_tasks=("pointcloud=door-open,reach",))

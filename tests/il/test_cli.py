@@ -106,9 +106,11 @@ def test_difftori_from_a_trained_diffusion_checkpoint(tmp_path, dataset, capsys)
     small = ["--diffusion.down-dims", "16", "32", "--diffusion.step-embed-dim", "16"]
     assert main(_args(tmp_path, dataset, "diffusion", "--steps", "2", "--eval-episodes", "0", *small)) == 0
     base_ckpt = _run_dir(tmp_path, "diffusion") / "checkpoints" / "last.pt"
-    rc = main(_args(tmp_path, dataset, "difftori", "--steps", "2", "--base-policy", str(base_ckpt), "--difftori.solver.max-iters", "3"))
+    rc = main(_args(tmp_path, dataset, "difftori", "--steps", "2", "--base-policy", str(base_ckpt), "--difftori.solver.max-iters", "3",
+                   "--difftori.encoder-init", "base"))
     assert rc == 0
     run = _run_dir(tmp_path, "difftori")
+    assert json.loads((run / "config.json").read_text())["difftori"]["encoder_init"] == "base"
     rows = read_csv(run / "train.csv")
     assert rows and {"action_mse", "kl", "init_mse"} <= set(rows[0])
     assert read_csv(run / "eval.csv")[-1]["step"] == "2"

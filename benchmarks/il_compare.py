@@ -222,8 +222,9 @@ def variant_options(cfg: CompareConfig, variant: str, modality: str = "state") -
         opts += ["--difftori.cost-grad", cfg.cost_grad]
     if modality in cfg.bf16_encoders:
         opts += ["--encoder-precision", "bf16"]
-    if cfg.lr_of(modality) is not None:
-        opts += ["--lr", cfg.lr_of(modality)]
+    lr = cfg.lr_of(modality)
+    if lr is not None:
+        opts += ["--lr", lr]
     if variant == "difftori" and modality in cfg.encoder_from_base:
         opts += ["--difftori.encoder-init", "base"]
     return opts + shlex.split(cfg.extra)

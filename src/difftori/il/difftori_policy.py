@@ -88,8 +88,8 @@ class DiffTORIPolicy(Policy):
 
     def _copy_base_encoder(self) -> None:
         """Load the base's observation encoder (its EMA copy when it acts with one) into ours."""
-        nets = getattr(self.base, "ema_nets" if getattr(self.base.cfg, "use_ema", False) else "nets", None)
-        enc = nets["encoder"] if isinstance(nets, nn.ModuleDict) and "encoder" in nets else getattr(self.base, "encoder", None)
+        nets = getattr(self.base, "acting_nets", None)
+        enc = nets["encoder"] if nets is not None and "encoder" in nets else getattr(self.base, "encoder", None)
         if not isinstance(enc, ObsEncoder) or enc.obs_shapes != self.encoder.obs_shapes or enc.feature_dim != self.encoder.feature_dim:
             raise ValueError("difftori.encoder_init=base: the base policy's observation encoder does not match DiffTORI's "
                              "(same observation keys and shapes, obs_steps and encoder_dim needed)")

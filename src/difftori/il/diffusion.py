@@ -168,6 +168,11 @@ class DiffusionPolicy(Policy):
         self.ema_nets.eval()  # the EMA copy only ever runs in inference mode
         return self
 
+    @property
+    def acting_nets(self) -> nn.ModuleDict:
+        """The networks it predicts with: the EMA copy (``use_ema``) or the trained ones."""
+        return self.ema_nets if self.cfg.use_ema else self.nets
+
     def on_train_step(self) -> None:
         if self.cfg.use_ema:
             EMA.update(self.ema_nets, self.nets, EMA.decay(int(self.ema_step), self.cfg.ema_power, self.cfg.ema_max_decay))
@@ -187,7 +192,7 @@ class DiffusionPolicy(Policy):
     @torch.no_grad()
     def sample_normalized(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """DDIM (eta = 0) sample of the normalised action window ``(B, Ta, A)``."""
-        nets = self.ema_nets if self.cfg.use_ema else self.nets
+        nets = self.acting_nets
         nobs = self.normalize_obs(obs)
         cond = nets["encoder"](nobs)
         x = torch.randn(cond.shape[0], self.action_steps, self.action_dim, device=cond.device)

@@ -77,7 +77,7 @@ VARIANTS: dict[str, list[str]] = {
 2-action window (the grid's preset sets those: the window must match the diffusion base it starts from)."""
 
 FIELDS = ["task", "modality", "variant", "policy", "seed", "steps", "status", "final", "dp3", "n_evals", "train_time_s",
-          "eval_time_s", "eval_s_per_episode", "eval_envs", "cell"]
+          "eval_time_s", "eval_s_per_episode", "eval_ms_per_env_step", "eval_envs", "cell"]
 
 
 @dataclass
@@ -265,12 +265,16 @@ def summarise(cfg: CompareConfig, cell, state: dict[str, Any]) -> dict[str, Any]
     evals = read_csv(run / "eval.csv")
     rates = [float(e["success_rate"]) for e in evals]
     eval_s = sum(float(e["eval_time_s"]) for e in evals)
-    episodes = int(cell.config.get("eval_episodes") or 1) * max(len(evals), 1)
+    per_eval = int(cell.config.get("eval_episodes") or 1)
+    episodes = per_eval * max(len(evals), 1)
+    # Episodes that stop on success are shorter: the cost per env step compares runs, the cost per episode does not.
+    env_steps = sum(per_eval * float(e.get("mean_length") or "nan") for e in evals)
     saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
     row.update(eval_envs=int(saved.get("eval_envs", 1)),  # runs from before side-by-side evaluation: one at a time
                final=rates[-1] if rates else float("nan"), dp3=dp3_score(rates, cfg.top_k), n_evals=len(rates),
                train_time_s=round(float(state.get("wall_s", float("nan"))) - eval_s, 1), eval_time_s=round(eval_s, 1),
-               eval_s_per_episode=round(eval_s / episodes, 2))
+               eval_s_per_episode=round(eval_s / episodes, 2),
+               eval_ms_per_env_step=round(1000 * eval_s / env_steps, 2) if env_steps > 0 else float("nan"))
     return row
 
 
@@ -348,11 +352,11 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
         tt = defaultdict(list)
         for r in rows:
             if r["modality"] == m and r.get("train_time_s") is not None:
-                tt[r["variant"]].append((float(r["train_time_s"]), float(r["eval_s_per_episode"]), int(r["steps"]),
+                tt[r["variant"]].append((float(r["train_time_s"]), float(r.get("eval_ms_per_env_step") or "nan"), int(r["steps"]),
                                          int(r.get("eval_envs") or 1)))
         if tt:
             lines += ["Training wall clock per run (without evaluation; difftori excludes its base's training) and "
-                      "evaluation cost:", "", "| variant | steps | train min (mean ± std) | ms / step | eval s / episode |",
+                      "evaluation cost:", "", "| variant | steps | train min (mean ± std) | ms / step | eval ms / env step |",
                       "|---|---|---|---|---|"]
             for v in cfg.variants:
                 if tt.get(v):
@@ -367,11 +371,12 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
 
 
 def _eval_cost(runs: list[tuple]) -> str:
-    """Mean evaluation seconds per episode, split by the number of envs the episodes ran in side by side."""
+    """Mean evaluation wall clock per env step (ms; policy and simulator), split by the envs run side by side."""
     by = defaultdict(list)
     for r in runs:
-        by[r[3]].append(r[1])
-    return " / ".join(f"{np.mean(v):.1f} ({n} env{'s' if n > 1 else ''})" for n, v in sorted(by.items()))
+        if math.isfinite(r[1]):
+            by[r[3]].append(r[1])
+    return " / ".join(f"{np.mean(v):.1f} ({n} env{'s' if n > 1 else ''})" for n, v in sorted(by.items())) or "-"
 
 
 def plot(cfg: CompareConfig, rows: list[dict[str, Any]], out: Path) -> Optional[Path]:

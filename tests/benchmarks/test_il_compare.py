@@ -71,7 +71,8 @@ def _rows():
                 v = max(base + delta + 0.1 * seed, 0.0)
                 rows.append({"task": task, "modality": "state", "variant": variant, "policy": variant.split("-")[0], "seed": seed,
                              "steps": 100, "status": "done", "final": v, "dp3": v + 0.05, "n_evals": 3, "train_time_s": 60.0,
-                             "eval_time_s": 10.0, "eval_s_per_episode": 1.0 if seed == 1 else 0.4, "eval_envs": 1 if seed == 1 else 10,
+                             "eval_time_s": 10.0, "eval_s_per_episode": 1.0 if seed == 1 else 0.4,
+                             "eval_ms_per_env_step": 5.0 if seed == 1 else 2.0, "eval_envs": 1 if seed == 1 else 10,
                              "cell": f"{task}-{variant}-{seed}"})
     return rows
 
@@ -84,7 +85,7 @@ def test_markdown_has_means_averages_paired_differences_and_times(tmp_path):
     # difftori - diffusion: +0.1 on both reach seeds, -0.1 on both push seeds -> mean 0, one task won, one lost
     assert "| difftori − diffusion | final | +0.000 ± 0.100 (n=4) | 1 / 0 / 1 |" in md
     assert "| difftori − ibc | final | +0.200 ± 0.100 (n=4) | 2 / 0 / 0 |" in md
-    assert "| difftori | 100 | 1.0 ± 0.0 | 600 | 1.0 (1 env) / 0.4 (10 envs) |" in md  # split by envs side by side
+    assert "| difftori | 100 | 1.0 ± 0.0 | 600 | 5.0 (1 env) / 2.0 (10 envs) |" in md  # split by envs side by side
     png = bench.plot(cfg, _rows(), tmp_path / "il.png")
     assert png is not None and png.stat().st_size > 0
 
@@ -105,6 +106,8 @@ def test_archived_cells_are_restored_except_a_base_whose_difftori_runs_are_missi
         (d / "run" / "x" / "eval.csv").write_text("step,success_rate,mean_return,mean_length,eval_time_s\n10,0.5,1,1,0.1\n")
     rows = {r["variant"]: r for r in bench.run(cfg)}
     assert rows["bc"]["status"] == "done" and rows["bc"]["final"] == 0.5
+    episodes = int(by["bc"].config["eval_episodes"])  # 0.1 s for `episodes` episodes of one step each
+    assert rows["bc"]["eval_ms_per_env_step"] == pytest.approx(100.0 / episodes, abs=0.01)
     assert rows["diffusion"]["status"] != "done", "its checkpoint is not archived: it must run again for difftori"
     assert (cfg.out / "il_compare.md").exists()
 

@@ -2,14 +2,72 @@
 
 Each suite's ``gymnasium.Env`` subclass is built lazily (so importing a suite module imports neither
 gymnasium nor the simulator) and mixes :class:`ManipulationEnv` in before ``gymnasium.Env``: the seed
-handling of ``reset``, action checking, step counting and the observation dict are the same for all.
+handling of ``reset``, option checking, action checking, step counting and the observation dict are the same for
+all. The helpers below build the class lazily, resolve task names and cache MuJoCo renderers.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
-__all__ = ["ManipulationEnv", "manipulation_observations"]
+from difftori.envs.spec import EnvSpec
+
+__all__ = ["OBS_TYPES", "ManipulationEnv", "MujocoRenderers", "lazy_env_class", "manipulation_observations", "resolve_task"]
+
+OBS_TYPES = ("pointcloud", "image", "state")
+"""The observation types every manipulation env offers (besides the agent state)."""
+
+
+def resolve_task(task: str, canonical: Callable[[str], str | None], suite: str, tasks) -> str:
+    """``canonical(task)``, or :class:`~difftori.envs.UnknownTaskError` listing the suite's ``tasks``."""
+    name = canonical(task)
+    if name is None:
+        from difftori.envs import UnknownTaskError
+
+        raise UnknownTaskError(f"unknown {suite} task {task!r}; known tasks: {', '.join(tasks)}")
+    return name
+
+
+def lazy_env_class(require: Callable[[], Any], build: Callable[[], type]) -> Callable[[], type]:
+    """A function returning the suite's env class, built by ``build`` on first use after ``require()`` (which imports
+    the simulator, raising MissingDependencyError where it is missing): importing a suite module imports neither."""
+    cls: list[type] = []
+
+    def env_class() -> type:
+        require()
+        if not cls:
+            cls.append(build())
+        return cls[0]
+
+    return env_class
+
+
+class MujocoRenderers:
+    """One ``mujoco.Renderer`` per (size, depth) of a model, made on first use with the costly effects off."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self._cache: dict[tuple[int, bool], Any] = {}
+
+    def get(self, size: int, depth: bool):
+        key = (int(size), bool(depth))
+        if key not in self._cache:
+            from difftori.envs.pointcloud import disable_costly_rendering
+            from difftori.utils.gl import safe_renderer
+
+            r = safe_renderer(self._model, size, size)
+            disable_costly_rendering(r)
+            if depth:
+                r.enable_depth_rendering()
+            self._cache[key] = r
+        return self._cache[key]
+
+    def close(self) -> None:
+        for r in self._cache.values():
+            r.close()
+        self._cache.clear()
 
 
 def manipulation_observations(obs_type: str, state_dim: int, full_state_dim: int, img_size: int, num_points: int):
@@ -45,6 +103,33 @@ class ManipulationEnv:
 
     SUITE = "manipulation"
     ACTION_DIM = 0
+
+    def _set_options(self, obs_type: str, img_size: int, num_points: int, episode_length: int, render_mode: str | None,
+                     render_size: int, pc_render_size: int) -> None:
+        """Check and store the options every manipulation env takes (a clear ValueError for a bad one)."""
+        if obs_type not in OBS_TYPES:
+            raise ValueError(f"obs_type must be one of {OBS_TYPES}, got {obs_type!r}")
+        for key, val in (("img_size", img_size), ("num_points", num_points), ("episode_length", episode_length),
+                         ("render_size", render_size), ("pc_render_size", pc_render_size)):  # fmt: skip
+            if not isinstance(val, (int, np.integer)) or val <= 0:
+                raise ValueError(f"{key} must be a positive integer, got {val!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.obs_type = obs_type
+        self.img_size, self.num_points = int(img_size), int(num_points)
+        self.episode_length = int(episode_length)
+        self.render_mode, self.render_size, self.pc_render_size = render_mode, int(render_size), int(pc_render_size)
+
+    def _set_spaces(self, suite: str, state_dim: int, full_state_dim: int, extras: dict[str, Any]) -> None:
+        """Set ``observation_space``, ``action_space`` (``ACTION_DIM`` in [-1, 1]) and ``task_spec`` (after
+        :meth:`_set_options` and ``self.task``); ``extras`` are the suite's own facts for the spec."""
+        from gymnasium import spaces
+
+        shapes, self.observation_space = manipulation_observations(
+            self.obs_type, state_dim, full_state_dim, self.img_size, self.num_points)
+        self.action_space = spaces.Box(-1.0, 1.0, (self.ACTION_DIM,), np.float32)
+        self.task_spec = EnvSpec(task=self.task, suite=suite, obs_type=self.obs_type, obs_shapes=shapes,
+                                 action_dim=self.ACTION_DIM, episode_length=self.episode_length, extras=extras)
 
     def _take_seed(self, seed: int | None) -> int | None:
         """The seed of this reset (``seed``, else the pending constructor seed, once); seeds ``np_random``."""

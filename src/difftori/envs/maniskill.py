@@ -37,8 +37,7 @@ from typing import Any
 import numpy as np
 
 from difftori.envs.pointcloud import Box, crop_mask, sample_cloud
-from difftori.envs.manipulation import ManipulationEnv, manipulation_observations
-from difftori.envs.spec import EnvSpec
+from difftori.envs.manipulation import ManipulationEnv, lazy_env_class, resolve_task
 
 __all__ = [
     "TASKS",
@@ -79,8 +78,6 @@ EPISODE_LENGTHS: dict[str, int] = {
 """Default step limits: the longest motion-planned demo seen (20 seeds) plus margin. ManiSkill's
 registered limits (50 / 50 / 50 / 100 / 200) are shorter than its own planned solutions."""
 
-OBS_TYPES = ("pointcloud", "image", "state")
-
 CROP_BOX: Box = ((-0.7, -0.6, -0.005), (0.5, 0.6, 1.0))
 """World-frame workspace box ``(xyz_min, xyz_max)`` in metres kept in point clouds: the table area in
 front of the robot (base at x = -0.615), from the table top (z = 0) up to 1 m."""
@@ -103,12 +100,7 @@ def canonical(name: str) -> str | None:
 
 
 def _resolve(task: str) -> str:
-    name = canonical(task)
-    if name is None:
-        from difftori.envs import UnknownTaskError
-
-        raise UnknownTaskError(f"unknown ManiSkill task {task!r}; known tasks: {', '.join(TASKS)}")
-    return name
+    return resolve_task(task, canonical, "ManiSkill", TASKS)
 
 
 def require() -> None:
@@ -141,7 +133,6 @@ def _build_env_class():
     """Build the Env subclass on first use so importing this module imports neither gymnasium nor ManiSkill."""
     import gymnasium as gym
     import torch
-    from gymnasium import spaces
 
     class _ManiSkillEnv(ManipulationEnv, gym.Env):
         """One ManiSkill3 task with dict observations (see module docstring)."""
@@ -164,19 +155,8 @@ def _build_env_class():
             render_backend: str | None = None,
         ) -> None:
             self.task = _resolve(task)
-            if obs_type not in OBS_TYPES:
-                raise ValueError(f"obs_type must be one of {OBS_TYPES}, got {obs_type!r}")
             episode_length = EPISODE_LENGTHS[self.task] if episode_length is None else episode_length
-            for key, val in (("img_size", img_size), ("num_points", num_points), ("episode_length", episode_length),
-                             ("render_size", render_size), ("pc_render_size", pc_render_size)):  # fmt: skip
-                if not isinstance(val, (int, np.integer)) or val <= 0:
-                    raise ValueError(f"{key} must be a positive integer, got {val!r}")
-            if render_mode not in (None, "rgb_array"):
-                raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-            self.obs_type = obs_type
-            self.img_size, self.num_points = int(img_size), int(num_points)
-            self.episode_length = int(episode_length)
-            self.render_mode, self.render_size, self.pc_render_size = render_mode, int(render_size), int(pc_render_size)
+            self._set_options(obs_type, img_size, num_points, episode_length, render_mode, render_size, pc_render_size)
             needs_camera = obs_type != "state" or render_mode is not None
             if render_backend is None:  # no renderer for pure state envs; SAPIEN picks (or falls back to) a device
                 from difftori.envs import vulkan
@@ -208,26 +188,15 @@ def _build_env_class():
             self._t = 0
             self._pending_seed = seed
 
-            shapes, self.observation_space = manipulation_observations(
-                obs_type, AGENT_STATE_DIM, self._full_dim, self.img_size, self.num_points)
-            self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
-            self.task_spec = EnvSpec(
-                task=self.task,
-                suite="maniskill",
-                obs_type=obs_type,
-                obs_shapes=shapes,
-                action_dim=ACTION_DIM,
-                episode_length=self.episode_length,
-                extras={
-                    "env_id": ENV_IDS[self.task],
-                    "control_mode": CONTROL_MODE,
-                    "camera": CAMERA,
-                    "img_size": self.img_size,
-                    "num_points": self.num_points,
-                    "pc_render_size": self.pc_render_size,
-                    "crop_box": CROP_BOX,
-                },
-            )
+            self._set_spaces("maniskill", AGENT_STATE_DIM, self._full_dim, {
+                "env_id": ENV_IDS[self.task],
+                "control_mode": CONTROL_MODE,
+                "camera": CAMERA,
+                "img_size": self.img_size,
+                "num_points": self.num_points,
+                "pc_render_size": self.pc_render_size,
+                "crop_box": CROP_BOX,
+            })
 
         # ----------------------------------------------------------------- gym API
         def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -353,7 +322,6 @@ def _build_env_class():
     return _ManiSkillEnv
 
 
-_ENV_CLASS = None
 _RENDER_KEEPALIVE: dict[str, Any] = {}
 
 
@@ -374,13 +342,8 @@ def _keep_renderer_alive(base) -> None:
         _RENDER_KEEPALIVE[key] = sapien.render.RenderSystem(device)
 
 
-def env_class():
-    """The ``gymnasium.Env`` subclass used by :func:`make` (imports gymnasium and ManiSkill)."""
-    global _ENV_CLASS
-    _import_maniskill()
-    if _ENV_CLASS is None:
-        _ENV_CLASS = _build_env_class()
-    return _ENV_CLASS
+env_class = lazy_env_class(require, _build_env_class)
+"""The ``gymnasium.Env`` subclass used by :func:`make` (imports gymnasium and ManiSkill)."""
 
 
 def make(task: str, **options) -> Any:

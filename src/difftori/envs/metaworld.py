@@ -33,17 +33,20 @@ from typing import Any
 import numpy as np
 
 from difftori.envs.pointcloud import (
-    background_mask,
+    Geom,
+    background_geoms,
     camera_rays,
-    crop_mask,
-    disable_costly_rendering,
     farthest_point_sample,
-    geom_distance,
+    foreground_mask,
     sample_cloud,
     unproject,
 )
-from difftori.envs.manipulation import ManipulationEnv, manipulation_observations
-from difftori.envs.spec import EnvSpec
+from difftori.envs.manipulation import (
+    ManipulationEnv,
+    MujocoRenderers,
+    lazy_env_class,
+    resolve_task,
+)
 
 __all__ = [
     "TASKS",
@@ -75,8 +78,6 @@ TASKS: tuple[str, ...] = (
     "window-open", "window-close",
 )  # fmt: skip
 """All 50 MetaWorld v3 tasks; each has a scripted expert policy."""
-
-OBS_TYPES = ("pointcloud", "image", "state")
 
 CROP_BOX: tuple[tuple[float, float, float], tuple[float, float, float]] = ((-0.75, -0.35, -0.05), (0.75, 1.15, 1.0))
 """World-frame workspace box ``(xyz_min, xyz_max)`` in metres kept in point clouds: the table
@@ -132,12 +133,7 @@ def _import_metaworld():
 
 
 def _resolve(task: str) -> str:
-    name = canonical(task)
-    if name is None:
-        from difftori.envs import UnknownTaskError
-
-        raise UnknownTaskError(f"unknown MetaWorld task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
-    return name
+    return resolve_task(task, canonical, "MetaWorld", sorted(TASKS))
 
 
 def make_expert(task: str):
@@ -151,7 +147,6 @@ def _build_env_class():
     """Build the Env subclass on first use so importing this module does not import gymnasium."""
     import gymnasium as gym
     import mujoco
-    from gymnasium import spaces
 
     class _MetaWorldEnv(ManipulationEnv, gym.Env):
         """One MetaWorld task with dict observations (see module docstring)."""
@@ -176,18 +171,7 @@ def _build_env_class():
         ) -> None:
             envs, _ = _import_metaworld()
             self.task = _resolve(task)
-            if obs_type not in OBS_TYPES:
-                raise ValueError(f"obs_type must be one of {OBS_TYPES}, got {obs_type!r}")
-            for key, val in (("img_size", img_size), ("num_points", num_points), ("episode_length", episode_length),
-                             ("render_size", render_size), ("pc_render_size", pc_render_size)):  # fmt: skip
-                if not isinstance(val, (int, np.integer)) or val <= 0:
-                    raise ValueError(f"{key} must be a positive integer, got {val!r}")
-            if render_mode not in (None, "rgb_array"):
-                raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-            self.obs_type = obs_type
-            self.img_size, self.num_points = int(img_size), int(num_points)
-            self.episode_length = int(episode_length)
-            self.render_mode, self.render_size, self.pc_render_size = render_mode, int(render_size), int(pc_render_size)
+            self._set_options(obs_type, img_size, num_points, episode_length, render_mode, render_size, pc_render_size)
 
             inner = envs[f"{self.task}-v3"]()
             inner._partially_observable = False  # goal-observable 39-D obs (the experts need the goal)
@@ -212,7 +196,7 @@ def _build_env_class():
             model.vis.global_.offheight = max(model.vis.global_.offheight, size)
             mujoco.mj_forward(model, inner.data)
             self._background = self._background_geoms()
-            self._renderers: dict[tuple[int, bool], Any] = {}
+            self._renderers = MujocoRenderers(model)
             self._rays = None
             self._raw_obs = np.zeros(FULL_STATE_DIM)
             self._t = 0
@@ -220,27 +204,16 @@ def _build_env_class():
             if seed is None:
                 self._inner.seed(int(np.random.SeedSequence().generate_state(1)[0]))
 
-            shapes, self.observation_space = manipulation_observations(
-                obs_type, AGENT_STATE_DIM, FULL_STATE_DIM, self.img_size, self.num_points)
-            self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
-            self.task_spec = EnvSpec(
-                task=self.task,
-                suite="metaworld",
-                obs_type=obs_type,
-                obs_shapes=shapes,
-                action_dim=4,
-                episode_length=self.episode_length,
-                extras={
-                    "camera": camera,
-                    "camera_pos": self.camera_pos,
-                    "img_size": self.img_size,
-                    "num_points": self.num_points,
-                    "pc_render_size": self.pc_render_size,
-                    "crop_box": CROP_BOX,
-                    "background_margin": BACKGROUND_MARGIN,
-                    "metaworld_max_path_length": 500,
-                },
-            )
+            self._set_spaces("metaworld", AGENT_STATE_DIM, FULL_STATE_DIM, {
+                "camera": camera,
+                "camera_pos": self.camera_pos,
+                "img_size": self.img_size,
+                "num_points": self.num_points,
+                "pc_render_size": self.pc_render_size,
+                "crop_box": CROP_BOX,
+                "background_margin": BACKGROUND_MARGIN,
+                "metaworld_max_path_length": 500,
+            })
 
         # ----------------------------------------------------------------- gym API
         def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -263,9 +236,7 @@ def _build_env_class():
             return self._rgb(self.render_size)
 
         def close(self):
-            for r in self._renderers.values():
-                r.close()
-            self._renderers.clear()
+            self._renderers.close()
             self._inner.close()
 
         # ------------------------------------------------------------- observations
@@ -294,27 +265,15 @@ def _build_env_class():
             """``(img_size, img_size, 3)`` uint8 camera image."""
             return self._rgb(self.img_size)
 
-        def _renderer(self, size: int, depth: bool):
-            key = (size, depth)
-            if key not in self._renderers:
-                from difftori.utils.gl import safe_renderer
-
-                r = safe_renderer(self._inner.model, size, size)
-                disable_costly_rendering(r)
-                if depth:
-                    r.enable_depth_rendering()
-                self._renderers[key] = r
-            return self._renderers[key]
-
         def _rgb(self, size: int) -> np.ndarray:
-            r = self._renderer(size, depth=False)
+            r = self._renderers.get(size, depth=False)
             r.update_scene(self._inner.data, camera=self._cam_id)
             img = r.render()
             return np.ascontiguousarray(img[::-1, ::-1])  # corner2 is mounted upside down
 
         def depth_image(self) -> np.ndarray:
             """``(S, S)`` depth in metres (distance along the camera axis), rows top-first, unrotated."""
-            r = self._renderer(self.pc_render_size, depth=True)
+            r = self._renderers.get(self.pc_render_size, depth=True)
             r.update_scene(self._inner.data, camera=self._cam_id)
             return r.render().copy()
 
@@ -329,41 +288,19 @@ def _build_env_class():
             data = self._inner.data
             return unproject(depth, self.camera_rays(), data.cam_xpos[self._cam_id], data.cam_xmat[self._cam_id])
 
-        def _background_geoms(self) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-            """Static background geoms near the crop box, as ``(kind, centre, rotation, half_sizes)``.
-
-            Boxes and planes of :data:`BACKGROUND_BODIES` (floor, table top, retaining walls);
-            geoms that cannot come within the margin of the crop box (the floor) are skipped.
-            """
+        def _background_geoms(self) -> list[Geom]:
+            """Static background geoms near the crop box: boxes and planes of :data:`BACKGROUND_BODIES` (floor, table
+            top, retaining walls) in geom groups 0-2."""
             m, d = self._inner.model, self._inner.data
-            lo, hi = np.asarray(CROP_BOX[0]), np.asarray(CROP_BOX[1])
-            corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-            kinds = {int(mujoco.mjtGeom.mjGEOM_BOX): "box", int(mujoco.mjtGeom.mjGEOM_PLANE): "plane"}
-            out = []
-            for g in range(m.ngeom):
-                kind = kinds.get(int(m.geom_type[g]))
-                if kind is None or m.geom_group[g] >= 3 or m.body(m.geom_bodyid[g]).name not in BACKGROUND_BODIES:
-                    continue
-                geom = (kind, d.geom_xpos[g].copy(), d.geom_xmat[g].reshape(3, 3).copy(), m.geom_size[g].copy())
-                if kind == "plane" and geom_distance(geom, corners.T).min() > BACKGROUND_MARGIN:
-                    continue  # the whole crop box lies above this plane
-                out.append(geom)
-            return out
 
-        def background_distance(self, pts: np.ndarray) -> np.ndarray:
-            """Distance (metres, <= 0 inside) from each point ``(N, 3)`` to the nearest background geom."""
-            coords = np.ascontiguousarray(pts.T)
-            dist = np.full(len(pts), np.inf, dtype=coords.dtype)
-            for geom in self._background:
-                np.minimum(dist, geom_distance(geom, coords), out=dist)
-            return dist
+            def is_background(g: int) -> bool:
+                return m.geom_group[g] < 3 and m.body(m.geom_bodyid[g]).name in BACKGROUND_BODIES
+
+            return background_geoms(m, d, CROP_BOX, is_background, BACKGROUND_MARGIN)
 
         def segment_points(self, pts: np.ndarray) -> np.ndarray:
             """Boolean mask of points ``(N, 3)`` inside :data:`CROP_BOX` and off the background."""
-            keep = crop_mask(pts, CROP_BOX)
-            idx = np.flatnonzero(keep)
-            keep[idx] = ~background_mask(pts[idx], self._background, BACKGROUND_MARGIN)
-            return keep
+            return foreground_mask(pts, CROP_BOX, self._background, BACKGROUND_MARGIN)
 
         def point_cloud(self) -> np.ndarray:
             """``(num_points, 3)`` float32 world-frame point cloud of the current scene."""
@@ -373,16 +310,8 @@ def _build_env_class():
     return _MetaWorldEnv
 
 
-_ENV_CLASS = None
-
-
-def env_class():
-    """The ``gymnasium.Env`` subclass used by :func:`make` (imports gymnasium and mujoco)."""
-    global _ENV_CLASS
-    _import_metaworld()
-    if _ENV_CLASS is None:
-        _ENV_CLASS = _build_env_class()
-    return _ENV_CLASS
+env_class = lazy_env_class(require, _build_env_class)
+"""The ``gymnasium.Env`` subclass used by :func:`make` (imports gymnasium and mujoco)."""
 
 
 def make(task: str, **options) -> Any:

@@ -10,7 +10,7 @@ farthest-point sampling. Only numpy and the MuJoCo model/data arrays are used he
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,6 +23,8 @@ __all__ = [
     "unproject",
     "crop_mask",
     "background_mask",
+    "background_geoms",
+    "foreground_mask",
     "disable_costly_rendering",
     "sample_cloud",
 ]
@@ -148,6 +150,37 @@ def background_mask(pts: np.ndarray, geoms: Sequence[Geom], margin: float) -> np
     for geom in geoms:
         np.minimum(dist, geom_distance(geom, coords), out=dist)
     return dist <= margin
+
+
+def background_geoms(model, data, crop_box: Box, is_background: Callable[[int], bool], margin: float) -> list[Geom]:
+    """The box and plane geoms ``g`` of a MuJoCo model with ``is_background(g)``, posed as in ``data``.
+
+    A plane that the crop box does not come within ``margin`` of (a floor well below the table) is
+    skipped: it could only cost distance computations.
+    """
+    import mujoco
+
+    lo, hi = np.asarray(crop_box[0]), np.asarray(crop_box[1])
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    kinds = {int(mujoco.mjtGeom.mjGEOM_BOX): "box", int(mujoco.mjtGeom.mjGEOM_PLANE): "plane"}
+    out: list[Geom] = []
+    for g in range(model.ngeom):
+        kind = kinds.get(int(model.geom_type[g]))
+        if kind is None or not is_background(g):
+            continue
+        geom = (kind, data.geom_xpos[g].copy(), data.geom_xmat[g].reshape(3, 3).copy(), model.geom_size[g].copy())
+        if kind == "plane" and geom_distance(geom, corners.T).min() > margin:
+            continue
+        out.append(geom)
+    return out
+
+
+def foreground_mask(pts: np.ndarray, crop_box: Box, background: Sequence[Geom], margin: float) -> np.ndarray:
+    """Boolean mask of the points ``(N, 3)`` inside ``crop_box`` and farther than ``margin`` from ``background``."""
+    keep = crop_mask(pts, crop_box)
+    idx = np.flatnonzero(keep)
+    keep[idx] = ~background_mask(pts[idx], background, margin)
+    return keep
 
 
 def disable_costly_rendering(renderer) -> None:

@@ -36,18 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from difftori.envs.pointcloud import (
-    Box,
-    Geom,
-    background_mask,
-    camera_rays,
-    crop_mask,
-    disable_costly_rendering,
-    sample_cloud,
-    unproject,
+from difftori.envs.pointcloud import Box, Geom, camera_rays, foreground_mask, sample_cloud, unproject
+from difftori.envs.pointcloud import background_geoms as _background_geoms
+from difftori.envs.manipulation import (
+    ManipulationEnv,
+    MujocoRenderers,
+    lazy_env_class,
+    resolve_task,
 )
-from difftori.envs.manipulation import ManipulationEnv, manipulation_observations
-from difftori.envs.spec import EnvSpec
 
 __all__ = ["TASKS", "TaskInfo", "TASK_INFO", "canonical", "require", "make", "make_expert", "env_class", "background_geoms"]
 
@@ -87,7 +83,6 @@ RENDERER = "mujoco"
 TASKS: tuple[str, ...] = tuple(TASK_INFO)
 """Robomimic's single-arm tasks with a scripted expert: ``lift``, ``can``, ``square``."""
 
-OBS_TYPES = ("pointcloud", "image", "state")
 AGENT_STATE_DIM = 9
 ACTION_DIM = 7
 CONTROL_FREQ = 20
@@ -112,12 +107,7 @@ def canonical(name: str) -> str | None:
 
 
 def _resolve(task: str) -> str:
-    name = canonical(task)
-    if name is None:
-        from difftori.envs import UnknownTaskError
-
-        raise UnknownTaskError(f"unknown robosuite task {task!r}; known tasks: {', '.join(TASKS)}")
-    return name
+    return resolve_task(task, canonical, "robosuite", TASKS)
 
 
 def _quiet_robosuite_logs() -> None:
@@ -166,27 +156,12 @@ def background_geoms(model, data, crop_box: Box) -> list[Geom]:
     can a handful of points; the pegs and the Can target marker stay. A plane the crop box does not
     reach within the margin is skipped.
     """
-    import mujoco
 
-    from difftori.envs.pointcloud import geom_distance
-
-    lo, hi = np.asarray(crop_box[0]), np.asarray(crop_box[1])
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-    kinds = {int(mujoco.mjtGeom.mjGEOM_BOX): "box", int(mujoco.mjtGeom.mjGEOM_PLANE): "plane"}
-    out: list[Geom] = []
-    for g in range(model.ngeom):
-        kind = kinds.get(int(model.geom_type[g]))
-        if kind is None:
-            continue
+    def is_background(g: int) -> bool:
         body = model.body(model.geom_bodyid[g]).name
-        size = model.geom_size[g]
-        if body not in ("world", "table") and not body.startswith("bin"):
-            continue
-        geom = (kind, data.geom_xpos[g].copy(), data.geom_xmat[g].reshape(3, 3).copy(), size.copy())
-        if kind == "plane" and geom_distance(geom, corners.T).min() > BACKGROUND_MARGIN:
-            continue
-        out.append(geom)
-    return out
+        return body in ("world", "table") or body.startswith("bin")
+
+    return _background_geoms(model, data, crop_box, is_background, BACKGROUND_MARGIN)
 
 
 def _reseed_samplers(sampler, rng: np.random.Generator) -> None:
@@ -203,7 +178,6 @@ def _build_env_class():
     """Build the Env subclass on first use so importing this module does not import gymnasium or robosuite."""
     import gymnasium as gym
     import mujoco
-    from gymnasium import spaces
 
     class _RobosuiteEnv(ManipulationEnv, gym.Env):
         """One robosuite task with dict observations (see module docstring)."""
@@ -228,18 +202,7 @@ def _build_env_class():
             suite, load_config = _import_robosuite()
             self.task = _resolve(task)
             info = TASK_INFO[self.task]
-            if obs_type not in OBS_TYPES:
-                raise ValueError(f"obs_type must be one of {OBS_TYPES}, got {obs_type!r}")
-            for key, val in (("img_size", img_size), ("num_points", num_points), ("episode_length", episode_length),
-                             ("render_size", render_size), ("pc_render_size", pc_render_size)):  # fmt: skip
-                if not isinstance(val, (int, np.integer)) or val <= 0:
-                    raise ValueError(f"{key} must be a positive integer, got {val!r}")
-            if render_mode not in (None, "rgb_array"):
-                raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-            self.obs_type = obs_type
-            self.img_size, self.num_points = int(img_size), int(num_points)
-            self.episode_length = int(episode_length)
-            self.render_mode, self.render_size, self.pc_render_size = render_mode, int(render_size), int(pc_render_size)
+            self._set_options(obs_type, img_size, num_points, episode_length, render_mode, render_size, pc_render_size)
             self.crop_box = info.crop_box
 
             self._inner = suite.make(
@@ -273,7 +236,7 @@ def _build_env_class():
             self._scene_option.geomgroup[:] = 0
             self._scene_option.geomgroup[1] = 1  # visual geoms only
             self._scene_option.sitegroup[:] = 0
-            self._renderers: dict[tuple[int, bool], Any] = {}
+            self._renderers = MujocoRenderers(self._model)
             self._rays: dict[str, np.ndarray] = {}
             self._pending_seed = seed
             self._obj_body = self._model.body(info.object_body).id
@@ -282,30 +245,19 @@ def _build_env_class():
             self._background: list[Geom] | None = None
 
             self.full_state_dim = AGENT_STATE_DIM + int(self._inner._get_observations()["object-state"].shape[0])
-            shapes, self.observation_space = manipulation_observations(
-                obs_type, AGENT_STATE_DIM, self.full_state_dim, self.img_size, self.num_points)
-            self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
-            self.task_spec = EnvSpec(
-                task=self.task,
-                suite="robosuite",
-                obs_type=obs_type,
-                obs_shapes=shapes,
-                action_dim=ACTION_DIM,
-                episode_length=self.episode_length,
-                extras={
-                    "robosuite_env": info.env_name,
-                    "robot": "Panda",
-                    "controller": "BASIC (OSC_POSE)",
-                    "control_freq": CONTROL_FREQ,
-                    "image_camera": IMAGE_CAMERA,
-                    "pc_cameras": self.pc_cameras,
-                    "img_size": self.img_size,
-                    "num_points": self.num_points,
-                    "pc_render_size": self.pc_render_size,
-                    "crop_box": self.crop_box,
-                    "background_margin": BACKGROUND_MARGIN,
-                },
-            )
+            self._set_spaces("robosuite", AGENT_STATE_DIM, self.full_state_dim, {
+                "robosuite_env": info.env_name,
+                "robot": "Panda",
+                "controller": "BASIC (OSC_POSE)",
+                "control_freq": CONTROL_FREQ,
+                "image_camera": IMAGE_CAMERA,
+                "pc_cameras": self.pc_cameras,
+                "img_size": self.img_size,
+                "num_points": self.num_points,
+                "pc_render_size": self.pc_render_size,
+                "crop_box": self.crop_box,
+                "background_margin": BACKGROUND_MARGIN,
+            })
 
         # ----------------------------------------------------------------- gym API
         def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -331,9 +283,7 @@ def _build_env_class():
             return self._rgb(IMAGE_CAMERA, self.render_size)
 
         def close(self):
-            for r in self._renderers.values():
-                r.close()
-            self._renderers.clear()
+            self._renderers.close()
             self._inner.close()
 
         # ------------------------------------------------------------- observations
@@ -380,27 +330,15 @@ def _build_env_class():
             """``(img_size, img_size, 3)`` uint8 image of the agentview camera."""
             return self._rgb(IMAGE_CAMERA, self.img_size)
 
-        def _renderer(self, size: int, depth: bool):
-            key = (size, depth)
-            if key not in self._renderers:
-                from difftori.utils.gl import safe_renderer
-
-                r = safe_renderer(self._model, size, size)
-                disable_costly_rendering(r)
-                if depth:
-                    r.enable_depth_rendering()
-                self._renderers[key] = r
-            return self._renderers[key]
-
         def _rgb(self, camera: str, size: int) -> np.ndarray:
             """``(size, size, 3)`` uint8 RGB, upright (mujoco.Renderer returns rows top-first)."""
-            r = self._renderer(size, depth=False)
+            r = self._renderers.get(size, depth=False)
             r.update_scene(self._data, camera=camera, scene_option=self._scene_option)
             return r.render().copy()
 
         def depth_image(self, camera: str) -> np.ndarray:
             """``(S, S)`` depth in metres (distance along the camera axis) from ``camera``, rows top-first."""
-            r = self._renderer(self.pc_render_size, depth=True)
+            r = self._renderers.get(self.pc_render_size, depth=True)
             r.update_scene(self._data, camera=camera, scene_option=self._scene_option)
             return r.render().copy()
 
@@ -415,10 +353,7 @@ def _build_env_class():
             """Boolean mask of points ``(N, 3)`` inside the crop box and off the background."""
             if self._background is None:  # static geoms: computed once
                 self._background = background_geoms(self._model, self._data, self.crop_box)
-            keep = crop_mask(pts, self.crop_box)
-            idx = np.flatnonzero(keep)
-            keep[idx] = ~background_mask(pts[idx], self._background, BACKGROUND_MARGIN)
-            return keep
+            return foreground_mask(pts, self.crop_box, self._background, BACKGROUND_MARGIN)
 
         def point_cloud(self) -> np.ndarray:
             """``(num_points, 3)`` float32 world-frame point cloud fused from :attr:`pc_cameras`."""
@@ -428,16 +363,8 @@ def _build_env_class():
     return _RobosuiteEnv
 
 
-_ENV_CLASS = None
-
-
-def env_class():
-    """The ``gymnasium.Env`` subclass used by :func:`make` (imports gymnasium, mujoco and robosuite)."""
-    global _ENV_CLASS
-    _import_robosuite()
-    if _ENV_CLASS is None:
-        _ENV_CLASS = _build_env_class()
-    return _ENV_CLASS
+env_class = lazy_env_class(require, _build_env_class)
+"""The ``gymnasium.Env`` subclass used by :func:`make` (imports gymnasium, mujoco and robosuite)."""
 
 
 def make(task: str, **options) -> Any:

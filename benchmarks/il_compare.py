@@ -143,6 +143,10 @@ class CompareConfig:
     """Modalities whose ``difftori`` runs start their observation encoder from their diffusion base's
     (``--difftori.encoder-init base``; ``difftori-faithful`` keeps the released code's fresh encoder): 1000 steps
     are too few to train a point-cloud encoder from scratch (benchmarks/results/il_budget.md)."""
+    task_steps: tuple[str, ...] = ()
+    """Per-task budgets, ``TASK=STEPS`` (e.g. ``can=6000``): gradient steps of bc, ibc and diffusion on that task
+    instead of --steps, for every modality; its evaluation interval scales with it, so each run keeps the same number
+    of evaluations (the DP3 number stays comparable). DiffTORI keeps --difftori-steps on top of its longer base."""
     extra: str = ""
     """Extra ``il train`` options for every training run (one shell-quoted string)."""
 
@@ -162,6 +166,8 @@ class CompareConfig:
             check(suite_of(t, IL_SUITES) is not None, f"unknown IL task {t!r} (suites: {', '.join(IL_SUITES)})")
         self.modality_tasks = tuple(self.modality_tasks)
         self.tasks_of(self.modalities[0] if self.modalities else "state")  # parses (and checks) every entry
+        self.task_steps = tuple(self.task_steps)
+        self.steps_of(self.tasks[0] if self.tasks else "")  # parses (and checks) every entry
         for m in self.modalities + self.bf16_encoders + self.encoder_from_base:
             check(m in OBS_TYPES, f"unknown modality {m!r}; known: {', '.join(OBS_TYPES)}")
         for v in self.variants:
@@ -190,6 +196,20 @@ class CompareConfig:
             lrs[m] = lr
         return lrs.get(modality)
 
+    def steps_of(self, task: str) -> int:
+        """Gradient steps of bc / ibc / diffusion on ``task``: its ``task_steps`` entry, else ``steps``."""
+        budgets: dict[str, int] = {}
+        for entry in self.task_steps:
+            t, sep, n = entry.partition("=")
+            check(bool(sep) and n.isdigit() and int(n) >= 1, f"task_steps entries are TASK=STEPS with STEPS >= 1, got {entry!r}")
+            check(t in self.tasks, f"task_steps {entry!r}: {t!r} not in --tasks")
+            budgets[t] = int(n)
+        return budgets.get(task, self.steps)
+
+    def eval_freq_of(self, task: str) -> int:
+        """Evaluation interval on ``task``: ``eval_freq`` scaled by its budget (same number of evaluations per run)."""
+        return self.eval_freq * self.steps_of(task) // self.steps
+
     def tasks_of(self, modality: str) -> tuple[str, ...]:
         """The tasks ``modality`` runs: its ``modality_tasks`` subset (in --tasks order), else every task."""
         from difftori.il.config import OBS_TYPES
@@ -207,14 +227,15 @@ class CompareConfig:
 
 
 # ----------------------------------------------------------------------------------- the grid
-def variant_options(cfg: CompareConfig, variant: str, modality: str = "state") -> list[str]:
-    """``il train`` options of one variant's runs on one modality (without task, seed, obs type and the runner's paths)."""
+def variant_options(cfg: CompareConfig, variant: str, modality: str = "state", task: str = "") -> list[str]:
+    """``il train`` options of one variant's runs on one modality and task (without task, seed, obs type and the
+    runner's paths); ``task`` only matters where ``task_steps`` names it."""
     import shlex
 
     from difftori.il.config import IL_PRESETS
 
-    steps = cfg.difftori_steps if variant.startswith("difftori") else cfg.steps
-    opts = ["--preset", cfg.preset, "--steps", str(steps), "--eval-freq", str(cfg.eval_freq),
+    steps = cfg.difftori_steps if variant.startswith("difftori") else cfg.steps_of(task)
+    opts = ["--preset", cfg.preset, "--steps", str(steps), "--eval-freq", str(cfg.eval_freq_of(task)),
             *(["--eval-episodes", str(cfg.eval_episodes)] if cfg.eval_episodes is not None else []), *VARIANTS[variant]]
     if variant == "difftori-faithful":
         opts += ["--difftori.inference-samples", str(IL_PRESETS[cfg.preset].get("batch_size", 128))]
@@ -235,12 +256,12 @@ def cells(cfg: CompareConfig) -> list:
     from difftori.sweep.grid import collect_cell, il_seed_cells
 
     data = {(t, m): collect_cell(t, m, cfg.demos) for m in cfg.modalities for t in cfg.tasks_of(m)}
-    variants = {m: {v: variant_options(cfg, v, m) for v in cfg.variants} for m in cfg.modalities}
+    variants = {(t, m): {v: variant_options(cfg, v, m, t) for v in cfg.variants} for (t, m) in data}
     out = list(data.values())
     for s in cfg.seeds:  # seed-major: a grid stopped early covers every task with its first seeds
         for m in cfg.modalities:
             for t in cfg.tasks_of(m):
-                out.extend(il_seed_cells(data[(t, m)], s, variants[m]))
+                out.extend(il_seed_cells(data[(t, m)], s, variants[(t, m)]))
     return out
 
 
@@ -325,6 +346,7 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
         f"seeds every {cfg.eval_freq} steps and at the end. Observation encoders in bf16 autocast on: "
         f"{', '.join(m for m in cfg.modalities if m in cfg.bf16_encoders) or 'none'} (fp32 elsewhere). "
         f"{''.join(f'On {m}: every policy at lr {cfg.lr_of(m)}. ' for m in cfg.modalities if cfg.lr_of(m))}"
+        f"{''.join(f'On {t}: {cfg.steps_of(t)} steps for bc / ibc / diffusion, evaluated every {cfg.eval_freq_of(t)}. ' for t in cfg.tasks if cfg.steps_of(t) != cfg.steps)}"
         f"{''.join(f'On {m}: difftori starts its encoder from its base. ' for m in cfg.modalities if m in cfg.encoder_from_base)}"
         f"{meta['jobs']} runs in parallel x {cfg.threads} thread(s) on "
         f"{meta['cpu_count']} CPU cores ({meta['machine']}), no GPU. Entries: success rate, mean ± std over seeds.", "",
@@ -361,8 +383,9 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
             for v in cfg.variants:
                 if tt.get(v):
                     tr = [x[0] for x in tt[v]]
-                    lines.append(f"| {v} | {tt[v][0][2]} | {np.mean(tr) / 60:.1f} ± {np.std(tr) / 60:.1f} | "
-                                 f"{1000 * np.mean(tr) / tt[v][0][2]:.0f} | {_eval_cost(tt[v])} |")
+                    steps = " / ".join(str(n) for n in sorted({x[2] for x in tt[v]}))  # budgets differ where task_steps says
+                    lines.append(f"| {v} | {steps} | {np.mean(tr) / 60:.1f} ± {np.std(tr) / 60:.1f} | "
+                                 f"{1000 * np.mean([x[0] / x[2] for x in tt[v]]):.0f} | {_eval_cost(tt[v])} |")
             lines.append("")
     bad = [r for r in rows if r["status"] not in ("done", "pending")]
     if bad:

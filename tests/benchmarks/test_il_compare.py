@@ -165,3 +165,21 @@ def test_a_task_whose_suite_is_missing_is_one_error_before_anything_is_written(t
         bench.main(argv)
     assert exc.value.code == 2 and "task pick-cube: ManiSkill tasks need" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_task_steps_raise_one_tasks_budget_and_keep_the_others_ids():
+    plain = bench.CompareConfig(tasks=("reach", "push"), seeds=(1,), variants=("bc", "diffusion", "difftori"), eval_freq=500)
+    longer = bench.CompareConfig(tasks=("reach", "push"), seeds=(1,), variants=("bc", "diffusion", "difftori"), eval_freq=500,
+                                 task_steps=("push=6000",))
+    before = {c.id: c for c in bench.cells(plain) if c.area == "il"}
+    after = [c for c in bench.cells(longer) if c.area == "il"]
+    assert {c.id for c in after if c.task == "reach"} <= set(before)  # untouched tasks keep their cells
+    push = {c.variant: c for c in after if c.task == "push"}
+    assert (push["bc"].config["steps"], push["bc"].config["eval_freq"]) == (6000, 1500)  # same number of evaluations
+    assert (push["diffusion"].config["steps"], push["difftori"].config["steps"]) == (6000, plain.difftori_steps)
+    assert not {c.id for c in push.values()} & set(before)
+    md = bench.markdown(longer, [], {"jobs": 1, "cpu_count": 2, "machine": "x86_64"})
+    assert "On push: 6000 steps for bc / ibc / diffusion, evaluated every 1500." in md
+    for bad in (("push=0",), ("push",), ("door-open=100",), ("push=1e3",)):
+        with pytest.raises(bench.ConfigError, match="task_steps"):
+            bench.CompareConfig(tasks=("reach", "push"), task_steps=bad)

@@ -99,8 +99,8 @@ def test_base_pool_replaces_the_per_step_base_call():
     base = build("diffusion", data, diffusion=SMALL_DIFFUSION).eval()
     pol = build("difftori", data, base=base, difftori={"base_pool": 3, "solver": {"max_iters": 3}})
 
-    def fake_base(obs):  # identifiable per observation, stochastic per call
-        x = obs["full_state"][:, -1, :16].reshape(-1, 4, 4)
+    def fake_base(obs, samples=1):  # identifiable per observation, stochastic per call
+        x = obs["full_state"][:, -1, :16].reshape(-1, 4, 4).repeat_interleave(samples, 0)
         return 0.5 * x + 0.01 * torch.randn_like(x)
 
     pol.base.predict_action = fake_base
@@ -120,6 +120,20 @@ def test_base_pool_replaces_the_per_step_base_call():
     assert all(any(torch.equal(U0[i], pol._pool[j, k]) for k in range(3)) for i, j in enumerate(idx.tolist()))
     loss, _ = pol.compute_loss({"obs": {k: v[idx] for k, v in data["obs"].items()}, "action": data["action"][idx], "index": idx})
     loss.backward()
+
+
+def test_diffusion_draws_per_observation_equal_repeated_observations():
+    """The pool's K draws per window encode each window once: the same draws as K copies of the observation."""
+    data = linear_state_data(n=8)
+    base = build("diffusion", data, diffusion=SMALL_DIFFUSION).eval()
+    obs = {k: v[:5] for k, v in data["obs"].items()}
+    torch.manual_seed(3)
+    many = base.predict_action(obs, samples=4)
+    torch.manual_seed(3)
+    repeated = base.predict_action({k: v.repeat_interleave(4, 0) for k, v in obs.items()})
+    assert many.shape == (20, 4, 4)
+    torch.testing.assert_close(many, repeated)
+    assert not torch.allclose(many[0], many[1]), "different draws for one observation"
 
 
 def test_config_validation():

@@ -165,14 +165,14 @@ class DiffTORIPolicy(Policy):
         n = windows["action"].shape[0]
         chunk = max(1, 1024 // K)
         pool = []
-        for i in range(0, n, chunk):
-            obs = {k: v[i : i + chunk].repeat_interleave(K, 0) for k, v in windows["obs"].items()}
-            pool.append(self._base_actions(obs).reshape(-1, K, self.action_steps, self.action_dim))
+        for i in range(0, n, chunk):  # each window encoded once by the base, K denoising draws
+            obs = {k: v[i : i + chunk] for k, v in windows["obs"].items()}
+            pool.append(self._base_actions(obs, K).reshape(-1, K, self.action_steps, self.action_dim))
         self._pool = torch.cat(pool)
 
-    def _base_actions(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _base_actions(self, obs: Mapping[str, torch.Tensor], samples: int = 1) -> torch.Tensor:
         assert self.base is not None
-        return self.normalize_action(self.base.predict_action(obs)).clamp(-1.0, 1.0)
+        return self.normalize_action(self.base.predict_action(obs, samples=samples)).clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def initial_actions(self, obs: Mapping[str, torch.Tensor], batch: int, training: bool, index: torch.Tensor | None = None) -> torch.Tensor:

@@ -190,11 +190,14 @@ class DiffusionPolicy(Policy):
         return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
-    def sample_normalized(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """DDIM (eta = 0) sample of the normalised action window ``(B, Ta, A)``."""
+    def sample_normalized(self, obs: Mapping[str, torch.Tensor], samples: int = 1) -> torch.Tensor:
+        """DDIM (eta = 0) sample of the normalised action window ``(B * samples, Ta, A)``: ``samples`` draws per
+        observation (consecutive), each observation encoded once."""
         nets = self.acting_nets
         nobs = self.normalize_obs(obs)
         cond = nets["encoder"](nobs)
+        if samples > 1:
+            cond = cond.repeat_interleave(samples, 0)
         x = torch.randn(cond.shape[0], self.action_steps, self.action_dim, device=cond.device)
         ts = ddim_timesteps(self.cfg.train_timesteps, self.cfg.inference_steps)
         ratio = self.cfg.train_timesteps // self.cfg.inference_steps
@@ -209,5 +212,6 @@ class DiffusionPolicy(Policy):
         return x
 
     @torch.no_grad()
-    def predict_action(self, obs):
-        return self.unnormalize_action(self.sample_normalized(obs))
+    def predict_action(self, obs, samples: int = 1):
+        """Action windows ``(B * samples, Ta, A)``; ``samples`` > 1 draws several per observation (consecutive)."""
+        return self.unnormalize_action(self.sample_normalized(obs, samples))

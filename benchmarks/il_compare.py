@@ -360,6 +360,15 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
             continue
         lines += [f"## {m}", "", "**Final** success rate (last evaluation):", "", *_table(cfg, rows, m, "final"), "",
                   f"**DP3 protocol** (mean of the best {cfg.top_k} evaluations of each run):", "", *_table(cfg, rows, m, "dp3"), ""]
+        n_evals = defaultdict(list)
+        for r in rows:
+            if r["modality"] == m and r.get("n_evals") is not None:
+                n_evals[r["variant"]].append(int(r["n_evals"]))
+        few = {v: min(ns) for v, ns in n_evals.items() if min(ns) < cfg.top_k}
+        if few:  # the mean of the best k of fewer than k evaluations favours the runs that have fewer (later) ones
+            lines += [f"Caution: {', '.join(f'{v} runs have {n} evaluation(s)' for v, n in few.items())}, fewer than "
+                      f"{cfg.top_k}: their DP3 number is the mean of all they have (later, stronger ones), not comparable "
+                      "with the others'. Compare final success.", ""]
         pairs = []
         for v in [v for v in cfg.variants if v.startswith("difftori")]:
             for other in [o for o in ("diffusion", "ibc") if o in cfg.variants]:

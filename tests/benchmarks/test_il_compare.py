@@ -86,6 +86,9 @@ def test_markdown_has_means_averages_paired_differences_and_times(tmp_path):
     assert "| difftori − diffusion | final | +0.000 ± 0.100 (n=4) | 1 / 0 / 1 |" in md
     assert "| difftori − ibc | final | +0.200 ± 0.100 (n=4) | 2 / 0 / 0 |" in md
     assert "| difftori | 100 | 1.0 ± 0.0 | 600 | 5.0 (1 env) / 2.0 (10 envs) |" in md  # split by envs side by side
+    assert "Caution" not in md  # every run has 3 evaluations >= top_k
+    few = [dict(r, n_evals=1) if r["variant"] == "difftori" else r for r in _rows()]
+    assert "Caution: difftori runs have 1 evaluation(s), fewer than 2" in bench.markdown(cfg, few, {"jobs": 2, "cpu_count": 2, "machine": "x"})
     png = bench.plot(cfg, _rows(), tmp_path / "il.png")
     assert png is not None and png.stat().st_size > 0
 

@@ -73,3 +73,17 @@ def test_select_compares_first_and_lowest_cost_draws_of_the_same_checkpoint(tmp_
     assert "paired difference" in (out / "il_select.md").read_text()
     with pytest.raises(ConfigError, match="runs: pass at least one"):
         il_select.main(["--out", str(tmp_path / "none")])
+
+
+def test_il_base_pool_benchmark_times_both_ways_and_checks_their_draws(tmp_path):
+    from benchmarks import il_base_pool
+
+    assert il_base_pool.main(["--quick", "--windows", "2", "--repeats", "1", "--obs-types", "state", "pointcloud",
+                              "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "il_base_pool.json").read_text())
+    rows = {r["obs_type"]: r for r in res["rows"]}
+    assert set(rows) == {"state", "pointcloud"} and rows["pointcloud"]["precision"] == "bf16"
+    assert all(r["per_draw_s"] > 0 and r["once_s"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows.values())
+    assert "encoded once" in (tmp_path / "il_base_pool.md").read_text()
+    with pytest.raises(ConfigError, match="draws"):
+        il_base_pool.PoolConfig(draws=1)

@@ -9,7 +9,7 @@ weights (the cost does not depend on training), and their draws compared under t
 equal up to float rounding; bf16, as the grids run the rendered modalities: equal up to bf16 rounding).
 
     python benchmarks/il_base_pool.py            # state, point cloud, image; 256 windows, K = 8
-    python benchmarks/il_base_pool.py --quick    # a smoke run
+    python benchmarks/il_base_pool.py --quick    # a smoke run (written to runs/bench_quick)
 
 Results: ``<out>/il_base_pool.json`` and ``<out>/il_base_pool.md`` (``--out``, default ``benchmarks/results``).
 """
@@ -58,7 +58,7 @@ class PoolConfig:
     threads: int = 1
     """torch.set_num_threads for the whole run."""
     quick: bool = False
-    """Quick mode (a smoke run): 16 windows, 2 repeats. Explicit options still override it."""
+    """Quick mode (a smoke run): 16 windows, 2 repeats, written to runs/bench_quick. Explicit options still override it."""
     out: str = str(DEFAULT_OUT)
     """Folder of il_base_pool.json and il_base_pool.md (written atomically)."""
 
@@ -144,7 +144,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quick = PoolConfig(quick=True, windows=16, repeats=2)
+    quick = PoolConfig(quick=True, windows=16, repeats=2, out=str(REPO / "runs" / "bench_quick"))  # never over the results
     cfg = parse_bench_config(PoolConfig, quick, __doc__, argv)
     results = run(cfg)
     md = markdown(results)

@@ -96,8 +96,8 @@ def manipulation_observations(obs_type: str, state_dim: int, full_state_dim: int
 class ManipulationEnv:
     """Mixin (before ``gymnasium.Env``) of the manipulation envs.
 
-    The env sets ``obs_type``, ``episode_length``, ``_pending_seed`` (the constructor's seed, used by the first
-    reset without one) and ``_t``, and provides ``agent_state()``, ``full_state()``, ``image()`` (HxWx3 uint8)
+    The env's constructor calls :meth:`_set_options` (first) and :meth:`_set_spaces`, sets ``task``,
+    ``_pending_seed`` (the constructor's seed, used by the first reset without one) and ``_t``, and provides ``agent_state()``, ``full_state()``, ``image()`` (HxWx3 uint8)
     and ``point_cloud()``. ``SUITE`` names the suite in error messages, ``ACTION_DIM`` the action size.
     """
 

@@ -97,8 +97,9 @@ class ManipulationEnv:
     """Mixin (before ``gymnasium.Env``) of the manipulation envs.
 
     The env's constructor calls :meth:`_set_options` (first) and :meth:`_set_spaces`, sets ``task``,
-    ``_pending_seed`` (the constructor's seed, used by the first reset without one) and ``_t``, and provides ``agent_state()``, ``full_state()``, ``image()`` (HxWx3 uint8)
-    and ``point_cloud()``. ``SUITE`` names the suite in error messages, ``ACTION_DIM`` the action size.
+    ``_pending_seed`` (the constructor's seed, used by the first reset without one) and ``_t``, and provides
+    ``agent_state()``, ``full_state()``, ``image()`` (HxWx3 uint8) and ``point_cloud()``. ``SUITE`` names the suite
+    in error messages, ``ACTION_DIM`` the action size.
     """
 
     SUITE = "manipulation"

@@ -153,6 +153,18 @@ def test_task_or_obs_mismatch_names_both(tmp_path):
         load_demos(path, expect_obs_type="image")
 
 
+def test_demos_of_an_older_observation_layout_are_refused(monkeypatch, tmp_path):
+    from difftori.envs import metaworld
+
+    path = _saved(tmp_path)
+    assert load_demos(path, expect_task="reach").task == "reach"  # no obs_revision attribute: revision 1
+    monkeypatch.setattr(metaworld, "OBS_REVISIONS", {"reach": 2}, raising=False)  # reach's observations changed
+    with pytest.raises(DemoFormatError, match="layout revision 1.*at revision 2.*il collect"):
+        load_demos(path)
+    _edit_attrs(path, obs_revision=2)
+    assert load_demos(path, expect_task="reach").n_episodes == len(LENGTHS)
+
+
 def test_missing_array_and_corrupt_chunks(tmp_path):
     path = _saved(tmp_path)
     shutil.rmtree(path / "data" / "state")

@@ -48,8 +48,13 @@ def test_state_env_resets_and_steps(closing, task):
     assert spec.suite == "maniskill" and spec.task == task and spec.action_dim == 8 and spec.episode_length == 4
     obs, _ = env.reset()
     assert set(obs) == {"state", "full_state"} and env.observation_space.contains(obs)
-    assert obs["state"].shape == (25,) and obs["full_state"].shape == spec.obs_shapes["full_state"]
+    assert obs["state"].shape == (ms.agent_state_dim(task),) and obs["full_state"].shape == spec.obs_shapes["full_state"]
     np.testing.assert_allclose(obs["state"][18:21], env.unwrapped_maniskill.agent.tcp.pose.p[0].numpy(), atol=1e-6)
+    base = env.unwrapped_maniskill
+    # every goal marker the cameras cannot see is in the agent state, at its position
+    assert sorted(o.name for o in base._hidden_objects) == sorted(ms.HIDDEN_GOALS.get(task, ()))
+    for i, obj in enumerate(o for name in ms.HIDDEN_GOALS.get(task, ()) for o in base._hidden_objects if o.name == name):
+        np.testing.assert_allclose(obs["state"][25 + 3 * i: 28 + 3 * i], obj.pose.p[0].numpy(), atol=1e-6)
     for t in range(4):
         obs, reward, terminated, truncated, info = env.step(np.full(8, 0.2))
         assert not terminated and truncated == (t == 3) and np.isfinite(reward) and info["success"] in (0.0, 1.0)
@@ -129,6 +134,7 @@ def test_motion_planned_demo_collects(tmp_path):
     assert report.kept == 1 and report.tried == 1, report.summary()
     data = load_demos(tmp_path / "d.zarr")
     assert data.attrs["demo_source"] == "motion-planned" and data.attrs["suite"] == "maniskill"
+    assert data.attrs["obs_revision"] == 2 and data.obs["state"].shape[1] == 28  # the goal is in the state
     assert data.action.shape[1] == 8 and np.abs(data.action).max() <= 1.0
     assert 40 < len(data.action) < ms.EPISODE_LENGTHS["pick-cube"]
 

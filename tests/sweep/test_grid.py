@@ -57,6 +57,22 @@ def test_fields_added_later_keep_old_ids_at_their_default():
     assert rl_cell("cartpole-balance", "difftori", 1, [*d_opts, "--difftori.explore", "planner"]).id != b.id
 
 
+def test_a_changed_observation_layout_is_a_new_collect_cell(monkeypatch):
+    """Demos collected before a task's observations changed must not be reused; other tasks keep their ids."""
+    from difftori.envs import maniskill, metaworld
+    from difftori.sweep.grid import collect_cell
+
+    pick = collect_cell("pick-cube", "pointcloud", 50)
+    assert pick.config["obs_revision"] == maniskill.OBS_REVISIONS["pick-cube"] == 2
+    old = {k: v for k, v in pick.config.items() if k != "obs_revision"}  # the id its demos had at revision 1
+    assert not pick.id.endswith(config_hash(old, {}))
+    push = collect_cell("push-cube", "pointcloud", 50)
+    assert "obs_revision" not in push.config
+    before = collect_cell("reach", "pointcloud", 10)
+    monkeypatch.setattr(metaworld, "OBS_REVISIONS", {"reach": 2}, raising=False)
+    assert collect_cell("reach", "pointcloud", 10).id != before.id
+
+
 def test_bad_options_fail_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="--latent-dimm"):
         rl_grid(["cartpole-balance"], ["tdmpc"], [1], 96, options=["--latent-dimm", "8"])

@@ -222,6 +222,8 @@ def collect_demos(
     raises ``RuntimeError`` if none does.
     """
     from difftori.data.dataset import DemoData, save_demos
+    from difftori.envs import obs_revision
+
     found = _il_task(task)
     if found is None:
         from difftori.envs import UnknownTaskError
@@ -293,6 +295,7 @@ def collect_demos(
             "demo_source": DEMO_SOURCE[_suite_name(suite)],
             "versions": _versions(_suite_name(suite)),
             "env_options": opts,
+            "obs_revision": obs_revision(name),
         },
     )
     save_demos(out, data, overwrite=overwrite)

@@ -212,6 +212,13 @@ def load_demos(path: str | Path, expect_task: str | None = None, expect_obs_type
                 f"dataset at {path} was collected for task {task!r} with obs {obs_type!r}, "
                 f"but task {want_task!r} with obs {want_obs!r} was asked for"
             )
+    if task is not None:
+        from difftori.envs import obs_revision
+
+        have, want = int(attrs.get("obs_revision", 1)), obs_revision(task)
+        if have != want:
+            raise DemoFormatError(f"{path} holds {task!r} observations of layout revision {have}, this difftori's {task!r} is at "
+                                  f"revision {want} (its observations changed): collect the demos again with `difftori il collect`")
     obs_keys = list(attrs.get("obs_keys") or [])
     if not obs_keys:
         raise DemoFormatError(f"{path}: attribute 'obs_keys' is missing or empty")

@@ -14,7 +14,7 @@ from difftori.utils.gl import configure_gl
 
 configure_gl()
 
-__all__ = ["EnvSpec", "make_env", "known_tasks", "suite_of", "require_suite", "UnknownTaskError", "MissingDependencyError"]
+__all__ = ["EnvSpec", "make_env", "known_tasks", "suite_of", "require_suite", "obs_revision", "UnknownTaskError", "MissingDependencyError"]
 
 
 class UnknownTaskError(ValueError):
@@ -47,6 +47,15 @@ def suite_of(task: str, suites: tuple[str, ...] | None = None):
         if s in mods and (suites is None or s in suites) and mods[s].canonical(name) is not None:
             return mods[s], mods[s].canonical(name)
     return None
+
+
+def obs_revision(task: str) -> int:
+    """Revision of ``task``'s observation layout (1 unless its suite's ``OBS_REVISIONS`` bumped it). Demos record
+    it; loading demos of another revision is an error (re-collect), and it is part of a collect cell's id."""
+    found = suite_of(task)
+    if found is None:
+        return 1
+    return int(getattr(found[0], "OBS_REVISIONS", {}).get(found[1], 1))
 
 
 def require_suite(task: str) -> None:

@@ -1,7 +1,9 @@
 """ManiSkill3 tabletop tasks (Panda arm) with state, image or point-cloud observations, like envs/metaworld.py.
 
-Every observation is a dict. ``"state"`` is always the 25-D agent proprio state (arm + finger joint
-positions (9) and velocities (9), tcp pose xyz + wxyz quaternion (7)). ``obs_type`` adds one modality:
+Every observation is a dict. ``"state"`` is always the agent state: arm + finger joint positions (9) and
+velocities (9), tcp pose xyz + wxyz quaternion (7), and for a task whose goal marker is invisible to cameras
+(:data:`HIDDEN_GOALS`: pick-cube) the goal's xyz, as ManiSkill adds ``goal_pos`` to its own visual observations
+(25-D, 28-D for pick-cube). ``obs_type`` adds one modality:
 
 * ``"state"``: ``"full_state"``, ManiSkill's own flattened ``obs_mode="state"`` vector (task-specific size,
   includes object and goal poses);
@@ -44,6 +46,9 @@ __all__ = [
     "ENV_IDS",
     "EPISODE_LENGTHS",
     "CROP_BOX",
+    "HIDDEN_GOALS",
+    "OBS_REVISIONS",
+    "agent_state_dim",
     "canonical",
     "require",
     "make",
@@ -86,9 +91,23 @@ BACKGROUND_NAMES = ("table-workspace", "ground")
 """Actors removed from point clouds (ManiSkill's TableSceneBuilder background)."""
 
 AGENT_STATE_DIM = 25
+"""Agent state size of a task without a hidden goal (see :func:`agent_state_dim`)."""
+
+HIDDEN_GOALS: dict[str, tuple[str, ...]] = {"pick-cube": ("goal_site",)}
+"""Goal markers a task hides from its cameras (ManiSkill's hidden objects), by actor name: their positions join
+the agent state, or no image or point-cloud policy could know the goal."""
+
+OBS_REVISIONS: dict[str, int] = {"pick-cube": 2}
+"""Observation-layout revision of the tasks whose observations changed after release (pick-cube: 2, the goal
+joined the agent state); the others are at 1. Stored with demos, part of a collect cell's id, checked on load."""
 ACTION_DIM = 8
 CONTROL_MODE = "pd_joint_pos"
 CAMERA = "base_camera"
+
+
+def agent_state_dim(task: str) -> int:
+    """Size of ``task``'s agent state: 25, plus 3 per hidden goal marker."""
+    return AGENT_STATE_DIM + 3 * len(HIDDEN_GOALS.get(_resolve(task), ()))
 
 
 def canonical(name: str) -> str | None:
@@ -188,7 +207,7 @@ def _build_env_class():
             self._t = 0
             self._pending_seed = seed
 
-            self._set_spaces("maniskill", AGENT_STATE_DIM, self._full_dim, {
+            self._set_spaces("maniskill", agent_state_dim(self.task), self._full_dim, {
                 "env_id": ENV_IDS[self.task],
                 "control_mode": CONTROL_MODE,
                 "camera": CAMERA,
@@ -253,9 +272,12 @@ def _build_env_class():
             }
 
         def agent_state(self) -> np.ndarray:
-            """25-D agent state: joint positions (9), joint velocities (9), tcp pose (xyz, wxyz quaternion)."""
+            """Joint positions (9), joint velocities (9), tcp pose (xyz, wxyz quaternion), hidden goals' xyz."""
             proprio = self._base.agent.get_proprioception()
             parts = [proprio["qpos"], proprio["qvel"], self._base.agent.tcp.pose.raw_pose]
+            if HIDDEN_GOALS.get(self.task):
+                hidden = {obj.name: obj for obj in self._base._hidden_objects}
+                parts += [hidden[name].pose.p for name in HIDDEN_GOALS[self.task]]
             return np.concatenate([_np(p)[0] for p in parts]).astype(np.float32)
 
         def full_state(self) -> np.ndarray:

@@ -152,7 +152,7 @@ def rl_cell(task: str, variant: str, seed: int, options: list[Any]) -> Cell:
 def collect_cell(task: str, obs_type: str, episodes: int, options: list[Any] = ()) -> Cell:
     """A ``difftori il collect`` cell: ``episodes`` scripted-expert demos of ``task`` with ``obs_type`` observations."""
     from difftori.data.collect import IL_SUITES, CollectConfig
-    from difftori.envs import suite_of
+    from difftori.envs import obs_revision, suite_of
     from difftori.utils.config import dataclass_from_args
 
     options = _str_options(options)
@@ -162,6 +162,8 @@ def collect_cell(task: str, obs_type: str, episodes: int, options: list[Any] = (
     config = to_dict(cfg)
     found = suite_of(task, IL_SUITES)
     name = found[1] if found else task
+    if obs_revision(name) != 1:  # demos of another observation layout are another cell (revision 1 keeps old ids)
+        config["obs_revision"] = obs_revision(name)
     return Cell(area="collect", task=name, variant="demos", seed=0, obs_type=obs_type, options=full, config=config,
                 steps=cfg.episodes, id=_cell_id(name, obs_type, f"demos{cfg.episodes}", 0, config_hash(config, {})))
 

@@ -46,7 +46,7 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
-from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args
+from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args, key_values
 from difftori.utils.io import atomic_write_text
 
 __all__ = ["CompareConfig", "VARIANTS", "variant_options", "cells", "summarise", "markdown", "run", "main"]
@@ -158,16 +158,12 @@ class CompareConfig:
         self.run_root, self.out = Path(self.run_root), Path(self.out)
         self.tasks, self.modalities, self.seeds, self.variants = map(tuple, (self.tasks, self.modalities, self.seeds, self.variants))
         self.bf16_encoders, self.encoder_from_base = tuple(self.bf16_encoders), tuple(self.encoder_from_base)
-        self.modality_lr = tuple(self.modality_lr)
-        self.lr_of("state")  # parses (and checks) every entry
+        self.modality_lr, self.modality_tasks, self.task_steps = map(tuple, (self.modality_lr, self.modality_tasks, self.task_steps))
         check(len(self.tasks) > 0 and len(self.modalities) > 0 and len(self.seeds) > 0 and len(self.variants) > 0,
               "need at least one task, modality, seed and variant")
         for t in self.tasks:
             check(suite_of(t, IL_SUITES) is not None, f"unknown IL task {t!r} (suites: {', '.join(IL_SUITES)})")
-        self.modality_tasks = tuple(self.modality_tasks)
-        self.tasks_of(self.modalities[0] if self.modalities else "state")  # parses (and checks) every entry
-        self.task_steps = tuple(self.task_steps)
-        self.steps_of(self.tasks[0] if self.tasks else "")  # parses (and checks) every entry
+        self._parse_key_values()
         for m in self.modalities + self.bf16_encoders + self.encoder_from_base:
             check(m in OBS_TYPES, f"unknown modality {m!r}; known: {', '.join(OBS_TYPES)}")
         for v in self.variants:
@@ -181,30 +177,44 @@ class CompareConfig:
         check(self.jobs >= 1 and self.threads >= 1, "jobs and threads must be >= 1")
         check(self.demos >= 1, "demos must be >= 1")
 
-    def lr_of(self, modality: str) -> str | None:
-        """The learning rate ``modality_lr`` gives ``modality`` (as written), or None (the preset's / variant's)."""
+    def _parse_key_values(self) -> tuple[dict[str, str], dict[str, set[str]], dict[str, int]]:
+        """``modality_lr``, ``modality_tasks`` and ``task_steps`` as dicts (ConfigError naming a bad entry). Parsed
+        on each use: the config keeps only its fields (``CompareConfig(**vars(cfg))`` stays a copy)."""
         from difftori.il.config import OBS_TYPES
 
-        lrs: dict[str, str] = {}
-        for entry in self.modality_lr:
-            m, sep, lr = entry.partition("=")
-            try:
-                ok = bool(sep) and m in OBS_TYPES and float(lr) > 0
-            except ValueError:
-                ok = False
-            check(ok, f"modality_lr entries are MODALITY=LR with a modality of {', '.join(OBS_TYPES)} and LR > 0, got {entry!r}")
-            lrs[m] = lr
-        return lrs.get(modality)
+        def lr(m: str, value: str) -> str:
+            if m not in OBS_TYPES or not float(value) > 0:
+                raise ValueError("")
+            return value
+
+        def tasks(m: str, names: str) -> set[str]:
+            picked = {t for t in names.split(",") if t}
+            if m not in OBS_TYPES or not picked:
+                raise ValueError("")
+            unknown = sorted(picked - set(self.tasks))
+            if unknown:
+                raise ValueError(f"{unknown} not in --tasks")
+            return picked
+
+        def steps(t: str, n: str) -> int:
+            if not n.isdigit() or int(n) < 1:
+                raise ValueError("")
+            if t not in self.tasks:
+                raise ValueError(f"{t!r} not in --tasks")
+            return int(n)
+
+        modalities = ", ".join(OBS_TYPES)
+        return (key_values(self.modality_lr, f"modality_lr entries are MODALITY=LR with a modality of {modalities} and LR > 0", lr),
+                key_values(self.modality_tasks, f"modality_tasks entries are MODALITY=task,task with a modality of {modalities}", tasks),
+                key_values(self.task_steps, "task_steps entries are TASK=STEPS with STEPS >= 1 and a task of --tasks", steps))
+
+    def lr_of(self, modality: str) -> str | None:
+        """The learning rate ``modality_lr`` gives ``modality`` (as written), or None (the preset's / variant's)."""
+        return self._parse_key_values()[0].get(modality)
 
     def steps_of(self, task: str) -> int:
         """Gradient steps of bc / ibc / diffusion on ``task``: its ``task_steps`` entry, else ``steps``."""
-        budgets: dict[str, int] = {}
-        for entry in self.task_steps:
-            t, sep, n = entry.partition("=")
-            check(bool(sep) and n.isdigit() and int(n) >= 1, f"task_steps entries are TASK=STEPS with STEPS >= 1, got {entry!r}")
-            check(t in self.tasks, f"task_steps {entry!r}: {t!r} not in --tasks")
-            budgets[t] = int(n)
-        return budgets.get(task, self.steps)
+        return self._parse_key_values()[2].get(task, self.steps)
 
     def eval_freq_of(self, task: str) -> int:
         """Evaluation interval on ``task``: ``eval_freq`` scaled by its budget (same number of evaluations per run)."""
@@ -212,17 +222,7 @@ class CompareConfig:
 
     def tasks_of(self, modality: str) -> tuple[str, ...]:
         """The tasks ``modality`` runs: its ``modality_tasks`` subset (in --tasks order), else every task."""
-        from difftori.il.config import OBS_TYPES
-
-        subsets: dict[str, set[str]] = {}
-        for entry in self.modality_tasks:
-            m, sep, names = entry.partition("=")
-            check(bool(sep) and m in OBS_TYPES and bool(names), f"modality_tasks entries are MODALITY=task,task with a modality of "
-                  f"{', '.join(OBS_TYPES)}, got {entry!r}")
-            picked = {t for t in names.split(",") if t}
-            unknown = sorted(picked - set(self.tasks))
-            check(not unknown, f"modality_tasks {entry!r}: {unknown} not in --tasks")
-            subsets[m] = picked
+        subsets = self._parse_key_values()[1]
         return tuple(t for t in self.tasks if t in subsets[modality]) if modality in subsets else self.tasks
 
 

@@ -49,7 +49,7 @@ from difftori.rl.config import SMALL_FRACTIONS, preset_values
 from difftori.sweep.archive import archive_done, restore
 from difftori.sweep.grid import Cell, rl_cell, script_cell
 from difftori.sweep.runner import SweepOptions, cell_dir, read_state, run_sweep
-from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args, to_dict
+from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args, key_values, to_dict
 from difftori.utils.io import atomic_write_json, atomic_write_text
 from difftori.utils.runs import read_csv
 
@@ -152,10 +152,7 @@ class CompareConfig:
         for v in self.variants:
             check(v in VARIANTS, f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
         self.max_seeds = tuple(self.max_seeds)
-        for item in self.max_seeds:
-            name, _, n = item.partition("=")
-            check(name in self.variants and n.isdigit() and int(n) >= 1,
-                  f"max_seeds entries are VARIANT=N with a variant of this grid and N >= 1, got {item!r}")
+        self.seeds_of(self.variants[0])  # parses (and checks) every max_seeds entry
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         check(self.preset in ("small", "cpu", "paper"), f"preset must be small (alias cpu) or paper, got {self.preset!r}")
         check(0 <= self.seed_frac <= self.pg_start_frac <= 1, "need 0 <= seed_frac <= pg_start_frac <= 1")
@@ -168,7 +165,12 @@ class CompareConfig:
 
     def seeds_of(self, variant: str) -> tuple[int, ...]:
         """The seeds ``variant`` runs (all of ``seeds`` unless ``max_seeds`` limits it)."""
-        limits = {k: int(n) for k, _, n in (m.partition("=") for m in self.max_seeds)}
+        def limit(name: str, n: str) -> int:
+            if name not in self.variants or not n.isdigit() or int(n) < 1:
+                raise ValueError("")
+            return int(n)
+
+        limits = key_values(self.max_seeds, "max_seeds entries are VARIANT=N with a variant of this grid and N >= 1", limit)
         return self.seeds[: limits.get(variant, len(self.seeds))]
 
 

@@ -119,3 +119,18 @@ def test_resume_config_only_extends_steps_and_runtime_fields():
         resume_config(Run, saved, p.parse_args(["--seed", "4", "--solver.method", "lm"]))
     with pytest.raises(ConfigError, match="can only be extended"):
         resume_config(Run, saved, p.parse_args(["--steps", "5"]))
+
+
+def test_key_values_parse_once_and_name_a_bad_entry():
+    from difftori.utils.config import key_values
+
+    def positive(key: str, value: str) -> int:
+        if int(value) < 1:
+            raise ValueError(f"{key} needs >= 1")
+        return int(value)
+
+    assert key_values(["a=1", "b=2", "a=3"], "entries are K=N", positive) == {"a": 3, "b": 2}
+    assert key_values([], "entries are K=N", positive) == {}
+    for bad, reason in (("a", "got 'a'$"), ("a=x", "got 'a=x'"), ("a=0", "got 'a=0': a needs >= 1")):
+        with pytest.raises(ConfigError, match=f"^entries are K=N, {reason}"):
+            key_values([bad], "entries are K=N", positive)

@@ -16,6 +16,7 @@ import json
 import textwrap
 import types
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -30,6 +31,8 @@ __all__ = [
     "resume_config",
     "flat_config",
     "parse_bool",
+    "check",
+    "key_values",
     "RUNTIME_FIELDS",
     "ConfigError",
 ]
@@ -288,3 +291,20 @@ def check(cond: bool, msg: str) -> None:
     """Raise :class:`ConfigError` with ``msg`` unless ``cond`` (for ``__post_init__`` validation)."""
     if not cond:
         raise ConfigError(msg)
+
+
+def key_values(entries: Iterable[str], form: str, parse: Callable[[str, str], Any]) -> dict[str, Any]:
+    """``{KEY: parse(KEY, VALUE)}`` of ``KEY=VALUE`` option entries (a later entry wins). ``parse`` raises
+    ``ValueError`` for a bad entry; the :class:`ConfigError` then names ``form`` (what an entry must be), the entry
+    and the parser's reason."""
+    out: dict[str, Any] = {}
+    for entry in entries:
+        key, sep, value = str(entry).partition("=")
+        try:
+            if not sep:
+                raise ValueError("")
+            out[key] = parse(key, value)
+        except ValueError as exc:
+            reason = f": {exc}" if str(exc) else ""
+            raise ConfigError(f"{form}, got {entry!r}{reason}") from None
+    return out

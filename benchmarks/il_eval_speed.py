@@ -47,7 +47,7 @@ class EvalSpeedConfig:
     threads: int = 1
     """torch.set_num_threads for the whole run."""
     quick: bool = False
-    """Quick mode (a smoke run): 2 episodes of at most 20 steps. Explicit options still override it."""
+    """Quick mode (a smoke run): 2 episodes of at most 20 steps, written to runs/bench_quick. Explicit options still override it."""
     out: str = str(DEFAULT_OUT)
     """Folder of il_eval_speed.json and il_eval_speed.md (written atomically)."""
 
@@ -114,7 +114,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quick = EvalSpeedConfig(quick=True, episodes=2, max_steps=20)
+    quick = EvalSpeedConfig(quick=True, episodes=2, max_steps=20, out=str(REPO / "runs" / "bench_quick"))  # never over the results
     cfg = parse_bench_config(EvalSpeedConfig, quick, __doc__, argv)
     results = run(cfg, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
     md = markdown(results)

@@ -15,7 +15,7 @@ parameters at B = 8 / 32 / 256, ours (newton, implicit) vs mpc.pytorch at its lo
 with a central-difference check of each library's gradient.
 
     python benchmarks/optim_peers.py --threads 1            # full
-    python benchmarks/optim_peers.py --quick                # about a minute (tiny tracking sizes)
+    python benchmarks/optim_peers.py --quick                # about a minute (tiny sizes; written to runs/bench_quick)
     python benchmarks/optim_peers.py --no-theseus           # Theseus skipped (not needed installed)
     python benchmarks/optim_peers.py --mpc-only             # only the mpc.pytorch section
 
@@ -97,7 +97,8 @@ class TheseusMissingError(RuntimeError):
 @dataclass
 class BenchConfig:
     quick: bool = False
-    """Quick mode (about a minute): fewer iterations and repeats, tiny tracking sizes. Explicit options still override it."""
+    """Quick mode (about a minute): fewer iterations and repeats, tiny tracking sizes, written to runs/bench_quick (never
+    over the committed results). Explicit options still override it."""
     threads: int = 2
     """torch.set_num_threads for the whole run."""
     device: str = "auto"
@@ -240,7 +241,7 @@ class BenchConfig:
 QUICK = BenchConfig(
     quick=True, repeats=2, repeats_slow=1, packed_repeats=1, warmup_iters=5, rl_iters=10, il_iters=20, packed_iters=6,
     newton_ref_iters=30, newton_max_iters=2, track_batches=(1, 8), track_hidden=64, track_final_iters=8, fd_iters=30,
-    pend_batches=(8,), pend_repeats=1, pend_fd_batch=2,
+    pend_batches=(8,), pend_repeats=1, pend_fd_batch=2, out=str(REPO / "runs" / "bench_quick" / "optim_peers.json"),
 )
 
 

@@ -64,7 +64,7 @@ class SpeedConfig:
     sizes: tuple[str, ...] = ("paper",)
     """Network / planner sizes: paper (RLConfig defaults: latent 50, MLP 512, batch 512, 512 MPPI samples) and/or small (the small preset)."""
     quick: bool = False
-    """Quick mode (a smoke run): few repetitions. Explicit options still override it."""
+    """Quick mode (a smoke run): few repetitions, written to runs/bench_quick. Explicit options still override it."""
     threads: int = 1
     """torch.set_num_threads for the whole run."""
     device: str = "auto"
@@ -100,7 +100,8 @@ class SpeedConfig:
         check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
 
 
-QUICK = SpeedConfig(quick=True, repeats=2, warmup=1, return_grads=("autograd", "manual"), fast_return_grad="manual")
+QUICK = SpeedConfig(quick=True, repeats=2, warmup=1, return_grads=("autograd", "manual"), fast_return_grad="manual",
+                    out=str(REPO / "runs" / "bench_quick"))  # never over the committed results
 
 STEP_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "tdmpc": {"today": {"precision": "fp32"}, "fast": {"precision": "bf16"}},

@@ -153,6 +153,7 @@ def test_config_validation_and_quick_preset():
     quick = bench.parse_config(["--quick", "--rl-iters", "12"])
     assert quick.quick and quick.rl_iters == 12 and quick.il_iters == bench.QUICK.il_iters
     assert quick.track_hidden < bench.BenchConfig().track_hidden
+    assert "bench_quick" in quick.out and "bench_quick" not in bench.BenchConfig().out  # a smoke run never overwrites results
     assert bench.parse_config(["--mpc-only", "--track-batches", "1", "2"]).track_batches == (1, 2)
     assert bench.parse_config([]).rl_iters == bench.BenchConfig().rl_iters
 

@@ -65,4 +65,5 @@ def test_config_validation_and_quick_preset():
         bench.SpeedConfig(trained_iters=-1)
     quick = bench.parse_config(["--quick", "--repeats", "3"])
     assert quick.quick and quick.repeats == 3 and quick.warmup == bench.QUICK.warmup
+    assert "bench_quick" in quick.out and "bench_quick" not in bench.SpeedConfig().out  # never over the committed results
     assert bench.parse_config([]).sizes == ("paper",) and bench.parse_config(["--sizes", "paper", "small"]).sizes == ("paper", "small")

@@ -75,3 +75,17 @@ def test_background_geoms_and_foreground_mask():
     pts = np.array([[0.0, 0.0, 0.551], [0.0, 0.0, 0.58], [0.0, 0.0, 2.0], [0.5, 0.5, 0.3], [0.0, 0.0, 0.001]])
     # on the table top (dropped), on the cube (kept), above the crop box, between shelf and table (kept), on the shelf
     assert foreground_mask(pts, box, geoms, 0.005).tolist() == [False, True, False, True, False]
+
+
+def test_suite_imports_turn_import_and_gl_failures_into_one_line_errors():
+    from difftori.envs import MissingDependencyError, suite_imports
+
+    with pytest.raises(MissingDependencyError, match=r"^Foo tasks need the 'foo' package \(No module named 'foo'\); install with: pip x$"):
+        with suite_imports("Foo", "the 'foo' package", "pip x"):
+            import foo  # noqa: F401
+    with pytest.raises(RuntimeError, match="MuJoCo cannot render with MUJOCO_GL=.*OSError: no EGL"):
+        with suite_imports("Foo", "foo", "pip x"):
+            raise OSError("no EGL")
+    with pytest.raises(OSError, match="^not GL$"):  # a suite without MuJoCo passes other errors on as they are
+        with suite_imports("Bar", "bar", "pip y", mujoco=False):
+            raise OSError("not GL")

@@ -9,12 +9,16 @@ picks a headless MuJoCo GL backend when ``MUJOCO_GL`` is unset (see :mod:`diffto
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from difftori.envs.spec import EnvSpec
 from difftori.utils.gl import configure_gl
 
 configure_gl()
 
-__all__ = ["EnvSpec", "make_env", "known_tasks", "suite_of", "require_suite", "obs_revision", "UnknownTaskError", "MissingDependencyError"]
+__all__ = ["EnvSpec", "make_env", "known_tasks", "suite_of", "require_suite", "obs_revision", "suite_imports", "UnknownTaskError",
+           "MissingDependencyError"]
 
 
 class UnknownTaskError(ValueError):
@@ -23,6 +27,23 @@ class UnknownTaskError(ValueError):
 
 class MissingDependencyError(ImportError):
     """An optional dependency is missing; the message gives the install hint."""
+
+
+@contextmanager
+def suite_imports(suite: str, needs: str, hint: str, mujoco: bool = True) -> Iterator[None]:
+    """Around a suite's lazy imports: an ``ImportError`` becomes :class:`MissingDependencyError` ("``suite`` tasks
+    need ``needs`` (why); install with: ``hint``"); with ``mujoco``, an error of MuJoCo loading its GL backend
+    becomes the render error that names the backend and how to pick another."""
+    try:
+        yield
+    except ImportError as exc:
+        raise MissingDependencyError(f"{suite} tasks need {needs} ({exc}); install with: {hint}") from None
+    except (AttributeError, RuntimeError, OSError) as exc:
+        if not mujoco:
+            raise
+        from difftori.utils.gl import render_error
+
+        raise render_error(exc) from None
 
 
 def _suites():

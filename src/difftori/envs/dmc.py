@@ -129,19 +129,11 @@ def require() -> None:
 def _import_dm_control():
     from difftori.utils.gl import configure_gl
 
+    from difftori.envs import suite_imports
+
     configure_gl()
-    try:
+    with suite_imports("DeepMind Control", "dm_control", "pip install 'difftori[dmc]'"):
         from dm_control import suite
-    except ImportError as exc:
-        from difftori.envs import MissingDependencyError
-
-        raise MissingDependencyError(
-            f"DeepMind Control tasks need dm_control ({exc}); install with: pip install 'difftori[dmc]'"
-        ) from exc
-    except (AttributeError, RuntimeError, OSError) as exc:  # mujoco could not load its GL backend
-        from difftori.utils.gl import render_error
-
-        raise render_error(exc) from exc
     return suite
 
 

@@ -129,17 +129,13 @@ def require() -> None:
 
 def _import_maniskill():
     """Import ManiSkill (registers its envs) after pointing Vulkan at the private driver."""
-    from difftori.envs import vulkan
+    from difftori.envs import suite_imports, vulkan
 
     vulkan.configure()
-    try:
+    with suite_imports("ManiSkill", "mani-skill, sapien and mplib", INSTALL_HINT, mujoco=False):
         import gymnasium  # noqa: F401
         import mani_skill.envs  # noqa: F401
         import numpy
-    except ImportError as exc:
-        from difftori.envs import MissingDependencyError
-
-        raise MissingDependencyError(f"ManiSkill tasks need mani-skill, sapien and mplib ({exc}); set up with: {INSTALL_HINT}") from None
     if int(numpy.__version__.split(".")[0]) >= 2:
         from difftori.envs import MissingDependencyError
 

@@ -114,21 +114,13 @@ def require() -> None:
 
 
 def _import_metaworld():
-    try:
+    from difftori.envs import suite_imports
+
+    with suite_imports("MetaWorld", "the 'metaworld' and 'mujoco' packages", INSTALL_HINT):
         import metaworld  # noqa: F401
         import mujoco  # noqa: F401
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
         from metaworld.policies import ENV_POLICY_MAP
-    except ImportError as exc:
-        from difftori.envs import MissingDependencyError
-
-        raise MissingDependencyError(
-            f"MetaWorld tasks need the 'metaworld' and 'mujoco' packages ({exc}); install them with: {INSTALL_HINT}"
-        ) from None
-    except (AttributeError, RuntimeError, OSError) as exc:  # mujoco could not load its GL backend
-        from difftori.utils.gl import render_error
-
-        raise render_error(exc) from None
     return ALL_V3_ENVIRONMENTS, ENV_POLICY_MAP
 
 

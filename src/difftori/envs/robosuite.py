@@ -125,20 +125,12 @@ def require() -> None:
 
 def _import_robosuite():
     _quiet_robosuite_logs()
-    try:
+    from difftori.envs import suite_imports
+
+    with suite_imports("robosuite", "the 'robosuite' package and its dependencies", INSTALL_HINT):
         import mujoco  # noqa: F401
         import robosuite
         from robosuite.controllers import load_composite_controller_config
-    except ImportError as exc:
-        from difftori.envs import MissingDependencyError
-
-        raise MissingDependencyError(
-            f"robosuite tasks need the 'robosuite' package and its dependencies ({exc}); install them with: {INSTALL_HINT}"
-        ) from None
-    except (AttributeError, RuntimeError, OSError) as exc:  # mujoco could not load its GL backend
-        from difftori.utils.gl import render_error
-
-        raise render_error(exc) from None
     return robosuite, load_composite_controller_config
 
 

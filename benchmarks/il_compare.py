@@ -246,8 +246,8 @@ def variant_options(cfg: CompareConfig, variant: str, modality: str = "state", t
     lr = cfg.lr_of(modality)
     if lr is not None:
         opts += ["--lr", lr]
-    if variant == "difftori" and modality in cfg.encoder_from_base:
-        opts += ["--difftori.encoder-init", "base"]
+    if variant.startswith("difftori"):  # explicit either way: the preset may give one (small: base on rendered modalities)
+        opts += ["--difftori.encoder-init", "base" if variant == "difftori" and modality in cfg.encoder_from_base else "scratch"]
     return opts + shlex.split(cfg.extra)
 
 

@@ -137,11 +137,18 @@ def test_rendered_modalities_get_their_lr_and_difftori_the_bases_encoder_state_i
     assert got[("pointcloud", "difftori-faithful")] == (1e-3, "scratch"), "the faithful variant keeps a fresh encoder"
     assert got[("pointcloud", "diffusion")][0] == got[("pointcloud", "bc")][0] == 1e-3
     assert got[("state", "diffusion")][0] == 1e-4 and got[("state", "difftori")] == (1e-3, "scratch")
+    # Without the grid's own settings the preset (small) gives the same lr on point clouds: the same cells;
+    # without encoder_from_base DiffTORI's point-cloud runs start a fresh encoder: other cells.
     plain = bench.CompareConfig(tasks=("reach",), seeds=(1,), modalities=("state", "pointcloud"), variants=variants,
                                 modality_lr=(), encoder_from_base=())
-    ids = {c.id for c in bench.cells(plain)}
-    assert {c.id for c in grid if c.obs_type == "state"} <= ids  # committed state cells keep their ids
-    assert not {c.id for c in grid if c.obs_type == "pointcloud"} & ids
+    plain_ids = {(c.obs_type, c.variant): c.id for c in bench.cells(plain) if c.area == "il"}
+    ids = {(c.obs_type, c.variant): c.id for c in grid}
+    assert {k: v for k, v in ids.items() if k != ("pointcloud", "difftori")} == {k: v for k, v in plain_ids.items() if k != ("pointcloud", "difftori")}
+    assert ids[("pointcloud", "difftori")] != plain_ids[("pointcloud", "difftori")]
+    slow = bench.CompareConfig(tasks=("reach",), seeds=(1,), modalities=("state", "pointcloud"), variants=variants,
+                               modality_lr=("pointcloud=1e-4",))
+    slow_ids = {(c.obs_type, c.variant): c.id for c in bench.cells(slow) if c.area == "il"}
+    assert all((slow_ids[k] == v) == (k[0] == "state") for k, v in ids.items())  # committed state cells keep their ids
     for bad in (("pointcloud=fast",), ("pointcloud",), ("lidar=1e-3",), ("image=-1",)):
         with pytest.raises(ConfigError, match="modality_lr entries are MODALITY=LR"):
             bench.CompareConfig(modality_lr=bad)

@@ -95,3 +95,27 @@ def test_eval_with_another_obs_type_is_a_clear_error(tmp_path, diffusion_ckpt, c
 def test_preset_with_resume_is_refused(tmp_path, capsys):
     assert main(["il", "train", "--resume", str(tmp_path), "--preset", "paper"]) == 2
     assert "--preset applies to new runs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policy,obs_type,lr,encoder_init", [
+    ("diffusion", "state", 1e-4, "scratch"), ("bc", "pointcloud", 1e-3, "scratch"), ("difftori", "state", 1e-3, "scratch"),
+    ("difftori", "pointcloud", 1e-3, "base"), ("difftori", "image", 1e-3, "base"),
+])
+def test_small_preset_rules_give_what_the_il_grid_runs(policy, obs_type, lr, encoder_init):
+    from difftori.il.train import train_config
+    from difftori.sweep.grid import _parse
+
+    def cfg(*extra):
+        opts = ["--task", "reach", "--policy", policy, "--obs-type", obs_type, "--dataset", "d.zarr", "--preset", "small", *extra]
+        return train_config(_parse("il", "train", opts + (["--base-policy", "b"] if policy == "difftori" else [])))
+
+    c = cfg()
+    assert (c.lr, c.difftori.encoder_init, c.batch_size) == (lr, encoder_init, 32)
+    assert c.difftori.cost_grad == ("manual" if policy == "difftori" else "autograd")
+    given = cfg("--lr", "5e-4", "--difftori.encoder-init", "scratch", "--difftori.cost-grad", "autograd")
+    assert (given.lr, given.difftori.encoder_init, given.difftori.cost_grad) == (5e-4, "scratch", "autograd")  # options win
+    if policy == "difftori":  # a rule applies only where its settings are valid: no base, no copied encoder
+        zeros = cfg("--difftori.init", "zeros")
+        assert zeros.difftori.encoder_init == "scratch" and zeros.lr == 1e-3
+        newton = cfg("--difftori.solver.method", "newton")
+        assert newton.difftori.cost_grad == "autograd"

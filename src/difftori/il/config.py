@@ -6,12 +6,14 @@ dataset / :class:`~difftori.envs.spec.EnvSpec` at run time and are never stored 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from difftori.utils.config import check
 
-__all__ = ["ILConfig", "BCConfig", "IBCConfig", "DiffusionConfig", "DiffTORIConfig", "SolverConfig", "POLICIES", "OBS_TYPES", "IL_PRESETS", "INFERENCE_SELECT"]
+__all__ = ["ILConfig", "BCConfig", "IBCConfig", "DiffusionConfig", "DiffTORIConfig", "SolverConfig", "POLICIES", "OBS_TYPES", "IL_PRESETS",
+           "IL_PRESET_RULES", "preset_for", "INFERENCE_SELECT"]
 
 POLICIES = ("bc", "ibc", "diffusion", "difftori")
 OBS_TYPES = ("pointcloud", "image", "state")
@@ -346,3 +348,46 @@ IL_PRESETS: dict[str, dict] = {
 }
 """Named starting points for ``difftori il train --preset NAME``: applied over the defaults (and over
 ``--config``), under every option given on the command line."""
+
+IL_PRESET_RULES: dict[str, list[tuple[str, Callable[[ILConfig], bool], dict[str, Any]]]] = {
+    "small": [
+        ("DiffTORI: lr 1e-3 (at 1e-4 the solve moves the base's actions by < 1% in a CPU budget)",
+         lambda c: c.policy == "difftori", dict(lr=1e-3)),
+        ("point clouds and images: lr 1e-3 for every policy (at 1e-4 the diffusion policy has not fitted its demos "
+         "after 2000 steps; benchmarks/results/il_budget.md)",
+         lambda c: c.obs_type != "state", dict(lr=1e-3)),
+        ("DiffTORI on point clouds and images: its encoder starts from its base's (1000 steps do not train a "
+         "point-cloud encoder from scratch)",
+         lambda c: c.policy == "difftori" and c.obs_type != "state" and c.difftori.init == "base",
+         dict(difftori=dict(encoder_init="base"))),
+        ("DiffTORI with a first-order solver: the cost's gradient by hand in the no-graph iterations (equal values, "
+         "faster)",
+         lambda c: c.policy == "difftori" and c.difftori.solver.method in ("gd", "adam", "lm_scalar"),
+         dict(difftori=dict(cost_grad="manual"))),
+    ],
+}
+"""Settings a preset gives only some runs: ``(why, applies_to(config), settings)``. A rule is tested on the run's
+config with the preset's plain settings, and its settings join the preset's (the options given still win):
+``il train --preset small`` is what ``benchmarks/il_compare.py`` runs."""
+
+
+def preset_for(name: str, probe: Callable[[dict[str, Any]], ILConfig]) -> dict[str, Any]:
+    """The settings of preset ``name`` for one run: :data:`IL_PRESETS` ``[name]`` plus every rule of
+    :data:`IL_PRESET_RULES` that applies to ``probe(preset)`` (the run's config under the preset's plain settings)."""
+    settings = IL_PRESETS[name]
+    rules = IL_PRESET_RULES.get(name, [])
+    if not rules:
+        return settings
+    cfg = probe(settings)
+    out = dict(settings)
+    for _, applies, extra in rules:
+        if applies(cfg):
+            out = _merge(out, extra)
+    return out
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from difftori.il.base import OBS_KEYS, Policy, policy_obs_shapes
-from difftori.il.config import IL_PRESETS, INFERENCE_SELECT, ILConfig
+from difftori.il.config import IL_PRESETS, INFERENCE_SELECT, ILConfig, preset_for
 from difftori.utils.config import RUNTIME_FIELDS, ConfigError, add_dataclass_args, dataclass_from_args, load_config, save_config, to_dict
 
 __all__ = ["train", "train_config", "evaluate_checkpoint", "load_windows", "fit_normalizer", "register_cli", "EVAL_SEED_BASE"]
@@ -398,8 +398,10 @@ def _announce(run_dir: Path) -> None:
 
 def train_config(args: argparse.Namespace) -> ILConfig:
     """The config of a new ``il train`` run: defaults, then ``--config``, then ``--preset``, then the options given."""
-    preset = IL_PRESETS[args.preset] if getattr(args, "preset", None) else None
     base = load_config(ILConfig, args.config) if getattr(args, "config", None) else None
+    if not getattr(args, "preset", None):
+        return dataclass_from_args(ILConfig, args, base=base)
+    preset = preset_for(args.preset, lambda plain: dataclass_from_args(ILConfig, args, base=base, preset=plain))
     return dataclass_from_args(ILConfig, args, base=base, preset=preset)
 
 
@@ -450,7 +452,7 @@ def register_cli(sub) -> None:
     p = sub.add_parser("train", help="train an IL policy (bc, ibc, diffusion, difftori) on a demo dataset")
     add_dataclass_args(p, ILConfig)
     p.add_argument("--config", type=Path, default=None, help="start from this config.json (options given override it)")
-    p.add_argument("--preset", default=None, choices=sorted(IL_PRESETS), help="named settings applied over the defaults and --config, under the options given: paper (published DiffTORI-IL settings, packed solve), paper-eq7 (the paper's Eq. 7 formulation and Appendix D settings), small (CPU-sized)")
+    p.add_argument("--preset", default=None, choices=sorted(IL_PRESETS), help="named settings applied over the defaults and --config, under the options given: paper (published DiffTORI-IL settings, packed solve), paper-eq7 (the paper's Eq. 7 formulation and Appendix D settings), small (CPU-sized; lr 1e-3 for DiffTORI and on point clouds / images, DiffTORI's encoder from its base there: what benchmarks/il_compare.py runs)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue this run (or the newest run in this folder) from its last checkpoint; only --steps "
                         "(to extend), --progress, --num-threads and --device may be given with it")

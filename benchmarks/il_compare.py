@@ -77,7 +77,7 @@ VARIANTS: dict[str, list[str]] = {
 2-action window (the grid's preset sets those: the window must match the diffusion base it starts from)."""
 
 FIELDS = ["task", "modality", "variant", "policy", "seed", "steps", "status", "final", "dp3", "n_evals", "train_time_s",
-          "eval_time_s", "eval_s_per_episode", "eval_ms_per_env_step", "eval_envs", "cell"]
+          "eval_time_s", "eval_s_per_episode", "eval_ms_per_env_step", "eval_envs", "demo_mse", "base_demo_mse", "cell"]
 
 
 @dataclass
@@ -296,6 +296,8 @@ def summarise(cfg: CompareConfig, cell, state: dict[str, Any]) -> dict[str, Any]
                train_time_s=round(float(state.get("wall_s", float("nan"))) - eval_s, 1), eval_time_s=round(eval_s, 1),
                eval_s_per_episode=round(eval_s / episodes, 2),
                eval_ms_per_env_step=round(1000 * eval_s / env_steps, 2) if env_steps > 0 else float("nan"))
+    if evals:  # the action error on demo windows at the last evaluation (runs since the trainer logs it)
+        row.update({k: float(evals[-1][k]) for k in ("demo_mse", "base_demo_mse") if evals[-1].get(k)})
     return row
 
 

@@ -87,3 +87,35 @@ def test_il_base_pool_benchmark_times_both_ways_and_checks_their_draws(tmp_path)
     assert "encoded once" in (tmp_path / "il_base_pool.md").read_text()
     with pytest.raises(ConfigError, match="draws"):
         il_base_pool.PoolConfig(draws=1)
+
+
+def test_il_demo_mse_reads_a_grid_measures_checkpoints_and_resumes(tmp_path, monkeypatch):
+    import shutil
+
+    from benchmarks import il_demo_mse
+
+    grid, root = tmp_path / "grid", tmp_path / "sweep"
+    diffusion = _train(tmp_path, "diffusion")
+    difftori = _train(tmp_path, "difftori", "--base-policy", str(diffusion), "--difftori.solver.max-iters", "2")
+    rows = []
+    for variant, run in (("diffusion", diffusion), ("difftori", difftori)):
+        shutil.copytree(run, root / "cells" / f"reach-state-{variant}-seed1-x" / "run" / "reach" / variant / "seed1" / run.name)
+        rows.append(f"reach,state,{variant},1,done,0.5,reach-state-{variant}-seed1-x")
+    rows.append("reach,state,bc,1,running,,reach-state-bc-seed1-x")  # unfinished: not measured
+    grid.mkdir()
+    (grid / "il_compare.csv").write_text("task,modality,variant,seed,status,final,cell\n" + "\n".join(rows) + "\n")
+    cfg = il_demo_mse.DemoMSEConfig(grid=str(grid), run_root=str(root))
+    got = {r["variant"]: r for r in il_demo_mse.run(cfg)}
+    assert set(got) == {"diffusion", "difftori"} and {r["source"] for r in got.values()} == {"checkpoint"}
+    assert got["difftori"]["base_demo_mse"] == got["diffusion"]["demo_mse"] > 0  # the base is the diffusion run
+    md = il_demo_mse.markdown(list(got.values()), cfg, finished=2)
+    assert "`difftori` / its base: ratio" in md and "max |difference| 0.00e+00 over 1 pairs" in md
+
+    def no_measure(*args):
+        raise AssertionError("a measured run is not measured again")
+
+    monkeypatch.setattr(il_demo_mse, "_measure", no_measure)
+    again = {r["variant"]: r for r in il_demo_mse.run(cfg)}  # resumes from il_demo_mse.csv
+    assert float(again["difftori"]["demo_mse"]) == pytest.approx(got["difftori"]["demo_mse"])
+    with pytest.raises(AssertionError, match="measured again"):
+        il_demo_mse.run(il_demo_mse.DemoMSEConfig(grid=str(grid), run_root=str(root), fresh=True))

@@ -77,6 +77,7 @@ def test_train_eval_and_resume_without_lost_or_duplicated_rows(tmp_path, dataset
     assert all(float(r["loss"]) > 0 and float(r["lr"]) > 0 for r in rows)
     evals = read_csv(run / "eval.csv")
     assert [r["step"] for r in evals] == ["3", "6"] and all(0.0 <= float(r["success_rate"]) <= 1.0 for r in evals)
+    assert all(float(r["demo_mse"]) >= 0.0 for r in evals)  # the policy's error on demo windows, beside the success rate
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["policy"] == "bc" and cfg["task"] == "reach"
     assert (run / "checkpoints" / "last.pt").exists() and (run / "plot.png").exists()

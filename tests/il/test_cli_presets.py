@@ -45,6 +45,10 @@ def test_difftori_small_preset_trains_from_a_base(tmp_path, dataset, diffusion_c
     cfg = json.loads((_run_dir(tmp_path, "difftori") / "config.json").read_text())
     assert not cfg["difftori"]["solver"]["packed"] and cfg["difftori"]["solver"]["method"] == "gd"
     assert cfg["difftori"]["base_pool"] == 8 and cfg["difftori"]["solver"]["max_iters"] == 3
+    from difftori.utils.runs import read_csv
+
+    last = read_csv(_run_dir(tmp_path, "difftori") / "eval.csv")[-1]
+    assert float(last["demo_mse"]) >= 0 and float(last["base_demo_mse"]) >= 0  # DiffTORI's error and its base's
 
 
 def _variant(src: Path, dst: Path, edit) -> Path:

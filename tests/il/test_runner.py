@@ -102,3 +102,37 @@ def test_stop_on_success_ends_an_episode_at_its_first_success_with_the_same_succ
     assert [r["length"] for r in full] == [12] * 4
     assert [r["length"] for r in cut] == [2, 5, 12, 9]
     assert [r["return"] for r in cut] == [2.0, 5.0, 12.0, 9.0]
+
+
+class NoisyPolicy(RowwisePolicy):
+    """RowwisePolicy plus N(0, noise^2) draws from torch's global RNG (as a sampling policy's)."""
+
+    def __init__(self, noise: float, base=None):
+        super().__init__("x", 2, action_dim=2, action_steps=3)
+        self.noise, self.base = noise, base
+
+    def predict_action(self, obs):
+        a = super().predict_action(obs)
+        return a + self.noise * torch.randn_like(a)
+
+
+def test_demo_mse_measures_against_the_demos_in_its_own_rng():
+    from difftori.il.runner import demo_mse
+
+    g = torch.Generator().manual_seed(3)
+    obs = {"x": torch.randn(100, 2, 2, generator=g)}
+    exact = RowwisePolicy("x", 2, action_dim=2, action_steps=3)
+    windows = {"obs": obs, "action": exact.predict_action(obs)}  # demos the deterministic policy reproduces
+    assert demo_mse(exact, windows) == {"demo_mse": 0.0}
+    refined = NoisyPolicy(0.1, base=NoisyPolicy(1.0))
+    torch.manual_seed(0)
+    expected_next = torch.rand(3)
+    torch.manual_seed(0)
+    fit = demo_mse(refined, windows, count=50)
+    assert torch.equal(torch.rand(3), expected_next), "the caller's RNG stream must be untouched"
+    assert fit == demo_mse(refined, windows, count=50)  # seeded: repeated calls agree
+    assert set(fit) == {"demo_mse", "base_demo_mse"}
+    assert fit["demo_mse"] == pytest.approx(0.01, rel=0.3) and fit["base_demo_mse"] == pytest.approx(1.0, rel=0.3)
+    refined.train()  # the training mode is restored
+    demo_mse(refined, windows)
+    assert refined.training

@@ -4,7 +4,8 @@ The runner keeps the last ``obs_steps`` observations of each episode (the first 
 asks the policy for an action window and executes its ``action_steps`` actions before replanning
 (receding horizon). Episodes run side by side in ``num_envs`` envs, one batched ``predict_action`` per
 decision for all live episodes (a batch-1 call is overhead-bound on a CPU); episode ``i`` always uses env
-seed ``seed + i``. An episode succeeds if ``info["success"]`` is ever true.
+seed ``seed + i``. An episode succeeds if ``info["success"]`` is ever true. :func:`demo_mse` measures a policy
+on its demos instead: how far its action windows are from the demonstrated ones, without an env.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import torch
 
 from difftori.il.base import Policy
 
-__all__ = ["evaluate", "run_episode", "run_episodes"]
+__all__ = ["evaluate", "run_episode", "run_episodes", "demo_mse", "DEMO_MSE_WINDOWS"]
+
+DEMO_MSE_WINDOWS = 64
+"""Demo windows :func:`demo_mse` predicts on (a fixed draw of the dataset's windows)."""
 
 
 def _stack(histories: Sequence[deque], keys, device) -> dict[str, torch.Tensor]:
@@ -134,3 +138,32 @@ def evaluate(
         "video": str(video_path) if video_path else None,
         "num_envs": len(envs),
     }
+
+
+def demo_mse(policy: Policy, windows: dict[str, Any], count: int = DEMO_MSE_WINDOWS, seed: int = 0) -> dict[str, float]:
+    """Mean squared error (env action units) between the action windows ``policy`` predicts on ``count`` demo
+    observation windows and the demos' own: ``demo_mse``; for a policy refining a base (DiffTORI), ``base_demo_mse``
+    is the base's on the same windows, so their ratio says whether the refinement moves the base's actions toward
+    the demos at inference (latents from the prior). ``windows`` are ``load_windows``'s (on the policy's device);
+    the same ``count`` windows for any policy of a dataset (a permutation seeded by ``seed``). Runs in a forked
+    RNG seeded by ``seed``: the caller's random stream (training's) is untouched, and repeated calls agree."""
+    n = windows["action"].shape[0]
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].to(windows["action"].device)
+    obs = {k: v[idx] for k, v in windows["obs"].items()}
+    target = windows["action"][idx].float()
+    base = getattr(policy, "base", None)
+    was_training = policy.training
+    policy.eval()
+    out: dict[str, float] = {}
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
+            for key, pol in (("demo_mse", policy), ("base_demo_mse", base)):
+                if pol is None:
+                    continue
+                torch.manual_seed(seed)
+                pol.reset()
+                out[key] = float(torch.mean((pol.predict_action(obs).float() - target) ** 2))
+                pol.reset()
+    finally:
+        policy.train(was_training)
+    return out

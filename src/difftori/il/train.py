@@ -3,8 +3,9 @@
 The trainer loads the demo windows once (into tensors on the training device), fits the
 normalizer, builds the policy from the registry, and runs AdamW with warm-up + cosine decay.
 It logs ``train.csv`` (loss and policy metrics), evaluates the success rate periodically
-(``eval.csv``), saves atomic resumable checkpoints (policy incl. normalizer, optimizer,
-scheduler, RNG, step) to ``checkpoints/last.pt`` and draws ``plot.png`` at the end.
+(``eval.csv``, with :func:`~difftori.il.runner.demo_mse`: the error of the policy's action windows on demo
+windows), saves atomic resumable checkpoints (policy incl. normalizer, optimizer, scheduler, RNG, step) to
+``checkpoints/last.pt`` and draws ``plot.png`` at the end.
 ``--resume RUN_DIR`` continues a run from its last checkpoint without losing or duplicating
 logged rows; it refuses options that contradict the checkpoint (only ``--steps`` may grow).
 """
@@ -201,7 +202,7 @@ def train(
     change runtime fields; ``config.json`` is only rewritten with the larger ``steps``.
     """
     from difftori.il.policies import build_policy, policy_from_config
-    from difftori.il.runner import evaluate
+    from difftori.il.runner import demo_mse, evaluate
     from difftori.utils.device import resolve_device, set_num_threads
     from difftori.utils.io import load_checkpoint, save_checkpoint
     from difftori.utils.runs import CHECKPOINT_NAME, MetricsLogger, checkpoint_path, find_run, new_run_dir
@@ -283,7 +284,8 @@ def train(
             max_steps=cfg.eval_max_steps, env_options=env_options, num_envs=cfg.eval_envs,
             stop_on_success=cfg.eval_stop_on_success,
         )
-        logger.log("eval", step, {k: res[k] for k in ("success_rate", "mean_return", "mean_length", "eval_time_s")})
+        fit = demo_mse(policy, windows)
+        logger.log("eval", step, {**{k: res[k] for k in ("success_rate", "mean_return", "mean_length", "eval_time_s")}, **fit})
 
     from difftori.utils.progress import progress as progress_bar
 

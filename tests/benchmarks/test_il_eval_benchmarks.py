@@ -119,3 +119,32 @@ def test_il_demo_mse_reads_a_grid_measures_checkpoints_and_resumes(tmp_path, mon
     assert float(again["difftori"]["demo_mse"]) == pytest.approx(got["difftori"]["demo_mse"])
     with pytest.raises(AssertionError, match="measured again"):
         il_demo_mse.run(il_demo_mse.DemoMSEConfig(grid=str(grid), run_root=str(root), fresh=True))
+
+
+def test_il_final_eval_pairs_variants_on_the_same_fresh_seeds_and_resumes(tmp_path, monkeypatch):
+    import shutil
+
+    from benchmarks import il_final_eval
+
+    grid, root = tmp_path / "grid", tmp_path / "sweep"
+    diffusion = _train(tmp_path, "diffusion")
+    bc = _train(tmp_path, "bc")
+    rows = []
+    for variant, run in (("diffusion", diffusion), ("bc", bc)):
+        shutil.copytree(run, root / "cells" / f"reach-state-{variant}-seed1-x" / "run" / "reach" / variant / "seed1" / run.name)
+        rows.append(f"reach,state,{variant},1,done,0.5,reach-state-{variant}-seed1-x")
+    grid.mkdir()
+    (grid / "il_compare.csv").write_text("task,modality,variant,seed,status,final,cell\n" + "\n".join(rows) + "\n")
+    cfg = il_final_eval.FinalEvalConfig(grid=str(grid), run_root=str(root), variants=("diffusion", "bc"), episodes=2, envs=2)
+    got = {r["variant"]: r for r in il_final_eval.run(cfg)}
+    assert {r["first_env_seed"] for r in got.values()} == {201000} and all(0 <= r["success_rate"] <= 1 for r in got.values())
+    md = il_final_eval.markdown(list(got.values()), cfg)
+    assert "bc − diffusion (paired by task and seed)" in md and "grid final 0.50" in md
+
+    def no_eval(*args, **kwargs):
+        raise AssertionError("an evaluated run is not evaluated again")
+
+    monkeypatch.setattr("difftori.il.train.evaluate_checkpoint", no_eval)
+    assert len(il_final_eval.run(cfg)) == 2  # from il_final_eval.csv
+    with pytest.raises(ConfigError, match="no finished runs"):
+        il_final_eval.run(il_final_eval.FinalEvalConfig(grid=str(grid), run_root=str(root), tasks=("door-open",)))

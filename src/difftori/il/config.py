@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from difftori.utils.config import check
+from difftori.utils.config import check, deep_merge
 
 __all__ = ["ILConfig", "BCConfig", "IBCConfig", "DiffusionConfig", "DiffTORIConfig", "SolverConfig", "POLICIES", "OBS_TYPES", "IL_PRESETS",
            "IL_PRESET_RULES", "preset_for", "INFERENCE_SELECT"]
@@ -368,7 +368,8 @@ IL_PRESET_RULES: dict[str, list[tuple[str, Callable[[ILConfig], bool], dict[str,
 }
 """Settings a preset gives only some runs: ``(why, applies_to(config), settings)``. A rule is tested on the run's
 config with the preset's plain settings, and its settings join the preset's (the options given still win):
-``il train --preset small`` is what ``benchmarks/il_compare.py`` runs."""
+``il train --preset small`` is what ``benchmarks/il_compare.py`` runs (which adds ``--encoder-precision bf16`` on the
+rendered modalities: a speed choice for CPUs with bf16 units, left out of the preset)."""
 
 
 def preset_for(name: str, probe: Callable[[dict[str, Any]], ILConfig]) -> dict[str, Any]:
@@ -382,12 +383,6 @@ def preset_for(name: str, probe: Callable[[dict[str, Any]], ILConfig]) -> dict[s
     out = dict(settings)
     for _, applies, extra in rules:
         if applies(cfg):
-            out = _merge(out, extra)
+            out = deep_merge(out, extra)
     return out
 
-
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out

@@ -32,6 +32,7 @@ __all__ = [
     "flat_config",
     "parse_bool",
     "check",
+    "deep_merge",
     "key_values",
     "RUNTIME_FIELDS",
     "ConfigError",
@@ -175,14 +176,15 @@ def dataclass_from_args(cls: type, ns: argparse.Namespace, base: Any | None = No
     overrides = _collect(vars(ns), cls, "")
     start = to_dict(base) if base is not None else {}
     if preset:
-        start = _deep_merge(start, preset)
-    return from_dict(cls, _deep_merge(start, overrides))
+        start = deep_merge(start, preset)
+    return from_dict(cls, deep_merge(start, overrides))
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
+    """``a`` updated by ``b``, nested dicts merged key by key (neither is modified)."""
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -92,7 +92,8 @@ class DiffTORIPolicy(Policy):
         enc = nets["encoder"] if nets is not None and "encoder" in nets else getattr(self.base, "encoder", None)
         if not isinstance(enc, ObsEncoder) or enc.obs_shapes != self.encoder.obs_shapes or enc.feature_dim != self.encoder.feature_dim:
             raise ValueError("difftori.encoder_init=base: the base policy's observation encoder does not match DiffTORI's "
-                             "(same observation keys and shapes, obs_steps and encoder_dim needed)")
+                             "(same observation keys and shapes, obs_steps and encoder_dim needed); "
+                             "--difftori.encoder-init scratch starts a fresh one")
         self.encoder.load_state_dict(enc.state_dict())
 
     def build_info(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:  # allow `python benchmarks/il_demo_mse.py` from a
 import numpy as np  # noqa: E402
 
 from benchmarks.common import md_table, parse_bench_config, write_results  # noqa: E402
-from difftori.utils.config import check  # noqa: E402
+from difftori.utils.config import ConfigError, check  # noqa: E402
 
 __all__ = ["DemoMSEConfig", "run", "markdown", "main"]
 
@@ -172,7 +172,11 @@ def markdown(rows: list[dict[str, Any]], cfg: DemoMSEConfig, finished: int | Non
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_bench_config(DemoMSEConfig, None, __doc__, argv)
-    rows = run(cfg, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    try:
+        rows = run(cfg, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    except ConfigError as exc:  # nothing to measure: one line, nothing written
+        print(f"{Path(__file__).name}: error: {exc}", file=sys.stderr)
+        return 2
     finished = sum(r.get("status") == "done" for r in _read_csv(Path(cfg.grid) / "il_compare.csv"))
     md = markdown(rows, cfg, finished)
     write_results(cfg.grid, {"il_demo_mse.md": md}, md)

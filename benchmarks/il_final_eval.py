@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:  # allow `python benchmarks/il_final_eval.py` from
 import numpy as np  # noqa: E402
 
 from benchmarks.common import md_table, parse_bench_config, write_results  # noqa: E402
-from difftori.utils.config import check  # noqa: E402
+from difftori.utils.config import ConfigError, check  # noqa: E402
 
 __all__ = ["FinalEvalConfig", "run", "markdown", "main"]
 
@@ -157,7 +157,11 @@ def markdown(rows: list[dict[str, Any]], cfg: FinalEvalConfig) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_bench_config(FinalEvalConfig, None, __doc__, argv)
-    rows = run(cfg, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    try:
+        rows = run(cfg, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    except ConfigError as exc:  # nothing to measure: one line, nothing written
+        print(f"{Path(__file__).name}: error: {exc}", file=sys.stderr)
+        return 2
     md = markdown(rows, cfg)
     write_results(cfg.grid, {"il_final_eval.md": md}, md)
     return 0

@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # nothing to measure: one line, nothing written
         print(f"{Path(__file__).name}: error: {exc}", file=sys.stderr)
         return 2
-    md = markdown(rows, cfg)
+    kept = [r for r in _read_csv(Path(cfg.grid) / "il_final_eval.csv")  # earlier calls' runs too (other tasks, modalities)
+            if int(r["episodes"]) == cfg.episodes and int(r["first_env_seed"]) == cfg.seed_base + 1000 * int(r["seed"])]
+    md = markdown(kept or rows, cfg)
     write_results(cfg.grid, {"il_final_eval.md": md}, md)
     return 0
 

@@ -146,5 +146,8 @@ def test_il_final_eval_pairs_variants_on_the_same_fresh_seeds_and_resumes(tmp_pa
 
     monkeypatch.setattr("difftori.il.train.evaluate_checkpoint", no_eval)
     assert len(il_final_eval.run(cfg)) == 2  # from il_final_eval.csv
+    args = ["--grid", str(grid), "--run-root", str(root), "--episodes", "2", "--envs", "2"]
+    assert il_final_eval.main([*args, "--variants", "bc"]) == 0  # one variant now: the report keeps the earlier runs
+    assert "| reach | " in (grid / "il_final_eval.md").read_text() and "bc − diffusion" in (grid / "il_final_eval.md").read_text()
     with pytest.raises(ConfigError, match="no finished runs"):
         il_final_eval.run(il_final_eval.FinalEvalConfig(grid=str(grid), run_root=str(root), tasks=("door-open",)))

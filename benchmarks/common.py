@@ -409,3 +409,23 @@ def write_results(out: str | Path, files: dict[str, Any], report: str) -> None:
         (atomic_write_text if isinstance(content, str) else atomic_write_json)(out / name, content)
     print(report)
     print("wrote " + " and ".join(str(out / name) for name in files))
+
+
+def write_csv_rows(path: str | Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """``rows`` as a CSV with columns ``fields`` (other keys ignored), written atomically."""
+    import csv
+    import io
+
+    from difftori.utils.io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(Path(path), buf.getvalue())
+
+
+def cell_runs(run_root: str | Path, cell: str) -> list[Path]:
+    """Run directories with a checkpoint of sweep cell ``cell`` under ``run_root`` (oldest first; [] if none)."""
+    root = Path(run_root) / "cells" / cell / "run"
+    return sorted(p.parent.parent for p in root.rglob("checkpoints/last.pt")) if root.is_dir() else []

@@ -19,8 +19,6 @@ Results: ``<grid>/il_demo_mse.csv`` (one row per run; kept between calls, so an 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import sys
 from collections import defaultdict
@@ -34,7 +32,8 @@ if str(REPO) not in sys.path:  # allow `python benchmarks/il_demo_mse.py` from a
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import md_table, parse_bench_config, write_results  # noqa: E402
+from benchmarks.common import cell_runs, md_table, parse_bench_config, write_csv_rows, write_results  # noqa: E402
+from difftori.utils.runs import read_csv  # noqa: E402
 from difftori.utils.config import ConfigError, check  # noqa: E402
 
 __all__ = ["DemoMSEConfig", "run", "markdown", "main"]
@@ -61,29 +60,15 @@ class DemoMSEConfig:
         check(self.windows >= 1 and self.threads >= 1, "windows and threads must be >= 1")
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(path.read_text()))) if path.is_file() else []
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    from difftori.utils.io import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
 def _measure(run_dir: Path, windows: int) -> tuple[dict[str, float], str]:
     """``({demo_mse[, base_demo_mse]}, source)`` of one finished run: its final eval row, else its checkpoint."""
     from difftori.il.policies import load_policy
     from difftori.il.runner import DEMO_MSE_WINDOWS, demo_mse
     from difftori.il.train import load_windows
     from difftori.utils.io import load_checkpoint
-    from difftori.utils.runs import locate_checkpoint, read_csv
+    from difftori.utils.runs import locate_checkpoint
 
-    evals = read_csv(run_dir / "eval.csv") if (run_dir / "eval.csv").is_file() else []
+    evals = read_csv(run_dir / "eval.csv")
     if windows == DEMO_MSE_WINDOWS and evals and evals[-1].get("demo_mse"):
         return {k: float(evals[-1][k]) for k in ("demo_mse", "base_demo_mse") if evals[-1].get(k)}, "eval.csv"
     path, _ = locate_checkpoint(run_dir)
@@ -97,27 +82,26 @@ def run(cfg: DemoMSEConfig, progress: Callable[[str], None] = lambda m: None) ->
     from difftori.utils.device import set_num_threads
 
     grid, run_root = Path(cfg.grid), Path(cfg.run_root)
-    done = [r for r in _read_csv(grid / "il_compare.csv") if r.get("status") == "done"]
+    done = [r for r in read_csv(grid / "il_compare.csv") if r.get("status") == "done"]
     check(bool(done), f"no finished runs in {grid / 'il_compare.csv'} (run benchmarks/il_compare.py first)")
     set_num_threads(cfg.threads)
     out_csv = grid / "il_demo_mse.csv"
-    have = {} if cfg.fresh else {r["cell"]: r for r in _read_csv(out_csv)}
+    have = {} if cfg.fresh else {r["cell"]: r for r in read_csv(out_csv)}
     rows: list[dict[str, Any]] = []
     for r in done:
         row = {k: r.get(k) for k in ("task", "modality", "variant", "seed", "final", "cell")}
         if r["cell"] in have:
             rows.append({**have[r["cell"]], "final": r.get("final")})
             continue
-        cell_runs = run_root / "cells" / r["cell"] / "run"
-        found = sorted(p.parent.parent for p in cell_runs.rglob("checkpoints/last.pt")) if cell_runs.is_dir() else []
+        found = cell_runs(run_root, r["cell"])
         if not found:
-            progress(f"skip {r['cell']}: no checkpoint under {cell_runs}")
+            progress(f"skip {r['cell']}: no checkpoint under {run_root / 'cells' / r['cell'] / 'run'}")
             continue
         progress(f"{r['task']} {r['modality']} {r['variant']} seed {r['seed']}")
         fit, source = _measure(found[-1], cfg.windows)
         rows.append({**row, **fit, "source": source})
-        _write_csv(out_csv, rows + [v for k, v in have.items() if k not in {x["cell"] for x in rows}])
-    _write_csv(out_csv, rows)
+        write_csv_rows(out_csv, FIELDS, rows + [v for k, v in have.items() if k not in {x["cell"] for x in rows}])
+    write_csv_rows(out_csv, FIELDS, rows)
     return rows
 
 
@@ -177,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # nothing to measure: one line, nothing written
         print(f"{Path(__file__).name}: error: {exc}", file=sys.stderr)
         return 2
-    finished = sum(r.get("status") == "done" for r in _read_csv(Path(cfg.grid) / "il_compare.csv"))
+    finished = sum(r.get("status") == "done" for r in read_csv(Path(cfg.grid) / "il_compare.csv"))
     md = markdown(rows, cfg, finished)
     write_results(cfg.grid, {"il_demo_mse.md": md}, md)
     return 0

@@ -16,8 +16,6 @@ task and variant, the paired difference of each variant to diffusion), written a
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,7 +28,8 @@ if str(REPO) not in sys.path:  # allow `python benchmarks/il_final_eval.py` from
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import md_table, parse_bench_config, write_results  # noqa: E402
+from benchmarks.common import cell_runs, md_table, parse_bench_config, write_csv_rows, write_results  # noqa: E402
+from difftori.utils.runs import read_csv  # noqa: E402
 from difftori.utils.config import ConfigError, check  # noqa: E402
 
 __all__ = ["FinalEvalConfig", "run", "markdown", "main"]
@@ -68,20 +67,6 @@ class FinalEvalConfig:
         check(self.episodes >= 1 and self.envs >= 1 and self.threads >= 1, "episodes, envs and threads must be >= 1")
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(path.read_text()))) if path.is_file() else []
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    from difftori.utils.io import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
 def _wanted(cfg: FinalEvalConfig, r: dict[str, str]) -> bool:
     return (r.get("status") == "done" and (not cfg.tasks or r["task"] in cfg.tasks)
             and (not cfg.modalities or r["modality"] in cfg.modalities) and (not cfg.variants or r["variant"] in cfg.variants))
@@ -92,16 +77,16 @@ def run(cfg: FinalEvalConfig, progress: Callable[[str], None] = lambda m: None) 
     from difftori.utils.device import set_num_threads
 
     grid, run_root = Path(cfg.grid), Path(cfg.run_root)
-    todo = [r for r in _read_csv(grid / "il_compare.csv") if _wanted(cfg, r)]
+    todo = [r for r in read_csv(grid / "il_compare.csv") if _wanted(cfg, r)]
     check(bool(todo), f"no finished runs in {grid / 'il_compare.csv'} match the filters")
     runs = {}
     for r in todo:  # every checkpoint located before the first evaluation
-        found = sorted(p.parent.parent for p in (run_root / "cells" / r["cell"] / "run").rglob("checkpoints/last.pt"))
+        found = cell_runs(run_root, r["cell"])
         check(bool(found), f"{r['cell']}: no checkpoint under {run_root / 'cells' / r['cell'] / 'run'}")
         runs[r["cell"]] = found[-1]
     set_num_threads(cfg.threads)
     out_csv = grid / "il_final_eval.csv"
-    have = {} if cfg.fresh else {(r["cell"], int(r["episodes"]), int(r["first_env_seed"])): r for r in _read_csv(out_csv)}
+    have = {} if cfg.fresh else {(r["cell"], int(r["episodes"]), int(r["first_env_seed"])): r for r in read_csv(out_csv)}
     rows: list[dict[str, Any]] = []
     for r in todo:
         seed = cfg.seed_base + 1000 * int(r["seed"])
@@ -114,8 +99,8 @@ def run(cfg: FinalEvalConfig, progress: Callable[[str], None] = lambda m: None) 
         rows.append({**{k: r[k] for k in ("task", "modality", "variant", "seed", "cell")}, "episodes": cfg.episodes,
                      "first_env_seed": seed, "success_rate": res["success_rate"], "grid_final": r.get("final"),
                      "eval_time_s": round(res["eval_time_s"], 1)})
-        _write_csv(out_csv, rows + [v for k, v in have.items() if k not in _keys(rows)])
-    _write_csv(out_csv, rows + [v for k, v in have.items() if k not in _keys(rows)])  # earlier calls' other rows kept
+        write_csv_rows(out_csv, FIELDS, rows + [v for k, v in have.items() if k not in _keys(rows)])
+    write_csv_rows(out_csv, FIELDS, rows + [v for k, v in have.items() if k not in _keys(rows)])  # earlier calls' other rows kept
     return rows
 
 
@@ -162,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # nothing to measure: one line, nothing written
         print(f"{Path(__file__).name}: error: {exc}", file=sys.stderr)
         return 2
-    kept = [r for r in _read_csv(Path(cfg.grid) / "il_final_eval.csv")  # earlier calls' runs too (other tasks, modalities)
+    kept = [r for r in read_csv(Path(cfg.grid) / "il_final_eval.csv")  # earlier calls' runs too (other tasks, modalities)
             if int(r["episodes"]) == cfg.episodes and int(r["first_env_seed"]) == cfg.seed_base + 1000 * int(r["seed"])]
     md = markdown(kept or rows, cfg)
     write_results(cfg.grid, {"il_final_eval.md": md}, md)

@@ -18,11 +18,14 @@ comparison. Variants:
 Protocol (the same for every variant): ``--eval-episodes`` episodes on fixed seeds every ``--eval-freq``
 steps and at the end. Two numbers per run: the **final** success rate (last evaluation) and **DP3's**
 (the mean of the best ``--top-k`` periodic evaluations, as 3D Diffusion Policy reports; k = 2 by default,
-the number of evaluations of a difftori run at the default budgets). Each cell is a
+the number of evaluations of a difftori run at the default budgets). A third number, the **closing evaluation**:
+each final checkpoint on ``--final-episodes`` fresh episodes (30), on env seeds shared by every variant of a task,
+modality and seed (a script cell of ``il_final_eval.py`` after each run; the less noisy, paired verdict). Each cell is a
 resumable sweep cell in ``--run-root``; finished cells are archived as small records in
 ``<out>/cells`` (committed), and a cell found there is never run again.
 
-Outputs in ``--out``: ``il_compare.csv`` (one row per run), ``il_compare.md`` (mean +- std over seeds per task,
+Outputs in ``--out``: ``il_compare.csv`` (one row per run, its closing evaluation in ``closing``), ``il_compare.md``
+(final / DP3 / closing success, mean +- std over seeds per task,
 the average over tasks, wins of difftori per task, the paired difference to diffusion, training wall clock
 per policy) and ``il_compare.png`` (bars per task and the average, per modality).
 
@@ -77,7 +80,8 @@ VARIANTS: dict[str, list[str]] = {
 2-action window (the grid's preset sets those: the window must match the diffusion base it starts from)."""
 
 FIELDS = ["task", "modality", "variant", "policy", "seed", "steps", "status", "final", "dp3", "n_evals", "train_time_s",
-          "eval_time_s", "eval_s_per_episode", "eval_ms_per_env_step", "eval_envs", "demo_mse", "base_demo_mse", "cell"]
+          "eval_time_s", "eval_s_per_episode", "eval_ms_per_env_step", "eval_envs", "demo_mse", "base_demo_mse", "closing",
+          "cell", "closing_cell"]
 
 
 @dataclass
@@ -149,6 +153,12 @@ class CompareConfig:
     of evaluations (the DP3 number stays comparable). DiffTORI keeps --difftori-steps on top of its longer base."""
     extra: str = ""
     """Extra ``il train`` options for every training run (one shell-quoted string)."""
+    final_episodes: int = 30
+    """Closing evaluation: each finished run's final checkpoint acts for this many episodes on env seeds
+    ``final_seed + 1000 * seed + j``, the same for every variant of a task, modality and seed (paired; a script cell of
+    ``il_final_eval.py``); 0: none. A run whose checkpoint is not on this machine (archived from another) gets none."""
+    final_seed: int = 200_000
+    """First env seed of the closing evaluations (the trainer's periodic ones use 100000 + 1000 * seed)."""
 
     def __post_init__(self) -> None:
         from difftori.data.collect import IL_SUITES
@@ -176,6 +186,7 @@ class CompareConfig:
         check(self.eval_episodes is None or self.eval_episodes >= 1, "eval_episodes must be >= 1 (the comparison needs evaluations)")
         check(self.jobs >= 1 and self.threads >= 1, "jobs and threads must be >= 1")
         check(self.demos >= 1, "demos must be >= 1")
+        check(self.final_episodes >= 0 and self.final_seed >= 0, "final_episodes and final_seed must be >= 0")
 
     def _parse_key_values(self) -> tuple[dict[str, str], dict[str, set[str]], dict[str, int]]:
         """``modality_lr``, ``modality_tasks`` and ``task_steps`` as dicts (ConfigError naming a bad entry). Parsed
@@ -265,6 +276,33 @@ def cells(cfg: CompareConfig) -> list:
     return out
 
 
+FINAL_EVAL_SCRIPT = Path(__file__).resolve().parent / "il_final_eval.py"
+FINAL_ENVS = 10
+"""Episodes a closing evaluation runs side by side (part of its cell's id: the policies' sampling noise is batched)."""
+
+
+def final_eval_cell(cfg: CompareConfig, train):
+    """The closing evaluation of ``train``'s final checkpoint (``il_final_eval.py``, a script cell depending on it)."""
+    from difftori.sweep.grid import script_cell
+
+    n, seed = cfg.final_episodes, cfg.final_seed + 1000 * train.seed
+    return script_cell(FINAL_EVAL_SCRIPT, train.task, f"{train.obs_type}-{train.variant}-final{n}", train.seed,
+                       ["--episodes", n, "--seed", seed, "--envs", FINAL_ENVS], {"episodes": n, "seed": seed, "envs": FINAL_ENVS},
+                       steps=n, deps={"checkpoint": train.id})
+
+
+def final_eval_cells(cfg: CompareConfig, grid: list) -> dict[str, Any]:
+    """``{training cell id: its closing-evaluation cell}`` (none when ``final_episodes`` is 0)."""
+    return {c.id: final_eval_cell(cfg, c) for c in grid if c.area == "il"} if cfg.final_episodes > 0 else {}
+
+
+def _has_checkpoint(cfg: CompareConfig, cell) -> bool:
+    from difftori.sweep.runner import cell_dir
+
+    run = cell_dir(cfg.run_root, cell.id) / "run"
+    return run.is_dir() and any(run.rglob("checkpoints/last.pt"))
+
+
 # ----------------------------------------------------------------------------------- results
 def dp3_score(rates: list[float], k: int) -> float:
     """DP3's protocol: the mean of the ``k`` best success rates among a run's evaluations."""
@@ -299,6 +337,17 @@ def summarise(cfg: CompareConfig, cell, state: dict[str, Any]) -> dict[str, Any]
     if evals:  # the action error on demo windows at the last evaluation (runs since the trainer logs it)
         row.update({k: float(evals[-1][k]) for k in ("demo_mse", "base_demo_mse") if evals[-1].get(k)})
     return row
+
+
+def summarise_final_eval(cfg: CompareConfig, cell, state: dict[str, Any]) -> dict[str, Any]:
+    """The closing evaluation's columns of a run's row (``closing`` only once it is done)."""
+    from difftori.sweep.runner import cell_dir
+
+    out: dict[str, Any] = {"closing_cell": cell.id, "closing_status": state.get("status", "pending")}
+    if out["closing_status"] == "done" and state.get("run_dir"):
+        res = json.loads((cell_dir(cfg.run_root, cell.id) / state["run_dir"] / "final.json").read_text())
+        out["closing"] = float(res["success_rate"])
+    return out
 
 
 def _ms(xs: list[float]) -> str:
@@ -362,6 +411,12 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
             continue
         lines += [f"## {m}", "", "**Final** success rate (last evaluation):", "", *_table(cfg, rows, m, "final"), "",
                   f"**DP3 protocol** (mean of the best {cfg.top_k} evaluations of each run):", "", *_table(cfg, rows, m, "dp3"), ""]
+        closed = [r for r in rows if r["modality"] == m and r.get("closing") is not None]
+        if closed:
+            lines += [f"**Closing evaluation** (each final checkpoint on {cfg.final_episodes} fresh episodes, env seeds "
+                      f"{cfg.final_seed} + 1000 * seed + j, the same for every variant; {len(closed)} of "
+                      f"{sum(r['modality'] == m and r['status'] == 'done' for r in rows)} finished runs):", "",
+                      *_table(cfg, rows, m, "closing"), ""]
         n_evals = defaultdict(list)
         for r in rows:
             if r["modality"] == m and r.get("n_evals") is not None:
@@ -374,7 +429,7 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
         pairs = []
         for v in [v for v in cfg.variants if v.startswith("difftori")]:
             for other in [o for o in ("diffusion", "ibc") if o in cfg.variants]:
-                for key in ("final", "dp3"):
+                for key in ("final", "dp3", "closing"):
                     d, w, t, l_ = _paired(rows, m, v, other, key)
                     if d:
                         pairs.append(f"| {v} − {other} | {key} | {np.mean(d):+.3f} ± {np.std(d):.3f} (n={len(d)}) | {w} / {t} / {l_} |")
@@ -398,9 +453,10 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
                     lines.append(f"| {v} | {steps} | {np.mean(tr) / 60:.1f} ± {np.std(tr) / 60:.1f} | "
                                  f"{1000 * np.mean([x[0] / x[2] for x in tt[v]]):.0f} | {_eval_cost(tt[v])} |")
             lines.append("")
-    bad = [r for r in rows if r["status"] not in ("done", "pending")]
+    bad = [(r["cell"], r["status"]) for r in rows if r["status"] not in ("done", "pending")]
+    bad += [(r["closing_cell"], r["closing_status"]) for r in rows if r.get("closing_status") not in (None, "done", "pending")]
     if bad:
-        lines += ["## Not finished", "", *[f"- {r['cell']}: {r['status']}" for r in bad], ""]
+        lines += ["## Not finished", "", *[f"- {cid}: {status}" for cid, status in bad], ""]
     return "\n".join(lines)
 
 
@@ -446,19 +502,31 @@ def run(cfg: CompareConfig) -> list[dict[str, Any]]:
             except MissingDependencyError as exc:
                 raise ConfigError(f"task {task}: {exc}") from None
     grid = cells(cfg)
+    by_id = {c.id: c for c in grid}
     archive = cfg.out / "cells"
     # An archive keeps no checkpoints: a diffusion cell whose difftori cells are not all archived runs again here.
     archived = {p.name for p in archive.iterdir() if (p / "result.json").exists()} if archive.is_dir() else set()
     needed = {c.deps["base_policy"] for c in grid if "base_policy" in c.deps and c.id not in archived}
-    for cid in restore([c for c in grid if c.id not in needed], cfg.run_root, archive):
+    closing = final_eval_cells(cfg, grid)
+    for cid in restore([c for c in grid if c.id not in needed] + list(closing.values()), cfg.run_root, archive):
         print(f"[il_compare] restored {cid} from the committed results in {archive}", flush=True)
+    # A finished run without its checkpoint here (archived from another machine) cannot be evaluated again.
+    closing = {tid: ev for tid, ev in closing.items() if read_state(cfg.run_root, ev.id)["status"] == "done"
+               or read_state(cfg.run_root, tid)["status"] != "done" or _has_checkpoint(cfg, by_id[tid])}
+    # Each closing evaluation right after its run: it starts as soon as the run ends, before later runs.
+    full = [x for c in grid for x in ([c, closing[c.id]] if c.id in closing else [c])]
     states: dict[str, Any] = {}
     if not cfg.report_only:
         opts = SweepOptions(num_cpus=cfg.jobs * cfg.threads, cpus_per_run=cfg.threads, max_parallel=cfg.jobs, fresh=cfg.fresh,
                             timeout_s=cfg.timeout_s, retry_failed=cfg.retry_failed)
-        states = run_sweep(grid, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[il_compare]"), flush=True))
-    archive_done([c for c in grid if c.area == "il"], cfg.run_root, archive)
-    rows = [summarise(cfg, c, {**read_state(cfg.run_root, c.id), **states.get(c.id, {})}) for c in grid if c.area == "il"]
+        states = run_sweep(full, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[il_compare]"), flush=True))
+    archive_done([c for c in full if c.area != "collect"], cfg.run_root, archive)
+
+    def state(c) -> dict[str, Any]:
+        return {**read_state(cfg.run_root, c.id), **states.get(c.id, {})}
+
+    rows = [{**summarise(cfg, c, state(c)), **(summarise_final_eval(cfg, closing[c.id], state(closing[c.id])) if c.id in closing else {})}
+            for c in grid if c.area == "il"]
     cfg.out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")

@@ -193,3 +193,58 @@ def test_task_steps_raise_one_tasks_budget_and_keep_the_others_ids():
     for bad in (("push=0",), ("push",), ("door-open=100",), ("push=1e3",)):
         with pytest.raises(bench.ConfigError, match="task_steps"):
             bench.CompareConfig(tasks=("reach", "push"), task_steps=bad)
+
+
+def test_every_run_gets_a_closing_evaluation_on_seeds_shared_by_its_task_modality_and_seed():
+    cfg = bench.CompareConfig(tasks=("reach", "push"), seeds=(1, 2), modalities=("state", "pointcloud"), variants=("bc", "diffusion", "difftori"))
+    grid = bench.cells(cfg)
+    closing = bench.final_eval_cells(cfg, grid)
+    train = {c.id: c for c in grid if c.area == "il"}
+    assert set(closing) == set(train) and len({ev.id for ev in closing.values()}) == len(train)
+    for tid, ev in closing.items():
+        assert ev.area == "script" and ev.deps == {"checkpoint": tid} and ev.seed == train[tid].seed
+        assert ev.config == {"script": "il_final_eval.py", "episodes": 30, "seed": 200_000 + 1000 * train[tid].seed, "envs": 10}
+        assert train[tid].obs_type in ev.variant
+    assert bench.final_eval_cells(bench.CompareConfig(tasks=("reach",), final_episodes=0), grid) == {}
+    with pytest.raises(ConfigError, match="final_episodes"):
+        bench.CompareConfig(final_episodes=-1)
+
+
+def _archive(out: Path, cell, run_files: dict[str, str]) -> None:
+    import json
+
+    d = out / "cells" / cell.id
+    (d / "run" / "x").mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({"run_dir": "run/x"}))
+    (d / "state.json").write_text(json.dumps({"status": "done", "run_dir": "run/x", "wall_s": 1.0}))
+    for name, text in run_files.items():
+        (d / "run" / "x" / name).write_text(text)
+
+
+def test_closing_evaluations_join_the_rows_and_a_run_without_its_checkpoint_gets_none(tmp_path):
+    import json
+
+    cfg = bench.CompareConfig(tasks=("reach", "push"), seeds=(1,), variants=("bc", "ibc"), run_root=tmp_path / "runs",
+                              out=tmp_path / "out", report_only=True)
+    grid = bench.cells(cfg)
+    closing = bench.final_eval_cells(cfg, grid)
+    evals = "step,success_rate,mean_return,mean_length,eval_time_s\n10,0.5,1,1,0.1\n"
+    for c in grid:
+        if c.area == "il":
+            _archive(cfg.out, c, {"eval.csv": evals})
+            if c.task == "reach":  # reach's closing evaluations are archived; push's runs have no checkpoint here
+                _archive(cfg.out, closing[c.id], {"final.json": json.dumps({"success_rate": 0.8 if c.variant == "bc" else 0.2})})
+    rows = {(r["task"], r["variant"]): r for r in bench.run(cfg)}
+    assert rows[("reach", "bc")]["closing"] == 0.8 and rows[("reach", "ibc")]["closing"] == 0.2
+    assert "closing" not in rows[("push", "bc")] and "closing_cell" not in rows[("push", "bc")]
+    md = (cfg.out / "il_compare.md").read_text()
+    assert "**Closing evaluation** (each final checkpoint on 30 fresh episodes" in md and "2 of 4 finished runs" in md
+    assert "| reach | 0.80 ± 0.00 (n=1) | 0.20 ± 0.00 (n=1) |" in md
+    # With push's checkpoints here, their closing evaluations are part of the grid (pending in a report).
+    for c in grid:
+        if c.area == "il" and c.task == "push":
+            (tmp_path / "runs" / "cells" / c.id / "run" / "x" / "checkpoints").mkdir(parents=True)
+            (tmp_path / "runs" / "cells" / c.id / "run" / "x" / "checkpoints" / "last.pt").write_bytes(b"")
+    rows = {(r["task"], r["variant"]): r for r in bench.run(cfg)}
+    assert rows[("push", "bc")]["closing_status"] == "pending" and rows[("push", "bc")]["closing_cell"] == closing[
+        next(c.id for c in grid if c.area == "il" and c.task == "push" and c.variant == "bc")].id

@@ -1,5 +1,6 @@
-"""Smoke tests of the IL evaluation benchmarks on tiny runs: il_eval_speed.py (1 vs 2 envs side by side) and
-il_select.py (draw 0 vs the lowest-cost draw)."""
+"""Smoke tests of the IL evaluation benchmarks on tiny runs: il_eval_speed.py (1 vs 2 envs side by side),
+il_select.py (draw 0 vs the lowest-cost draw), il_demo_mse.py (action error on demo windows) and il_final_eval.py
+(il_compare's closing evaluation of one run)."""
 
 from __future__ import annotations
 
@@ -121,33 +122,27 @@ def test_il_demo_mse_reads_a_grid_measures_checkpoints_and_resumes(tmp_path, mon
         il_demo_mse.run(il_demo_mse.DemoMSEConfig(grid=str(grid), run_root=str(root), fresh=True))
 
 
-def test_il_final_eval_pairs_variants_on_the_same_fresh_seeds_and_resumes(tmp_path, monkeypatch):
-    import shutil
+def test_il_final_eval_evaluates_a_finished_run_reproducibly_and_refuses_an_unfinished_one(tmp_path, capsys):
+    import json
+
+    import torch
 
     from benchmarks import il_final_eval
 
-    grid, root = tmp_path / "grid", tmp_path / "sweep"
-    diffusion = _train(tmp_path, "diffusion")
-    bc = _train(tmp_path, "bc")
-    rows = []
-    for variant, run in (("diffusion", diffusion), ("bc", bc)):
-        shutil.copytree(run, root / "cells" / f"reach-state-{variant}-seed1-x" / "run" / "reach" / variant / "seed1" / run.name)
-        rows.append(f"reach,state,{variant},1,done,0.5,reach-state-{variant}-seed1-x")
-    grid.mkdir()
-    (grid / "il_compare.csv").write_text("task,modality,variant,seed,status,final,cell\n" + "\n".join(rows) + "\n")
-    cfg = il_final_eval.FinalEvalConfig(grid=str(grid), run_root=str(root), variants=("diffusion", "bc"), episodes=2, envs=2)
-    got = {r["variant"]: r for r in il_final_eval.run(cfg)}
-    assert {r["first_env_seed"] for r in got.values()} == {201000} and all(0 <= r["success_rate"] <= 1 for r in got.values())
-    md = il_final_eval.markdown(list(got.values()), cfg)
-    assert "bc − diffusion (paired by task and seed)" in md and "grid final 0.50" in md
-
-    def no_eval(*args, **kwargs):
-        raise AssertionError("an evaluated run is not evaluated again")
-
-    monkeypatch.setattr("difftori.il.train.evaluate_checkpoint", no_eval)
-    assert len(il_final_eval.run(cfg)) == 2  # from il_final_eval.csv
-    args = ["--grid", str(grid), "--run-root", str(root), "--episodes", "2", "--envs", "2"]
-    assert il_final_eval.main([*args, "--variants", "bc"]) == 0  # one variant now: the report keeps the earlier runs
-    assert "| reach | " in (grid / "il_final_eval.md").read_text() and "bc − diffusion" in (grid / "il_final_eval.md").read_text()
-    with pytest.raises(ConfigError, match="no finished runs"):
-        il_final_eval.run(il_final_eval.FinalEvalConfig(grid=str(grid), run_root=str(root), tasks=("door-open",)))
+    run = _train(tmp_path, "diffusion")
+    args = ["--checkpoint", str(run), "--episodes", "2", "--seed", "201000", "--envs", "2"]
+    assert il_final_eval.main([*args, "--run-root", str(tmp_path / "a")]) == 0
+    assert f"run directory: {tmp_path / 'a' / 'final_eval'}" in capsys.readouterr().out
+    res = json.loads((tmp_path / "a" / "final_eval" / "final.json").read_text())
+    assert (res["task"], res["policy"], res["step"], res["episodes"], res["first_env_seed"]) == ("reach", "diffusion", 2, 2, 201000)
+    assert 0 <= res["success_rate"] <= 1 and len(res["successes"]) == 2
+    assert il_final_eval.main([*args, "--run-root", str(tmp_path / "b")]) == 0  # seeded: the same episodes again
+    again = json.loads((tmp_path / "b" / "final_eval" / "final.json").read_text())
+    assert (again["successes"], again["mean_return"]) == (res["successes"], res["mean_return"])
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    ckpt["step"] = 1  # as a run interrupted before its last step
+    torch.save(ckpt, tmp_path / "early.pt")
+    with pytest.raises(SystemExit) as exc:
+        il_final_eval.main(["--checkpoint", str(tmp_path / "early.pt"), "--run-root", str(tmp_path / "c")])
+    assert exc.value.code == 2 and "at step 1 of 2: not a finished run" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -429,3 +429,18 @@ def cell_runs(run_root: str | Path, cell: str) -> list[Path]:
     """Run directories with a checkpoint of sweep cell ``cell`` under ``run_root`` (oldest first; [] if none)."""
     root = Path(run_root) / "cells" / cell / "run"
     return sorted(p.parent.parent for p in root.rglob("checkpoints/last.pt")) if root.is_dir() else []
+
+
+def finish_script_cell(run_root: str | Path, config: dict[str, Any], result: dict[str, Any], summary_keys: tuple[str, ...]) -> Path:
+    """A sweep script cell's last step (the runner's contract): ``RUN_ROOT/final_eval/config.json`` and ``final.json``
+    written atomically, a one-line JSON summary of ``summary_keys``, then ``run directory: PATH``; returns PATH."""
+    import json
+
+    from difftori.utils.io import atomic_write_json
+
+    out = Path(run_root) / "final_eval"
+    atomic_write_json(out / "config.json", config)
+    atomic_write_json(out / "final.json", result)
+    print(json.dumps({k: result.get(k) for k in summary_keys}))
+    print(f"run directory: {out}", flush=True)
+    return out

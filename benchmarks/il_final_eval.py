@@ -13,7 +13,6 @@ rerunning gives the same numbers. Writes ``RUN_ROOT/final_eval/config.json`` and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # allow `python benchmarks/il_final_eval.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from difftori.utils.io import atomic_write_json  # noqa: E402
+from benchmarks.common import finish_script_cell  # noqa: E402
 
 __all__ = ["final_eval", "main"]
 
@@ -65,12 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         res = final_eval(args.checkpoint, args.episodes, args.seed, args.envs, args.device)
     except (ValueError, FileNotFoundError) as exc:
         p.error(str(exc))
-    out = args.run_root / "final_eval"
-    atomic_write_json(out / "config.json", {"checkpoint": str(args.checkpoint), "episodes": args.episodes,
-                                            "seed": args.seed, "envs": args.envs})
-    atomic_write_json(out / "final.json", res)
-    print(json.dumps({k: res.get(k) for k in ("task", "obs_type", "policy", "label", "training_seed", "success_rate")}))
-    print(f"run directory: {out}", flush=True)
+    finish_script_cell(args.run_root, {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seed": args.seed,
+                                       "envs": args.envs}, res, ("task", "obs_type", "policy", "label", "training_seed", "success_rate"))
     return 0
 
 

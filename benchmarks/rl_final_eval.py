@@ -22,7 +22,7 @@ if str(REPO) not in sys.path:  # allow `python benchmarks/rl_final_eval.py` from
     sys.path.insert(0, str(REPO))
 
 from difftori.rl.config import ACT_MODES  # noqa: E402
-from difftori.utils.io import atomic_write_json  # noqa: E402
+from benchmarks.common import finish_script_cell  # noqa: E402
 
 __all__ = ["final_eval", "main"]
 
@@ -70,12 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         res = final_eval(args.checkpoint, args.episodes, args.seed, args.act, args.device)
     except (ValueError, FileNotFoundError) as exc:
         p.error(str(exc))
-    out = args.run_root / "final_eval"
-    atomic_write_json(out / "config.json", {"checkpoint": str(args.checkpoint), "episodes": args.episodes,
-                                            "seed": args.seed, "act": args.act})
-    atomic_write_json(out / "final.json", res)
-    print(json.dumps({k: res[k] for k in ("task", "agent", "label", "seed", "step", "episode_return", "return_std")}))
-    print(f"run directory: {out}", flush=True)
+    finish_script_cell(args.run_root, {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seed": args.seed,
+                                       "act": args.act}, res, ("task", "agent", "label", "seed", "step", "episode_return", "return_std"))
     return 0
 
 

@@ -64,10 +64,34 @@ def test_state_env_resets_and_steps(closing, task):
 
 
 def test_action_scaling(closing):
-    env = closing("pick-cube", obs_type="state", seed=0)
+    env = closing("push-cube", obs_type="state", seed=0)
+    assert env.arm_control == "absolute" and env.env_options()["arm_control"] == "absolute"
     raw = env.denormalize_action(np.linspace(-1, 1, 8))
     np.testing.assert_allclose(env.normalize_action(raw), np.linspace(-1, 1, 8), atol=1e-6)
     assert raw[7] == 1.0  # the gripper keeps ManiSkill's [-1, 1]
+    with pytest.raises(ValueError, match="arm_control must be one of absolute, delta"):
+        ms.make("push-cube", obs_type="state", arm_control="velocity")
+
+
+def test_delta_arm_actions_are_relative_to_the_current_joint_positions(closing):
+    env = closing("pick-cube", obs_type="state", seed=0)
+    assert env.arm_control == ms.ARM_CONTROL["pick-cube"] == "delta"
+    obs, _ = env.reset(seed=0)
+    qpos = obs["state"][:7].astype(np.float64)
+    a = np.array([0.5, -0.5, 0.25, -0.25, 0.1, -0.1, 0.0, -1.0])
+    raw = env.denormalize_action(a)
+    np.testing.assert_allclose(raw[:7], qpos + ms.JOINT_DELTA * a[:7], atol=1e-6)
+    np.testing.assert_allclose(env.normalize_action(raw), a, atol=1e-6)
+    assert raw[7] == -1.0  # the gripper stays absolute
+    np.testing.assert_allclose(env.denormalize_action(np.zeros(8))[:7], qpos, atol=1e-6)  # zero: hold the joints
+    for _ in range(10):  # the PD controller follows: the joints move by the commanded delta
+        obs, *_ = env.step(np.r_[np.full(7, 0.0), 1.0])
+    target = env.denormalize_action(np.r_[0.25, np.zeros(6), 1.0])[:7]
+    for _ in range(15):
+        obs, *_ = env.step(env.normalize_action(np.r_[target, 1.0]))
+    np.testing.assert_allclose(obs["state"][:7], target, atol=0.01)
+    absolute = closing("pick-cube", obs_type="state", seed=0, arm_control="absolute")
+    np.testing.assert_allclose(absolute.normalize_action(absolute.denormalize_action(a)), a, atol=1e-6)
 
 
 @pytest.mark.parametrize("task", ms.TASKS)
@@ -134,8 +158,11 @@ def test_motion_planned_demo_collects(tmp_path):
     assert report.kept == 1 and report.tried == 1, report.summary()
     data = load_demos(tmp_path / "d.zarr")
     assert data.attrs["demo_source"] == "motion-planned" and data.attrs["suite"] == "maniskill"
-    assert data.attrs["obs_revision"] == 2 and data.obs["state"].shape[1] == 28  # the goal is in the state
+    assert data.attrs["obs_revision"] == 3 and data.obs["state"].shape[1] == 28  # the goal is in the state
+    assert data.attrs["env_options"]["arm_control"] == "delta"
     assert data.action.shape[1] == 8 and np.abs(data.action).max() <= 1.0
+    # Delta arm actions, executed as planned (the episode succeeded): no step needs more than JOINT_DELTA.
+    assert 0.05 < np.abs(data.action[:, :7]).max() < 1.0
     assert 40 < len(data.action) < ms.EPISODE_LENGTHS["pick-cube"]
 
 

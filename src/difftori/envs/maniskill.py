@@ -18,9 +18,12 @@ invisible goal markers are hidden from the camera, as ManiSkill does for its own
 
 Simulation and rendering run on the CPU (PhysX CPU; SAPIEN with the software Vulkan of
 :mod:`difftori.envs.vulkan`, configured on import when it was fetched). ``obs_type="state"`` without
-``render_mode`` creates no renderer at all. Actions are 8-D in [-1, 1]: absolute joint targets of the 7
-arm joints (``pd_joint_pos``, scaled from the joint limits) and the gripper (-1 closed, 1 open); this is
-the control mode ManiSkill's motion planners emit, so the experts' actions are the demos' actions.
+``render_mode`` creates no renderer at all. Actions are 8-D in [-1, 1]: the 7 arm joints' targets and the
+gripper (-1 closed, 1 open), executed with ManiSkill's ``pd_joint_pos`` controller (the mode its motion planners
+emit). ``arm_control`` says what an arm action means: ``"absolute"`` joint targets scaled from the joint limits,
+or ``"delta"`` targets relative to the current joint positions (:data:`JOINT_DELTA` radians per unit, as
+ManiSkill's ``pd_joint_delta_pos``). The experts' joint targets are converted to either exactly (a delta never
+clips on their plans), so the demos' actions are what was executed. Default per task, :data:`ARM_CONTROL`.
 
 Seeding: ``reset(seed=s)`` seeds ManiSkill's episode RNG with ``s`` (equal seeds, identical initial
 states); later ``reset()`` calls continue ManiSkill's stream. PegInsertionSide rebuilds its scene on every
@@ -48,6 +51,8 @@ __all__ = [
     "CROP_BOX",
     "HIDDEN_GOALS",
     "OBS_REVISIONS",
+    "ARM_CONTROL",
+    "JOINT_DELTA",
     "agent_state_dim",
     "canonical",
     "require",
@@ -97,9 +102,22 @@ HIDDEN_GOALS: dict[str, tuple[str, ...]] = {"pick-cube": ("goal_site",)}
 """Goal markers a task hides from its cameras (ManiSkill's hidden objects), by actor name: their positions join
 the agent state, or no image or point-cloud policy could know the goal."""
 
-OBS_REVISIONS: dict[str, int] = {"pick-cube": 2}
-"""Observation-layout revision of the tasks whose observations changed after release (pick-cube: 2, the goal
-joined the agent state); the others are at 1. Stored with demos, part of a collect cell's id, checked on load."""
+OBS_REVISIONS: dict[str, int] = {"pick-cube": 3}
+"""Revision of the observation / action layout of the tasks where it changed after release (pick-cube: 2, the goal
+joined the agent state; 3, delta arm actions); the others are at 1. Stored with demos, part of a collect cell's
+id, checked on load."""
+
+ARM_CONTROL: dict[str, str] = {"pick-cube": "delta"}
+"""Tasks whose arm actions are joint deltas by default (the others: absolute joint targets). Grasping needs joint
+targets to ~0.01 rad: over the joint range (~5.8 rad) that is 0.003 of an absolute action's scale, finer than the
+policies fit at CPU budgets; a delta spends the whole scale on one step's motion (benchmarks/results/il_budget.md)."""
+
+JOINT_DELTA = 0.2
+"""Radians of joint-target change per unit of a delta arm action (ManiSkill's ``pd_joint_delta_pos``: 0.1; twice
+that, so the planners' steps, up to 0.1 rad from the current position, never clip)."""
+
+ARM_CONTROLS = ("absolute", "delta")
+ARM_JOINTS = 7
 ACTION_DIM = 8
 CONTROL_MODE = "pd_joint_pos"
 CAMERA = "base_camera"
@@ -168,8 +186,12 @@ def _build_env_class():
             render_size: int = 256,
             pc_render_size: int = 128,
             render_backend: str | None = None,
+            arm_control: str | None = None,
         ) -> None:
             self.task = _resolve(task)
+            self.arm_control = ARM_CONTROL.get(self.task, "absolute") if arm_control is None else arm_control
+            if self.arm_control not in ARM_CONTROLS:
+                raise ValueError(f"arm_control must be one of {', '.join(ARM_CONTROLS)}, got {arm_control!r}")
             episode_length = EPISODE_LENGTHS[self.task] if episode_length is None else episode_length
             self._set_options(obs_type, img_size, num_points, episode_length, render_mode, render_size, pc_render_size)
             needs_camera = obs_type != "state" or render_mode is not None
@@ -206,6 +228,7 @@ def _build_env_class():
             self._set_spaces("maniskill", agent_state_dim(self.task), self._full_dim, {
                 "env_id": ENV_IDS[self.task],
                 "control_mode": CONTROL_MODE,
+                "arm_control": self.arm_control,
                 "camera": CAMERA,
                 "img_size": self.img_size,
                 "num_points": self.num_points,
@@ -239,13 +262,26 @@ def _build_env_class():
 
         # ------------------------------------------------------------------ actions
         def denormalize_action(self, action: np.ndarray) -> np.ndarray:
-            """ManiSkill's ``pd_joint_pos`` action (joint targets in radians, gripper in [-1, 1]) of ``action`` in [-1, 1]."""
-            return self._act_low + (np.asarray(action, dtype=np.float64) + 1.0) * 0.5 * (self._act_high - self._act_low)
+            """ManiSkill's ``pd_joint_pos`` action (joint targets in radians, gripper in [-1, 1]) of ``action`` in
+            [-1, 1] (with delta arm control: relative to the current joint positions, within the joint limits)."""
+            action = np.asarray(action, dtype=np.float64)
+            raw = self._act_low + (action + 1.0) * 0.5 * (self._act_high - self._act_low)
+            if self.arm_control == "delta":
+                target = self._arm_qpos() + JOINT_DELTA * action[:ARM_JOINTS]
+                raw[:ARM_JOINTS] = np.clip(target, self._act_low[:ARM_JOINTS], self._act_high[:ARM_JOINTS])
+            return raw
 
         def normalize_action(self, raw: np.ndarray) -> np.ndarray:
-            """Inverse of :meth:`denormalize_action`, clipped to [-1, 1] (joint targets beyond the limits)."""
-            a = 2.0 * (np.asarray(raw, dtype=np.float64) - self._act_low) / (self._act_high - self._act_low) - 1.0
+            """Inverse of :meth:`denormalize_action` in the current state, clipped to [-1, 1] (joint targets beyond
+            the limits, or further than :data:`JOINT_DELTA` from the current positions)."""
+            raw = np.asarray(raw, dtype=np.float64)
+            a = 2.0 * (raw - self._act_low) / (self._act_high - self._act_low) - 1.0
+            if self.arm_control == "delta":
+                a[:ARM_JOINTS] = (raw[:ARM_JOINTS] - self._arm_qpos()) / JOINT_DELTA
             return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+        def _arm_qpos(self) -> np.ndarray:
+            return _np(self._base.agent.robot.get_qpos())[0, :ARM_JOINTS].astype(np.float64)
 
         # ------------------------------------------------------------- observations
         @property
@@ -265,6 +301,7 @@ def _build_env_class():
                 "img_size": self.img_size,
                 "num_points": self.num_points,
                 "pc_render_size": self.pc_render_size,
+                "arm_control": self.arm_control,
             }
 
         def agent_state(self) -> np.ndarray:
@@ -370,7 +407,8 @@ def make(task: str, **options) -> Any:
     Options: ``obs_type`` ("pointcloud" | "image" | "state"), ``img_size`` (84), ``num_points`` (512),
     ``seed``, ``episode_length`` (per task, :data:`EPISODE_LENGTHS`), ``render_mode`` (None |
     "rgb_array"), ``render_size`` (256), ``pc_render_size`` (128), ``render_backend`` (None: "cpu" with
-    the private software Vulkan, else ManiSkill's "gpu"; "none" for state envs without render_mode).
+    the private software Vulkan, else ManiSkill's "gpu"; "none" for state envs without render_mode),
+    ``arm_control`` ("absolute" | "delta"; per task, :data:`ARM_CONTROL`).
     """
     name = _resolve(task)
     return env_class()(name, **options)
@@ -410,19 +448,19 @@ class MotionPlannedExpert:
         base = env.unwrapped_maniskill
         state = base.get_state_dict()
         elapsed = base._elapsed_steps.clone()
-        raw_actions: list[np.ndarray] = []
+        actions: list[np.ndarray] = []
 
         def step(raw):
-            raw_actions.append(np.asarray(raw, dtype=np.float64).copy())
+            actions.append(env.normalize_action(raw))  # before the step: a delta action is relative to this state
             return base.step(raw)
 
         try:
             res = self._solution()(_Driver(base, step), seed=None, debug=False, vis=False)
-            self.plan_success = bool(base.evaluate()["success"][0]) if raw_actions else False
+            self.plan_success = bool(base.evaluate()["success"][0]) if actions else False
         finally:
             base.set_state_dict(state)
             base._elapsed_steps[:] = elapsed
-        self._actions = [env.normalize_action(a) for a in raw_actions]
+        self._actions = actions
         self._i = 0
         self.planned_ok = not (isinstance(res, int) and res == -1) and bool(self._actions)
         return self.planned_ok

@@ -35,8 +35,6 @@ per policy) and ``il_compare.png`` (bars per task and the average, per modality)
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -47,10 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import numpy as np
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/il_compare.py` from anywhere: benchmarks.common for run()
+    sys.path.insert(0, str(REPO))
 
-from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args, key_values
-from difftori.utils.io import atomic_write_text
+import numpy as np  # noqa: E402
+
+from difftori.utils.config import ConfigError, add_dataclass_args, check, dataclass_from_args, key_values  # noqa: E402
+from difftori.utils.io import atomic_write_text  # noqa: E402
 
 __all__ = ["CompareConfig", "VARIANTS", "variant_options", "cells", "summarise", "markdown", "run", "main"]
 
@@ -296,13 +298,6 @@ def final_eval_cells(cfg: CompareConfig, grid: list) -> dict[str, Any]:
     return {c.id: final_eval_cell(cfg, c) for c in grid if c.area == "il"} if cfg.final_episodes > 0 else {}
 
 
-def _has_checkpoint(cfg: CompareConfig, cell) -> bool:
-    from difftori.sweep.runner import cell_dir
-
-    run = cell_dir(cfg.run_root, cell.id) / "run"
-    return run.is_dir() and any(run.rglob("checkpoints/last.pt"))
-
-
 # ----------------------------------------------------------------------------------- results
 def dp3_score(rates: list[float], k: int) -> float:
     """DP3's protocol: the mean of the ``k`` best success rates among a run's evaluations."""
@@ -490,6 +485,7 @@ def plot(cfg: CompareConfig, rows: list[dict[str, Any]], out: Path) -> Optional[
 
 def run(cfg: CompareConfig) -> list[dict[str, Any]]:
     """Run (or reuse) every cell, archive the finished ones, write the CSV, Markdown and PNG; returns the rows."""
+    from benchmarks.common import cell_runs, write_csv_rows  # imports torch: here, not on --help
     from difftori.sweep.archive import archive_done, restore
     from difftori.sweep.runner import SweepOptions, read_state, run_sweep
 
@@ -502,7 +498,6 @@ def run(cfg: CompareConfig) -> list[dict[str, Any]]:
             except MissingDependencyError as exc:
                 raise ConfigError(f"task {task}: {exc}") from None
     grid = cells(cfg)
-    by_id = {c.id: c for c in grid}
     archive = cfg.out / "cells"
     # An archive keeps no checkpoints: a diffusion cell whose difftori cells are not all archived runs again here.
     archived = {p.name for p in archive.iterdir() if (p / "result.json").exists()} if archive.is_dir() else set()
@@ -512,7 +507,7 @@ def run(cfg: CompareConfig) -> list[dict[str, Any]]:
         print(f"[il_compare] restored {cid} from the committed results in {archive}", flush=True)
     # A finished run without its checkpoint here (archived from another machine) cannot be evaluated again.
     closing = {tid: ev for tid, ev in closing.items() if read_state(cfg.run_root, ev.id)["status"] == "done"
-               or read_state(cfg.run_root, tid)["status"] != "done" or _has_checkpoint(cfg, by_id[tid])}
+               or read_state(cfg.run_root, tid)["status"] != "done" or cell_runs(cfg.run_root, tid)}
     # Each closing evaluation right after its run: it starts as soon as the run ends, before later runs.
     full = [x for c in grid for x in ([c, closing[c.id]] if c.id in closing else [c])]
     states: dict[str, Any] = {}
@@ -528,11 +523,7 @@ def run(cfg: CompareConfig) -> list[dict[str, Any]]:
     rows = [{**summarise(cfg, c, state(c)), **(summarise_final_eval(cfg, closing[c.id], state(closing[c.id])) if c.id in closing else {})}
             for c in grid if c.area == "il"]
     cfg.out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(cfg.out / "il_compare.csv", buf.getvalue())
+    write_csv_rows(cfg.out / "il_compare.csv", FIELDS, rows)
     meta = {"jobs": cfg.jobs, "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine()}
     atomic_write_text(cfg.out / "il_compare.md", markdown(cfg, rows, meta))
     plot(cfg, rows, cfg.out / "il_compare.png")

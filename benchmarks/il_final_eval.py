@@ -36,11 +36,11 @@ def final_eval(checkpoint: str | Path, episodes: int, seed: int, envs: int = 10,
         raise ValueError(f"--episodes and --envs must be >= 1, got {episodes} and {envs}")
     path, _ = locate_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
-    step, steps = int(ckpt.get("step", -1)), int((ckpt.get("config") or {}).get("steps", -1))
+    cfg = ckpt.get("config") or {}
+    step, steps = int(ckpt.get("step", -1)), int(cfg.get("steps", -1))
     if step < steps or steps < 0:
         raise ValueError(f"{path}: the checkpoint is at step {step} of {steps}: not a finished run")
     res = evaluate_checkpoint(path, episodes=episodes, seed=seed, device=device, num_envs=envs)
-    cfg = ckpt.get("config") or {}
     return {"task": res["task"], "obs_type": res["obs_type"], "policy": res["policy"], "label": cfg.get("label"),
             "training_seed": cfg.get("seed"), "step": step, "episodes": episodes, "first_env_seed": seed, "envs": envs,
             "checkpoint": str(path), **{k: res[k] for k in ("success_rate", "mean_return", "mean_length", "eval_time_s")},

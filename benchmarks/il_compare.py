@@ -35,6 +35,7 @@ per policy) and ``il_compare.png`` (bars per task and the average, per modality)
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -134,6 +135,9 @@ class CompareConfig:
     """Run cells that failed in an earlier invocation again."""
     report_only: bool = False
     """Run nothing: archive finished cells and write the tables from what is on disk."""
+    replace_tables: bool = False
+    """Write this call's tables even when ``il_compare.csv`` in --out holds runs outside its grid (a subset call, e.g.
+    one task or seed to finish, otherwise leaves a larger grid's tables as they are and prints its own)."""
     cost_grad: Literal["autograd", "manual"] = "manual"
     """difftori.cost_grad of the DiffTORI runs: how the solver's no-graph iterations get the cost's gradient (equal
     values to float rounding, so not part of a cell's id; manual is ~1.9x faster on the faithful inference solve)."""
@@ -522,12 +526,30 @@ def run(cfg: CompareConfig) -> list[dict[str, Any]]:
 
     rows = [{**summarise(cfg, c, state(c)), **(summarise_final_eval(cfg, closing[c.id], state(closing[c.id])) if c.id in closing else {})}
             for c in grid if c.area == "il"]
+    outside = tabled_cells(cfg.out) - {r["cell"] for r in rows}
+    if outside and not cfg.replace_tables:
+        print(f"[il_compare] {cfg.out / 'il_compare.csv'} holds {len(outside)} runs outside this call's grid: its tables are "
+              "left as they are (rewrite them with the grid's full arguments and --report-only, or pass --replace-tables)",
+              file=sys.stderr, flush=True)
+        return rows
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_csv_rows(cfg.out / "il_compare.csv", FIELDS, rows)
-    meta = {"jobs": cfg.jobs, "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine()}
-    atomic_write_text(cfg.out / "il_compare.md", markdown(cfg, rows, meta))
+    atomic_write_text(cfg.out / "il_compare.md", markdown(cfg, rows, _meta(cfg)))
     plot(cfg, rows, cfg.out / "il_compare.png")
     return rows
+
+
+def tabled_cells(out: Path) -> set[str]:
+    """Cell ids of the runs in ``<out>/il_compare.csv`` (empty when there is none)."""
+    path = out / "il_compare.csv"
+    if not path.exists():
+        return set()
+    with path.open(newline="") as f:
+        return {row["cell"] for row in csv.DictReader(f) if row.get("cell")}
+
+
+def _meta(cfg: CompareConfig) -> dict[str, Any]:
+    return {"jobs": cfg.jobs, "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -539,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(cfg)
     except ConfigError as exc:
         parser.error(str(exc))
-    print((cfg.out / "il_compare.md").read_text())
+    print(markdown(cfg, rows, _meta(cfg)))
     return 0 if all(r["status"] == "done" for r in rows) else 1
 
 

@@ -248,3 +248,24 @@ def test_closing_evaluations_join_the_rows_and_a_run_without_its_checkpoint_gets
     rows = {(r["task"], r["variant"]): r for r in bench.run(cfg)}
     assert rows[("push", "bc")]["closing_status"] == "pending" and rows[("push", "bc")]["closing_cell"] == closing[
         next(c.id for c in grid if c.area == "il" and c.task == "push" and c.variant == "bc")].id
+
+
+def test_a_subset_call_leaves_a_larger_grids_tables_as_they_are(tmp_path, capsys):
+    from dataclasses import replace
+
+    full = bench.CompareConfig(tasks=("reach", "push"), seeds=(1,), variants=("bc",), run_root=tmp_path / "runs",
+                               out=tmp_path / "out", report_only=True, final_episodes=0)
+    for c in bench.cells(full):
+        if c.area == "il":
+            _archive(full.out, c, {"eval.csv": "step,success_rate,mean_return,mean_length,eval_time_s\n10,0.5,1,1,0.1\n"})
+    bench.run(full)
+    tables = {n: (full.out / n).read_bytes() for n in ("il_compare.csv", "il_compare.md")}
+    assert len(bench.tabled_cells(full.out)) == 2
+    subset = replace(full, tasks=("reach",))
+    assert bench.main(["--tasks", "reach", "--seeds", "1", "--variants", "bc", "--run-root", str(subset.run_root),
+                       "--out", str(subset.out), "--report-only", "--final-episodes", "0"]) == 0
+    out = capsys.readouterr()
+    assert "holds 1 runs outside this call's grid" in out.err and "| reach |" in out.out  # its own table, printed
+    assert {n: (full.out / n).read_bytes() for n in tables} == tables
+    rows = bench.run(replace(subset, replace_tables=True))
+    assert len(rows) == 1 and bench.tabled_cells(full.out) == {rows[0]["cell"]}

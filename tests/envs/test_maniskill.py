@@ -101,7 +101,7 @@ def test_visual_observations(closing, task):
     assert obs["image"].shape == (3, 32, 32) and obs["image"].dtype == np.uint8 and obs["image"].std() > 10
     obs, *_ = img.step(np.zeros(8))
     assert img.observation_space.contains(obs)
-    pc = closing(task, obs_type="pointcloud", num_points=64, pc_render_size=64, seed=0)
+    pc = closing(task, obs_type="pointcloud", num_points=64, pc_render_size=64, seed=0, cloud_robot="all")
     obs, _ = pc.reset()
     cloud = obs["pointcloud"]
     assert cloud.shape == (64, 3) and cloud.dtype == np.float32 and np.isfinite(cloud).all()
@@ -109,6 +109,26 @@ def test_visual_observations(closing, task):
     assert np.all(cloud >= lo - 1e-6) and np.all(cloud <= hi + 1e-6)
     assert len(np.unique(cloud, axis=0)) == 64  # enough foreground points: no padding
     pc.step(np.zeros(8))
+
+
+def test_a_gripper_only_cloud_keeps_the_hand_the_fingers_and_the_objects(closing):
+    grip = closing("pick-cube", obs_type="pointcloud", seed=0)
+    assert grip.cloud_robot == ms.CLOUD_ROBOT["pick-cube"] == "gripper" and grip.env_options()["cloud_robot"] == "gripper"
+    full = closing("pick-cube", obs_type="pointcloud", seed=0, cloud_robot="all")
+    clouds = {"gripper": grip.reset(seed=0)[0]["pointcloud"], "all": full.reset(seed=0)[0]["pointcloud"]}
+    base = grip.unwrapped_maniskill
+    links = {link.name: int(link.per_scene_id[0]) for link in base.agent.robot.links}
+    pts, seg = grip.world_points()
+    kept = set(np.unique(seg[grip.segment_points(pts, seg)]).tolist())
+    assert kept & set(links.values()) and kept & set(links.values()) <= {links[n] for n in ms.GRIPPER_LINKS}
+    assert int(base.cube.per_scene_id[0]) in kept
+    pts, seg = full.world_points()
+    assert links["panda_link6"] in set(np.unique(seg[full.segment_points(pts, seg)]).tolist())  # the arm stays in "all"
+    cube = base.cube.pose.p[0].numpy()
+    on_cube = {k: int((np.abs(c - cube).max(axis=1) < 0.021).sum()) for k, c in clouds.items()}
+    assert on_cube["gripper"] >= 3 * on_cube["all"] > 0, on_cube
+    with pytest.raises(ValueError, match="cloud_robot must be one of all, gripper"):
+        ms.make("pick-cube", obs_type="state", cloud_robot="arm")
 
 
 def test_point_cloud_lies_on_foreground_geometry(closing):
@@ -158,8 +178,8 @@ def test_motion_planned_demo_collects(tmp_path):
     assert report.kept == 1 and report.tried == 1, report.summary()
     data = load_demos(tmp_path / "d.zarr")
     assert data.attrs["demo_source"] == "motion-planned" and data.attrs["suite"] == "maniskill"
-    assert data.attrs["obs_revision"] == 3 and data.obs["state"].shape[1] == 28  # the goal is in the state
-    assert data.attrs["env_options"]["arm_control"] == "delta"
+    assert data.attrs["obs_revision"] == 4 and data.obs["state"].shape[1] == 28  # the goal is in the state
+    assert data.attrs["env_options"]["arm_control"] == "delta" and data.attrs["env_options"]["cloud_robot"] == "gripper"
     assert data.action.shape[1] == 8 and np.abs(data.action).max() <= 1.0
     # Delta arm actions, executed as planned (the episode succeeded): no step needs more than JOINT_DELTA.
     assert 0.05 < np.abs(data.action[:, :7]).max() < 1.0

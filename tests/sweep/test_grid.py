@@ -63,7 +63,7 @@ def test_a_changed_observation_layout_is_a_new_collect_cell(monkeypatch):
     from difftori.sweep.grid import collect_cell
 
     pick = collect_cell("pick-cube", "pointcloud", 50)
-    assert pick.config["obs_revision"] == maniskill.OBS_REVISIONS["pick-cube"] == 3
+    assert pick.config["obs_revision"] == maniskill.OBS_REVISIONS["pick-cube"] == 4
     old = {k: v for k, v in pick.config.items() if k != "obs_revision"}  # the id its demos had at revision 1
     assert not pick.id.endswith(config_hash(old, {}))
     push = collect_cell("push-cube", "pointcloud", 50)

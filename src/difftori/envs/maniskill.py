@@ -13,8 +13,10 @@ velocities (9), tcp pose xyz + wxyz quaternion (7), and for a task whose goal ma
 Point clouds: the ``base_camera``'s position image (``pc_render_size``\\ :sup:`2` pixels) in world
 coordinates, background removed with the renderer's per-actor segmentation (the table, the ground and
 pixels that hit nothing), cropped to :data:`CROP_BOX`, and reduced to exactly ``num_points`` by
-farthest-point sampling (padded by repetition), as for MetaWorld. The robot stays in the cloud;
-invisible goal markers are hidden from the camera, as ManiSkill does for its own observations.
+farthest-point sampling (padded by repetition), as for MetaWorld. ``cloud_robot`` says how much of the robot
+stays in the cloud: ``"all"`` its links, or ``"gripper"`` the hand and fingers only (the arm's links removed, as
+DP3's crops keep the gripper and little of the arm; the joints are in the agent state). Default per task,
+:data:`CLOUD_ROBOT`. Invisible goal markers are hidden from the camera, as ManiSkill does for its own observations.
 
 Simulation and rendering run on the CPU (PhysX CPU; SAPIEN with the software Vulkan of
 :mod:`difftori.envs.vulkan`, configured on import when it was fetched). ``obs_type="state"`` without
@@ -53,6 +55,7 @@ __all__ = [
     "OBS_REVISIONS",
     "ARM_CONTROL",
     "JOINT_DELTA",
+    "CLOUD_ROBOT",
     "agent_state_dim",
     "canonical",
     "require",
@@ -102,9 +105,9 @@ HIDDEN_GOALS: dict[str, tuple[str, ...]] = {"pick-cube": ("goal_site",)}
 """Goal markers a task hides from its cameras (ManiSkill's hidden objects), by actor name: their positions join
 the agent state, or no image or point-cloud policy could know the goal."""
 
-OBS_REVISIONS: dict[str, int] = {"pick-cube": 3}
+OBS_REVISIONS: dict[str, int] = {"pick-cube": 4}
 """Revision of the observation / action layout of the tasks where it changed after release (pick-cube: 2, the goal
-joined the agent state; 3, delta arm actions); the others are at 1. Stored with demos, part of a collect cell's
+joined the agent state; 3, delta arm actions; 4, the gripper-only cloud); the others are at 1. Stored with demos, part of a collect cell's
 id, checked on load."""
 
 ARM_CONTROL: dict[str, str] = {"pick-cube": "delta"}
@@ -116,6 +119,17 @@ JOINT_DELTA = 0.2
 """Radians of joint-target change per unit of a delta arm action (ManiSkill's ``pd_joint_delta_pos``: 0.1; twice
 that, so the planners' steps, up to 0.1 rad from the current position, never clip)."""
 
+CLOUD_ROBOT: dict[str, str] = {"pick-cube": "gripper"}
+"""Tasks whose point clouds keep only the robot's hand and fingers (the others: the whole robot). Pick-cube's cube
+holds ~1% of the pixels that hit the robot or the cube (18 of ~1500 at 128 x 128): with the arm in the cloud a
+policy trained on 50 demos closes the gripper centimetres from the cube, while the same policy on the privileged
+state grasps (benchmarks/results/il_budget.md)."""
+
+GRIPPER_LINKS = ("panda_hand", "panda_hand_tcp", "panda_leftfinger", "panda_rightfinger", "panda_leftfinger_pad",
+                 "panda_rightfinger_pad")
+"""The robot links a ``cloud_robot="gripper"`` cloud keeps."""
+
+CLOUD_ROBOTS = ("all", "gripper")
 ARM_CONTROLS = ("absolute", "delta")
 ARM_JOINTS = 7
 ACTION_DIM = 8
@@ -187,11 +201,15 @@ def _build_env_class():
             pc_render_size: int = 128,
             render_backend: str | None = None,
             arm_control: str | None = None,
+            cloud_robot: str | None = None,
         ) -> None:
             self.task = _resolve(task)
             self.arm_control = ARM_CONTROL.get(self.task, "absolute") if arm_control is None else arm_control
             if self.arm_control not in ARM_CONTROLS:
                 raise ValueError(f"arm_control must be one of {', '.join(ARM_CONTROLS)}, got {arm_control!r}")
+            self.cloud_robot = CLOUD_ROBOT.get(self.task, "all") if cloud_robot is None else cloud_robot
+            if self.cloud_robot not in CLOUD_ROBOTS:
+                raise ValueError(f"cloud_robot must be one of {', '.join(CLOUD_ROBOTS)}, got {cloud_robot!r}")
             episode_length = EPISODE_LENGTHS[self.task] if episode_length is None else episode_length
             self._set_options(obs_type, img_size, num_points, episode_length, render_mode, render_size, pc_render_size)
             needs_camera = obs_type != "state" or render_mode is not None
@@ -229,6 +247,7 @@ def _build_env_class():
                 "env_id": ENV_IDS[self.task],
                 "control_mode": CONTROL_MODE,
                 "arm_control": self.arm_control,
+                "cloud_robot": self.cloud_robot,
                 "camera": CAMERA,
                 "img_size": self.img_size,
                 "num_points": self.num_points,
@@ -302,6 +321,7 @@ def _build_env_class():
                 "num_points": self.num_points,
                 "pc_render_size": self.pc_render_size,
                 "arm_control": self.arm_control,
+                "cloud_robot": self.cloud_robot,
             }
 
         def agent_state(self) -> np.ndarray:
@@ -322,9 +342,13 @@ def _build_env_class():
             return self.capture(rgb=True)["rgb"]
 
         def _find_background_ids(self) -> np.ndarray:
+            """Segmentation ids left out of point clouds: the background, and the arm's links for a gripper-only cloud."""
             builder = getattr(self._base, "table_scene", None) or getattr(self._base, "scene_builder", None)
             objs = builder.scene_objects if builder is not None else []
-            return np.array([int(a.per_scene_id[0]) for a in objs if a.name in BACKGROUND_NAMES], dtype=np.int64)
+            ids = [int(a.per_scene_id[0]) for a in objs if a.name in BACKGROUND_NAMES]
+            if self.cloud_robot == "gripper":
+                ids += [int(link.per_scene_id[0]) for link in self._base.agent.robot.links if link.name not in GRIPPER_LINKS]
+            return np.array(ids, dtype=np.int64)
 
         def capture(self, rgb: bool = False, position: bool = False) -> dict[str, np.ndarray]:
             """One frame of the camera: ``rgb`` (S, S, 3) uint8, ``position`` (S, S, 3) camera-frame metres
@@ -358,7 +382,7 @@ def _build_env_class():
             return pts, frame["segmentation"].reshape(-1)
 
         def segment_points(self, pts: np.ndarray, seg: np.ndarray) -> np.ndarray:
-            """Boolean mask of points inside :data:`CROP_BOX` that hit a foreground actor or link."""
+            """Boolean mask of points inside :data:`CROP_BOX` that hit a foreground actor or a kept robot link."""
             keep = (seg != 0) & ~np.isin(seg, self._background_ids)
             return keep & crop_mask(pts, CROP_BOX)
 
@@ -408,7 +432,8 @@ def make(task: str, **options) -> Any:
     ``seed``, ``episode_length`` (per task, :data:`EPISODE_LENGTHS`), ``render_mode`` (None |
     "rgb_array"), ``render_size`` (256), ``pc_render_size`` (128), ``render_backend`` (None: "cpu" with
     the private software Vulkan, else ManiSkill's "gpu"; "none" for state envs without render_mode),
-    ``arm_control`` ("absolute" | "delta"; per task, :data:`ARM_CONTROL`).
+    ``arm_control`` ("absolute" | "delta"; per task, :data:`ARM_CONTROL`), ``cloud_robot`` ("all" | "gripper"; per
+    task, :data:`CLOUD_ROBOT`).
     """
     name = _resolve(task)
     return env_class()(name, **options)

@@ -234,7 +234,7 @@ def _build_env_class():
             if needs_camera:
                 _keep_renderer_alive(base)
             self._needs_camera = needs_camera
-            self._background_ids = self._find_background_ids()
+            self._left_out_ids = self._find_left_out_ids()
             space = base.single_action_space
             self._act_low = np.asarray(space.low, dtype=np.float64)
             self._act_high = np.asarray(space.high, dtype=np.float64)
@@ -260,7 +260,7 @@ def _build_env_class():
             seed = self._take_seed(seed)
             raw, _ = self._base.reset(seed=None if seed is None else int(seed))
             self._full_state = _np(raw)[0].astype(np.float32)
-            self._background_ids = self._find_background_ids()  # the scene may have been rebuilt
+            self._left_out_ids = self._find_left_out_ids()  # the scene may have been rebuilt
             return self._observation(), {"success": 0.0}
 
         def step(self, action):
@@ -341,7 +341,7 @@ def _build_env_class():
             """``(img_size, img_size, 3)`` uint8 image of the task camera."""
             return self.capture(rgb=True)["rgb"]
 
-        def _find_background_ids(self) -> np.ndarray:
+        def _find_left_out_ids(self) -> np.ndarray:
             """Segmentation ids left out of point clouds: the background, and the arm's links for a gripper-only cloud."""
             builder = getattr(self._base, "table_scene", None) or getattr(self._base, "scene_builder", None)
             objs = builder.scene_objects if builder is not None else []
@@ -383,7 +383,7 @@ def _build_env_class():
 
         def segment_points(self, pts: np.ndarray, seg: np.ndarray) -> np.ndarray:
             """Boolean mask of points inside :data:`CROP_BOX` that hit a foreground actor or a kept robot link."""
-            keep = (seg != 0) & ~np.isin(seg, self._background_ids)
+            keep = (seg != 0) & ~np.isin(seg, self._left_out_ids)
             return keep & crop_mask(pts, CROP_BOX)
 
         def point_cloud(self) -> np.ndarray:

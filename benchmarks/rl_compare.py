@@ -128,6 +128,9 @@ class CompareConfig:
     report_only: bool = False
     """Run nothing: archive the finished cells and write the tables / plots from what is on disk (e.g. while
     the grid still runs, or at the end of a session before its remaining cells continue elsewhere)."""
+    replace_tables: bool = False
+    """Write this call's tables even when ``rl_compare.json`` in --out-dir holds runs outside its grid (a subset call,
+    e.g. one variant or seed to finish, otherwise leaves a larger grid's tables as they are and prints its own)."""
     random_episodes: int = 5
     """Episodes of the random-policy reference per task (0 skips it)."""
     final_eval_episodes: int = 20
@@ -483,6 +486,21 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
         if s.get("final_eval_error"):
             s["flags"].append("final-eval-failed")
     rand = random_returns(cfg)
+    import torch
+
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+        "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "jobs": cfg.jobs, "wall_s": time.perf_counter() - t0,
+    }
+    table = markdown(cfg, summaries, rand, meta)
+    result = {"meta": meta, "config": to_dict(cfg), "random_return": rand, "runs": summaries, "markdown": table}
+    outside = tabled_cells(cfg.out_dir) - {s["cell"] for s in summaries}
+    if outside and not cfg.replace_tables:
+        print(f"[rl_compare] {cfg.out_dir / 'rl_compare.json'} holds {len(outside)} runs outside this call's grid: its "
+              "tables are left as they are (rewrite them with the grid's full arguments and --report-only, or pass "
+              "--replace-tables)", file=sys.stderr, flush=True)
+        return result
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     csv_lines = ["task,variant,seed,step,episode_return"]
     for s in summaries:
@@ -499,17 +517,17 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
         from difftori.utils.plotting import plot_runs
 
         plot_runs(run_dirs, cfg.out_dir / "rl_compare.png")
-    import torch
-
-    meta = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-        "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "jobs": cfg.jobs, "wall_s": time.perf_counter() - t0,
-    }
-    atomic_write_text(cfg.out_dir / "rl_compare.md", markdown(cfg, summaries, rand, meta))
-    result = {"meta": meta, "config": to_dict(cfg), "random_return": rand, "runs": summaries}
-    atomic_write_json(cfg.out_dir / "rl_compare.json", result)
+    atomic_write_text(cfg.out_dir / "rl_compare.md", table)
+    atomic_write_json(cfg.out_dir / "rl_compare.json", {k: v for k, v in result.items() if k != "markdown"})
     return result
+
+
+def tabled_cells(out_dir: Path) -> set[str]:
+    """Cell ids of the runs in ``<out_dir>/rl_compare.json`` (empty when there is none)."""
+    path = out_dir / "rl_compare.json"
+    if not path.exists():
+        return set()
+    return {r["cell"] for r in json.loads(path.read_text()).get("runs", []) if r.get("cell")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -521,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run(cfg)
     except ConfigError as exc:  # also a bad --extra option: raised by the grid before anything is written
         parser.error(str(exc))
-    print((cfg.out_dir / "rl_compare.md").read_text())
+    print(res["markdown"])
     bad = [f"{s['task']}/{s['variant']}/seed{s['seed']}: {', '.join(s['flags'])}" for s in res["runs"]
            if any(not f.startswith("pg_skipped") and f != "solver-never-acted" for f in s["flags"])]
     if bad:

@@ -80,7 +80,7 @@ def test_runs_of_the_earlier_layout_are_adopted(tmp_path):
     assert state["status"] == "done" and (cell_dir(tmp_path, cell.id) / state["run_dir"]).resolve() == done.resolve()
 
 
-def test_tiny_comparison_end_to_end(tmp_path):
+def test_tiny_comparison_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     cfg = bench.CompareConfig(
         tasks=("cartpole-swingup",), seeds=(1,), variants=("tdmpc", "difftori-episode"), steps=160, episode_length=80,
@@ -120,6 +120,18 @@ def test_tiny_comparison_end_to_end(tmp_path):
             "--final-eval-seed", "555"]
     assert bench.main(argv) == 0
     assert [(cell_dir(cfg.run_root, c.id) / "result.json").stat().st_mtime_ns for c in every] == stamp
+    # A subset call (one variant) leaves the larger grid's tables as they are and prints its own; --replace-tables writes.
+    capsys.readouterr()
+    tables = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    subset = argv[:argv.index("--variants") + 1] + ["tdmpc"] + argv[argv.index("--variants") + 3:] + ["--report-only"]
+    assert bench.main(subset) == 0
+    printed = capsys.readouterr()
+    assert "holds 1 runs outside this call's grid" in printed.err and "| cartpole-swingup | tdmpc |" in printed.out
+    assert "| cartpole-swingup | difftori-episode |" not in printed.out
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == tables
+    assert bench.main(subset + ["--replace-tables"]) == 0
+    assert bench.tabled_cells(out) == {bench.cells(cfg)[0].id}
+    assert "| cartpole-swingup | difftori-episode |" not in (out / "rl_compare.md").read_text()
 
 
 def test_final_eval_cells_depend_on_their_run_and_refuse_unfinished_runs(tmp_path):

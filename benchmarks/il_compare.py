@@ -142,9 +142,10 @@ class CompareConfig:
     """difftori.cost_grad of the DiffTORI runs: how the solver's no-graph iterations get the cost's gradient (equal
     values to float rounding, so not part of a cell's id; manual is ~1.9x faster on the faithful inference solve)."""
     bf16_encoders: tuple[str, ...] = ("pointcloud", "image")
-    """Modalities whose runs encode observations under bf16 autocast (``--encoder-precision bf16``): the point-cloud
-    encoder is most of a training step on a CPU, and its bf16 loss curve matches fp32's
-    (benchmarks/results/il_encoder_precision.md); state runs stay fp32 (nothing to gain)."""
+    """Modalities whose runs encode observations under bf16 autocast where the CPU computes bf16 in hardware
+    (``--encoder-precision auto``: fp32 on one that would emulate it, slower): the point-cloud encoder is most of a
+    training step on a CPU, and its bf16 loss curve matches fp32's (benchmarks/results/il_encoder_precision.md, so
+    these runs keep one cell id on either kind of CPU); state runs stay fp32 (nothing to gain)."""
     modality_lr: tuple[str, ...] = ("pointcloud=1e-3", "image=1e-3")
     """Learning rate of every variant's runs on a modality, ``MODALITY=LR`` (over the preset's and the variant's; a
     modality not named keeps them). The rendered modalities' encoders are trained from scratch: at the preset's 1e-4
@@ -259,7 +260,7 @@ def variant_options(cfg: CompareConfig, variant: str, modality: str = "state", t
     if variant.startswith("difftori"):
         opts += ["--difftori.cost-grad", cfg.cost_grad]
     if modality in cfg.bf16_encoders:
-        opts += ["--encoder-precision", "bf16"]
+        opts += ["--encoder-precision", "auto"]
     lr = cfg.lr_of(modality)
     if lr is not None:
         opts += ["--lr", lr]
@@ -393,7 +394,7 @@ def markdown(cfg: CompareConfig, rows: list[dict[str, Any]], meta: dict[str, Any
         f"Budget: preset `{cfg.preset}` (batch {preset.get('batch_size', 128)}), {cfg.steps} gradient steps for bc / ibc / "
         f"diffusion, {cfg.difftori_steps} more for DiffTORI on top of the finished diffusion run of the same task, modality and "
         f"seed; {cfg.demos} scripted-expert demos per task; seeds {list(cfg.seeds)}; {episodes} evaluation episodes on fixed "
-        f"seeds every {cfg.eval_freq} steps and at the end. Observation encoders in bf16 autocast on: "
+        f"seeds every {cfg.eval_freq} steps and at the end. Observation encoders in bf16 autocast (where the CPU has bf16 units; fp32 on others) on: "
         f"{', '.join(m for m in cfg.modalities if m in cfg.bf16_encoders) or 'none'} (fp32 elsewhere). "
         f"{''.join(f'On {m}: every policy at lr {cfg.lr_of(m)}. ' for m in cfg.modalities if cfg.lr_of(m))}"
         f"{''.join(f'On {t}: {cfg.steps_of(t)} steps for bc / ibc / diffusion, evaluated every {cfg.eval_freq_of(t)}. ' for t in cfg.tasks if cfg.steps_of(t) != cfg.steps)}"

@@ -118,7 +118,7 @@ def test_archived_cells_are_restored_except_a_base_whose_difftori_runs_are_missi
 def test_bf16_encoders_on_the_rendered_modalities_only_and_state_ids_unchanged():
     cfg = bench.CompareConfig(tasks=("reach",), seeds=(1,), modalities=("state", "pointcloud"), variants=("diffusion", "difftori"))
     grid = [c for c in bench.cells(cfg) if c.area == "il"]
-    assert {(c.obs_type, c.config["encoder_precision"]) for c in grid} == {("state", "fp32"), ("pointcloud", "bf16")}
+    assert {(c.obs_type, c.config["encoder_precision"]) for c in grid} == {("state", "fp32"), ("pointcloud", "auto")}
     fp32 = bench.CompareConfig(tasks=("reach",), seeds=(1,), modalities=("state", "pointcloud"), variants=("diffusion", "difftori"),
                                bf16_encoders=())
     ids = {c.id for c in bench.cells(fp32)}

@@ -70,8 +70,12 @@ def test_train_eval_and_resume_without_lost_or_duplicated_rows(tmp_path, dataset
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
     assert main(["il", "train", "--resume", str(run), "--progress", "false", "--num-threads", "1", "--policy", "bc",
-                 "--difftori.cost-grad", "manual"]) == 0  # how DiffTORI's cost gradient is computed may change
+                 "--difftori.cost-grad", "manual", "--encoder-precision", "auto"]) == 0  # how it computes may change
     assert capsys.readouterr().out.startswith(f"run directory: {run}")
+    segments = json.loads((run / "runtime.json").read_text())  # each (re)start: where from, in which precision
+    assert [(s["step"], s["encoder_precision"]) for s in segments] == [(0, "fp32"), (3, "auto")]
+    assert segments[0]["encoder_precision_used"] == "fp32" and segments[1]["encoder_precision_used"] in ("fp32", "bf16")
+    assert segments[1]["device"] == "cpu" and segments[1]["cpu_capability"]
     rows = read_csv(run / "train.csv")
     assert [r["step"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
     assert all(float(r["loss"]) > 0 and float(r["lr"]) > 0 for r in rows)

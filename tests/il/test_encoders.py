@@ -80,5 +80,25 @@ def test_encoder_precision_is_part_of_the_policy_and_its_checkpoint_info():
     assert build_policy(info).encoder_precision == "bf16"
     del info["encoder_precision"]  # a checkpoint from before the option
     assert build_policy(info).encoder_precision == "fp32"
-    with pytest.raises(ConfigError, match="encoder_precision must be fp32 or bf16"):
+    with pytest.raises(ConfigError, match="encoder_precision must be fp32, bf16 or auto"):
         ILConfig(encoder_precision="fp16")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_bf16(monkeypatch, native):
+    """auto: bf16 autocast on a CPU with bf16 units, fp32 where torch would emulate bf16 (slower than fp32)."""
+    import difftori.utils.device as device
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert device.native_bf16("cpu") is native
+    torch.manual_seed(0)
+    enc = ObsEncoder({"pointcloud": (128, 3)}, obs_steps=2, out_dim=16)
+    obs = {"pointcloud": torch.randn(3, 2, 128, 3)}
+    outs = {}
+    for p in ("fp32", "bf16", "auto"):
+        enc.precision = p
+        outs[p] = enc(obs)
+    assert enc.effective_precision("cpu") == ("bf16" if native else "fp32")
+    assert torch.equal(outs["auto"], outs["bf16" if native else "fp32"])
+    assert not torch.equal(outs["bf16"], outs["fp32"])

@@ -57,6 +57,18 @@ def test_fields_added_later_keep_old_ids_at_their_default():
     assert rl_cell("cartpole-balance", "difftori", 1, [*d_opts, "--difftori.explore", "planner"]).id != b.id
 
 
+def test_auto_encoder_precision_keeps_the_bf16_cells_id():
+    """encoder_precision=auto is bf16 where the CPU has bf16 units, fp32 elsewhere (the same learning curve): one
+    cell id on both kinds of CPU, bf16's, so a grid started on one resumes on the other; fp32 stays its own cell."""
+    from difftori.sweep.grid import collect_cell, il_cell
+
+    data = collect_cell("push", "pointcloud", 10)
+    opts = ["--preset", "small", "--steps", "20", "--policy", "bc"]
+    ids = {p: il_cell("push", "bc", 1, "pointcloud", [*opts, "--encoder-precision", p], data).id for p in ("fp32", "bf16", "auto")}
+    assert ids["auto"] == ids["bf16"] != ids["fp32"]
+    assert ids["fp32"] == il_cell("push", "bc", 1, "pointcloud", opts, data).id
+
+
 def test_a_changed_observation_layout_is_a_new_collect_cell(monkeypatch):
     """Demos collected before a task's observations changed must not be reused; other tasks keep their ids."""
     from difftori.envs import maniskill, metaworld

@@ -80,7 +80,7 @@ class Policy(nn.Module):
         return [p for p in self.parameters() if p.requires_grad and id(p) not in frozen]
 
     def set_encoder_precision(self, precision: str) -> None:
-        """fp32 or bf16 (autocast) for every observation encoder of this policy (a frozen base policy keeps its own)."""
+        """fp32, bf16 (autocast) or auto for every observation encoder of this policy (a frozen base policy keeps its own)."""
         from difftori.models.encoders import ObsEncoder
 
         base = getattr(self, "base", None)

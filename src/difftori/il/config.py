@@ -237,8 +237,10 @@ class ILConfig:
     encoder_dim: int = 64
     """Feature size of each modality encoder (PointNet / CNN / state MLP)."""
     encoder_precision: str = "fp32"
-    """fp32, or bf16: the observation encoders run under bf16 autocast (point clouds / images: the encoder is most of
-    a training step on a CPU with bf16 matrix units); the policy heads, the diffusion UNet and DiffTORI's solve stay fp32."""
+    """fp32, bf16 or auto. bf16: the observation encoders run under bf16 autocast (point clouds / images: the encoder
+    is most of a training step on a CPU with bf16 matrix units); the policy heads, the diffusion UNet and DiffTORI's
+    solve stay fp32. auto: bf16 where the device computes bf16 in hardware (AVX512-BF16 / AMX CPUs, bf16 GPUs), fp32
+    where torch would emulate it (slower than fp32); the run's ``runtime.json`` records which."""
     obs_steps: int = 2
     """Observation frames the policy sees (To)."""
     action_steps: int = 4
@@ -294,7 +296,7 @@ class ILConfig:
         check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
         check(self.eval_max_steps is None or self.eval_max_steps >= 1, "eval_max_steps must be >= 1 or None")
         check(self.eval_envs >= 1, f"eval_envs must be >= 1, got {self.eval_envs}")
-        check(self.encoder_precision in ("fp32", "bf16"), f"encoder_precision must be fp32 or bf16, got {self.encoder_precision!r}")
+        check(self.encoder_precision in ("fp32", "bf16", "auto"), f"encoder_precision must be fp32, bf16 or auto, got {self.encoder_precision!r}")
         check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         if self.policy == "difftori" and self.difftori.formulation == "paper":
             check(self.action_steps >= 2, f"difftori.formulation paper needs action_steps >= 2 (planning horizon = action_steps - 1), got {self.action_steps}")
@@ -368,7 +370,7 @@ IL_PRESET_RULES: dict[str, list[tuple[str, Callable[[ILConfig], bool], dict[str,
 }
 """Settings a preset gives only some runs: ``(why, applies_to(config), settings)``. A rule is tested on the run's
 config with the preset's plain settings, and its settings join the preset's (the options given still win):
-``il train --preset small`` is what ``benchmarks/il_compare.py`` runs (which adds ``--encoder-precision bf16`` on the
+``il train --preset small`` is what ``benchmarks/il_compare.py`` runs (which adds ``--encoder-precision auto`` on the
 rendered modalities: a speed choice for CPUs with bf16 units, left out of the preset)."""
 
 

@@ -172,9 +172,27 @@ def _plot(run_dir: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------ training -----------------
-RESUME_RUNTIME = (*RUNTIME_FIELDS, "difftori.cost_grad", "eval_envs", "eval_stop_on_success")
+RESUME_RUNTIME = (*RUNTIME_FIELDS, "difftori.cost_grad", "eval_envs", "eval_stop_on_success", "encoder_precision")
 """What a resumed run may change: the runtime fields, how DiffTORI's cost gradient is computed (not its value),
-how many evaluation episodes run side by side and whether they stop at their first success (the same success rate)."""
+how many evaluation episodes run side by side and whether they stop at their first success (the same success rate),
+and the encoders' precision (bf16 autocast learns the fp32 curve to the third digit: a speed choice per machine,
+benchmarks/results/il_encoder_precision.md)."""
+
+
+def _record_runtime(run_dir: Path, step: int, policy: Policy, device: torch.device) -> None:
+    """Append how this (re)start of the run computes to ``runtime.json``: one entry per segment, so a run resumed
+    on another machine says which steps ran where and in which encoder precision."""
+    from difftori.models.encoders import resolve_precision
+    from difftori.utils.io import atomic_write_json
+
+    path = run_dir / "runtime.json"
+    segments = json.loads(path.read_text()) if path.exists() else []
+    segments.append({
+        "step": step, "device": str(device), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__, "encoder_precision": policy.encoder_precision,
+        "encoder_precision_used": resolve_precision(policy.encoder_precision, device),
+    })
+    atomic_write_json(path, segments)
 
 
 def _check_resume(saved: ILConfig, cfg: ILConfig) -> None:
@@ -235,6 +253,7 @@ def train(
         policy = build_policy(ckpt["policy_info"])  # the frozen base's weights come with the state_dict
         policy.set_normalizer(fit_normalizer(stats))
         policy.load_state_dict(ckpt["policy"])
+        policy.set_encoder_precision(cfg.encoder_precision)
     else:
         policy = policy_from_config(cfg, obs_shapes, action_dim, base=_load_base(cfg, device, obs_shapes, action_dim))
         policy.set_normalizer(fit_normalizer(stats))
@@ -258,6 +277,7 @@ def train(
         with new_run_dir(cfg.run_root, cfg.task, cfg.policy, cfg.seed) as run_dir:
             save_config(cfg, run_dir / "config.json")
             logger = MetricsLogger(run_dir)
+    _record_runtime(run_dir, step, policy, device)
     if announce is not None:
         announce(run_dir)
 

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["PointNetEncoder", "ImageEncoder", "StateEncoder", "ObsEncoder", "encoder_for_shape"]
+__all__ = ["PointNetEncoder", "ImageEncoder", "StateEncoder", "ObsEncoder", "encoder_for_shape", "resolve_precision"]
 
 
 class PointNetEncoder(nn.Module):
@@ -94,15 +94,25 @@ def encoder_for_shape(shape: Sequence[int], out_dim: int = 64) -> nn.Module:
     raise ValueError(f"no encoder for observation shape {shape}: expected (D,), (N, 3) points or (C, H, W) images")
 
 
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """``auto`` -> bf16 where ``device`` computes bf16 in hardware, else fp32; fp32 / bf16 as they are."""
+    if precision != "auto":
+        return precision
+    from difftori.utils.device import native_bf16
+
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 class ObsEncoder(nn.Module):
     """Encode a dict of ``(B, To, *shape)`` observations into ``(B, feature_dim)``.
 
     One encoder per key (chosen by shape), shared across the ``obs_steps`` frames; the
     per-frame features of all keys are concatenated and flattened over frames. ``precision="bf16"`` runs the
-    encoders under bf16 autocast (the point-cloud / image encoders are compute-bound; features come out fp32).
+    encoders under bf16 autocast (the point-cloud / image encoders are compute-bound; features come out fp32);
+    ``"auto"``: bf16 on a device that computes it in hardware, fp32 where torch would emulate it (slower).
     """
 
-    PRECISIONS = ("fp32", "bf16")
+    PRECISIONS = ("fp32", "bf16", "auto")
 
     def __init__(self, obs_shapes: Mapping[str, Sequence[int]], obs_steps: int = 2, out_dim: int = 64, precision: str = "fp32"):
         super().__init__()
@@ -126,11 +136,15 @@ class ObsEncoder(nn.Module):
             raise ValueError(f"ObsEncoder precision must be one of {self.PRECISIONS}, got {value!r}")
         self._precision = value
 
+    def effective_precision(self, device: str | torch.device = "cpu") -> str:
+        """The precision the encoders run in on ``device`` (``auto`` resolved)."""
+        return resolve_precision(self.precision, device)
+
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         feats = []
         batch = None
         dev = next(iter(obs.values())).device.type if obs else "cpu"
-        cast = torch.autocast(dev, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
+        cast = torch.autocast(dev, dtype=torch.bfloat16) if self.effective_precision(dev) == "bf16" else nullcontext()
         for k in self.keys:
             if k not in obs:
                 raise KeyError(f"observation is missing key {k!r} (has {sorted(obs)})")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from difftori.utils.config import ConfigError, to_dict
 
-__all__ = ["Cell", "rl_cell", "il_cell", "collect_cell", "script_cell", "rl_grid", "il_grid", "il_seed_cells", "RUNNER_OPTIONS", "NEUTRAL_DEFAULTS", "config_hash"]
+__all__ = ["Cell", "rl_cell", "il_cell", "collect_cell", "script_cell", "rl_grid", "il_grid", "il_seed_cells", "RUNNER_OPTIONS", "NEUTRAL_DEFAULTS", "ID_ALIASES", "config_hash"]
 
 RUNNER_OPTIONS = ("--run-root", "--resume", "--progress", "--num-threads", "--device", "--dataset", "--base-policy", "--out", "--config")
 """Options the sweep runner sets itself for every cell (paths, threads = CPUs per run, device = GPUs per run)."""
@@ -103,12 +103,21 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {"precision": "fp32", "difftori.formulation":
 earlier run had: adding such a field keeps the ids (and so the committed results) of the runs it does not change."""
 
 
+ID_ALIASES: dict[str, dict[Any, Any]] = {"encoder_precision": {"auto": "bf16"}}
+"""Config values that take another value's place in the cell id: ``encoder_precision=auto`` runs bf16 autocast where
+the CPU has bf16 units and fp32 where it would emulate them, and bf16 learns fp32's curve to the third digit
+(benchmarks/results/il_encoder_precision.md): the same run at the machine's speed, so it keeps bf16's id and a grid
+started on one kind of CPU resumes on another (each run's ``runtime.json`` says which precision it used)."""
+
+
 def _drop_neutral(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in config.items():
         path = prefix + k
         if path in _VOLATILE_NESTED or (path in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[path]):
             continue
+        if not isinstance(v, dict) and path in ID_ALIASES:
+            v = ID_ALIASES[path].get(v, v)
         out[k] = _drop_neutral(v, path + ".") if isinstance(v, dict) else v
     return out
 

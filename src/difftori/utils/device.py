@@ -30,3 +30,16 @@ def set_num_threads(n: int | None) -> None:
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
     torch.set_num_threads(int(n))
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` computes bf16 matrix products in hardware: a CUDA device that supports bf16, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere torch emulates bf16 and autocast to it is slower than fp32, not faster."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if kind == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return False

@@ -240,3 +240,14 @@ def test_resume_passes_how_not_what_options(tmp_path):
     assert resumed == run
     i = argv.index("--difftori.return-grad")
     assert argv[i + 1] == "manual" and "--resume" in argv and "--task" not in argv
+    # encoder_precision=auto shares bf16's id: a bf16 run resumed under an auto spec continues in auto
+    from difftori.sweep.grid import collect_cell, il_cell
+
+    il = il_cell("push", "bc", 1, "pointcloud", ["--steps", "20", "--policy", "bc", "--encoder-precision", "auto"],
+                 collect_cell("push", "pointcloud", 10))
+    run = d / "run" / "push" / "bc" / "seed1" / "t0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    (run / "config.json").write_text("{}")
+    argv, _ = _argv(il.to_json(), d, {"dataset": "/x"}, 1, "cpu")
+    assert argv[argv.index("--encoder-precision") + 1] == "auto" and "--resume" in argv

@@ -131,12 +131,13 @@ def _resumable_run(run_root: Path) -> Path | None:
 
 
 def _volatile_options(options: list[str]) -> list[str]:
-    """The ``--flag value`` pairs of ``options`` that set a :data:`~difftori.sweep.grid._VOLATILE_NESTED` field."""
-    from difftori.sweep.grid import _VOLATILE_NESTED
+    """The ``--flag value`` pairs of ``options`` that set a :data:`~difftori.sweep.grid._VOLATILE_NESTED` field or
+    one with :data:`~difftori.sweep.grid.ID_ALIASES` (how a run computes, not what: a resumed run follows the spec)."""
+    from difftori.sweep.grid import _VOLATILE_NESTED, ID_ALIASES
 
     out = []
     for flag, value in zip(options, options[1:]):
-        if flag.startswith("--") and flag[2:].replace("-", "_") in _VOLATILE_NESTED:
+        if flag.startswith("--") and flag[2:].replace("-", "_") in {*_VOLATILE_NESTED, *ID_ALIASES}:
             out += [flag, value]
     return out
 

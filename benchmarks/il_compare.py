@@ -519,7 +519,8 @@ def run(cfg: CompareConfig) -> list[dict[str, Any]]:
     if not cfg.report_only:
         opts = SweepOptions(num_cpus=cfg.jobs * cfg.threads, cpus_per_run=cfg.threads, max_parallel=cfg.jobs, fresh=cfg.fresh,
                             timeout_s=cfg.timeout_s, retry_failed=cfg.retry_failed)
-        states = run_sweep(full, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[il_compare]"), flush=True))
+        states = run_sweep(full, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[il_compare]"), flush=True),
+                           on_done=lambda c, _: archive_done([c] if c.area != "collect" else [], cfg.run_root, archive))
     archive_done([c for c in full if c.area != "collect"], cfg.run_root, archive)
 
     def state(c) -> dict[str, Any]:

@@ -557,7 +557,8 @@ def run(out: Path, run_root: Path, quick: bool, seeds: list[int], settings: list
     elif not report_only:
         opts = SweepOptions(num_cpus=jobs * threads, cpus_per_run=threads, gpus_per_run=0, max_parallel=jobs, fresh=fresh,
                             retry_failed=retry_failed, timeout_s=timeout_s)
-        run_sweep(grid, run_root, opts, log=lambda m: log(m.replace("[sweep]", "[pendulum_il]")), report=False)
+        run_sweep(grid, run_root, opts, log=lambda m: log(m.replace("[sweep]", "[pendulum_il]")), report=False,
+                  on_done=lambda c, _: archive_done([c], run_root, archive))
     archive_done(grid, run_root, archive)
     rows, extras, unfinished = [], {}, []
     for c in grid:

@@ -475,7 +475,8 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
     if cfg.report_only:
         states = {}
     else:
-        states = run_sweep(full, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[rl_compare]"), flush=True))
+        states = run_sweep(full, cfg.run_root, opts, log=lambda m: print(m.replace("[sweep]", "[rl_compare]"), flush=True),
+                           on_done=lambda c, _: archive_done([c], cfg.run_root, archive))  # each as it ends: a killed sweep keeps it
     archive_done(full, cfg.run_root, archive)  # small committable records: a later session skips these cells
 
     def state(c: Cell) -> dict[str, Any]:

@@ -37,8 +37,17 @@ def test_grid_completes_reruns_nothing_and_reports_a_failing_cell(tmp_path):
     cells = rl_grid(["cartpole-balance"], ["tdmpc", "difftori"], [1, 2], 96, options=TINY_RL)
     broken = rl_cell("cartpole-balance", "broken", 1, ["--agent", "difftori", "--steps", "96", *TINY_RL, "--difftori.solver-method", "bogus"])
     lines: list[str] = []
-    states = run_sweep([*cells, broken], out, SweepOptions(progress_s=60), log=lines.append)
+    seen: list[str] = []
+
+    def on_done(cell, state):  # called as each finished cell ends; its OSError is logged, the sweep goes on
+        seen.append(cell.id)
+        assert state["status"] == "done" and (out / "cells" / cell.id / "result.json").exists()
+        if len(seen) == 1:
+            raise OSError("disk full")
+
+    states = run_sweep([*cells, broken], out, SweepOptions(progress_s=60), log=lines.append, on_done=on_done)
     assert [states[c.id]["status"] for c in cells] == ["done"] * 4
+    assert sorted(seen) == sorted(c.id for c in cells) and any("on_done of" in ln and "disk full" in ln for ln in lines)
     assert states[broken.id]["status"] == "failed" and "method must be one of" in states[broken.id]["error"]
     for c in cells:
         rows = read_csv(_run_dir(out, c.id) / "eval.csv")

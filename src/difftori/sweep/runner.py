@@ -304,10 +304,12 @@ def prepare(cells: list[Cell], out: Path, opts: SweepOptions) -> dict[str, str]:
 
 
 def run_sweep(cells: list[Cell], out: str | Path, opts: SweepOptions | None = None, log: Callable[[str], None] | None = None,
-              report: bool = True) -> dict[str, dict[str, Any]]:
+              report: bool = True, on_done: Callable[[Cell, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
     """Run ``cells`` (skipping finished ones, resuming interrupted ones) and return each cell's final state by id.
 
     With ``report``, ``results.csv``, ``summary.md`` and the plots are (re)written in ``out`` at the end.
+    ``on_done(cell, state)`` runs as each cell of this sweep finishes (e.g. to archive it at once, so that a
+    sweep killed later keeps it); an ``OSError`` it raises is logged, not fatal.
     """
     opts = opts or SweepOptions()
     log = log or (lambda msg: print(msg, flush=True))
@@ -385,6 +387,11 @@ def run_sweep(cells: list[Cell], out: str | Path, opts: SweepOptions | None = No
                 tag = {"done": "done  ", "failed": "FAILED", "interrupted": "INTERR"}.get(st["status"], st["status"])
                 extra = f" ({_fmt_s(st.get('wall_s', 0))})" if st["status"] == "done" else f": {st.get('error', '')}"
                 log(f"[sweep] {tag} {cid}{extra}")
+                if on_done is not None and st["status"] == "done":
+                    try:
+                        on_done(by_id[cid], st)
+                    except OSError as exc:
+                        log(f"[sweep] on_done of {cid} failed: {type(exc).__name__}: {exc}")
             now = time.time()
             if ready or now - last >= opts.progress_s:
                 last = now

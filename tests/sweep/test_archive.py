@@ -13,7 +13,7 @@ def _cell(out, cid, done=True):
     d = cell_dir(out, cid)
     run = d / "run" / "task" / "tdmpc" / "seed1" / "t0"
     (run / "checkpoints").mkdir(parents=True)
-    for name in ("config.json", "final.json"):
+    for name in ("config.json", "final.json", "runtime.json"):
         (run / name).write_text("{}")
     (run / "eval.csv").write_text("step,episode_return\n100,5.0\n")
     (run / "checkpoints" / "last.pt").write_bytes(b"x" * 100)
@@ -31,7 +31,8 @@ def test_archive_keeps_logs_not_checkpoints_and_restore_marks_done(tmp_path):
     assert archive_done(grid, out, dest) == ["a-done"]
     kept = {p.relative_to(dest / "a-done").as_posix() for p in (dest / "a-done").rglob("*") if p.is_file()}
     assert kept == {"cell.json", "state.json", "result.json", "run/task/tdmpc/seed1/t0/config.json",
-                    "run/task/tdmpc/seed1/t0/final.json", "run/task/tdmpc/seed1/t0/eval.csv"}
+                    "run/task/tdmpc/seed1/t0/final.json", "run/task/tdmpc/seed1/t0/eval.csv",
+                    "run/task/tdmpc/seed1/t0/runtime.json"}
     assert not (dest / "b-running").exists()
     # a fresh checkout: the committed cell is done, the other still pending
     assert restore(grid, elsewhere, dest) == ["a-done"]

@@ -18,8 +18,8 @@ from difftori.utils.io import atomic_write_bytes
 
 __all__ = ["archive_done", "restore", "RUN_FILES"]
 
-RUN_FILES = ("config.json", "train.csv", "eval.csv", "final.json")
-"""The files of a run directory an archive keeps."""
+RUN_FILES = ("config.json", "train.csv", "eval.csv", "final.json", "runtime.json")
+"""The files of a run directory an archive keeps (``runtime.json``: where and at what precision each segment ran)."""
 _CELL_FILES = ("cell.json", "state.json", "result.json")
 
 

@@ -60,8 +60,9 @@ class DemoMSEConfig:
         check(self.windows >= 1 and self.threads >= 1, "windows and threads must be >= 1")
 
 
-def _measure(run_dir: Path, windows: int) -> tuple[dict[str, float], str]:
-    """``({demo_mse[, base_demo_mse]}, source)`` of one finished run: its final eval row, else its checkpoint."""
+def _measure(run_dir: Path, windows: int) -> tuple[dict[str, float] | None, str]:
+    """``({demo_mse[, base_demo_mse]}, source)`` of one finished run: its final eval row, else its checkpoint;
+    ``(None, why)`` when it has neither."""
     from difftori.il.policies import load_policy
     from difftori.il.runner import DEMO_MSE_WINDOWS, demo_mse
     from difftori.il.train import load_windows
@@ -71,11 +72,23 @@ def _measure(run_dir: Path, windows: int) -> tuple[dict[str, float], str]:
     evals = read_csv(run_dir / "eval.csv")
     if windows == DEMO_MSE_WINDOWS and evals and evals[-1].get("demo_mse"):
         return {k: float(evals[-1][k]) for k in ("demo_mse", "base_demo_mse") if evals[-1].get(k)}, "eval.csv"
+    if not (run_dir / "checkpoints").is_dir():
+        return None, "no demo_mse in its eval.csv and no checkpoint"
     path, _ = locate_checkpoint(run_dir)
     saved = load_checkpoint(path)["config"]
     policy = load_policy(path, device="cpu")
     data, _, _ = load_windows(saved["dataset"], saved["obs_type"], policy.obs_steps, policy.action_steps, task=saved["task"])
     return demo_mse(policy, data, count=windows), "checkpoint"
+
+
+def _run_dirs(run_root: Path, archive: Path, cell: str) -> list[Path]:
+    """A finished cell's run directories: those with a checkpoint in the sweep, else its logs (``eval.csv``) in the
+    sweep or in the grid's committed archive (runs trained elsewhere log ``demo_mse`` there)."""
+    found = cell_runs(run_root, cell)
+    for root in (run_root / "cells" / cell / "run", archive / cell / "run"):
+        if not found and root.is_dir():
+            found = sorted(p.parent for p in root.rglob("eval.csv"))
+    return found
 
 
 def run(cfg: DemoMSEConfig, progress: Callable[[str], None] = lambda m: None) -> list[dict[str, Any]]:
@@ -93,12 +106,15 @@ def run(cfg: DemoMSEConfig, progress: Callable[[str], None] = lambda m: None) ->
         if r["cell"] in have:
             rows.append({**have[r["cell"]], "final": r.get("final")})
             continue
-        found = cell_runs(run_root, r["cell"])
+        found = _run_dirs(run_root, grid / "cells", r["cell"])
         if not found:
-            progress(f"skip {r['cell']}: no checkpoint under {run_root / 'cells' / r['cell'] / 'run'}")
+            progress(f"skip {r['cell']}: no run directory under {run_root / 'cells' / r['cell']} or {grid / 'cells'}")
             continue
         progress(f"{r['task']} {r['modality']} {r['variant']} seed {r['seed']}")
         fit, source = _measure(found[-1], cfg.windows)
+        if fit is None:
+            progress(f"skip {r['cell']}: {source}")
+            continue
         rows.append({**row, **fit, "source": source})
         write_csv_rows(out_csv, FIELDS, rows + [v for k, v in have.items() if k not in {x["cell"] for x in rows}])
     write_csv_rows(out_csv, FIELDS, rows)
@@ -114,8 +130,8 @@ def _num(x: Any) -> float:
 
 def markdown(rows: list[dict[str, Any]], cfg: DemoMSEConfig, finished: int | None = None) -> str:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    coverage = (f" {len(rows)} of the grid's {finished} finished runs have it (the others' checkpoints are not on this "
-                "machine: they ran in another checkout and only their records were kept)." if finished and finished > len(rows) else "")
+    coverage = (f" {len(rows)} of the grid's {finished} finished runs have it (the others logged no demo_mse "
+                "and their checkpoints are not on this machine)." if finished and finished > len(rows) else "")
     lines = ["# IL: the policies' action error on their demos (demo_mse)", "",
              f"Mean squared error (env action units) between the action windows a finished run predicts on {cfg.windows} "
              "fixed demo windows of its task's dataset and the demos' own, at the end of training (mean ± std over "

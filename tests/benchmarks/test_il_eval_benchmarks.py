@@ -122,6 +122,26 @@ def test_il_demo_mse_reads_a_grid_measures_checkpoints_and_resumes(tmp_path, mon
         il_demo_mse.run(il_demo_mse.DemoMSEConfig(grid=str(grid), run_root=str(root), fresh=True))
 
 
+def test_il_demo_mse_reads_archived_runs_logs_and_skips_runs_with_neither_log_nor_checkpoint(tmp_path):
+    from benchmarks import il_demo_mse
+
+    grid, root = tmp_path / "grid", tmp_path / "sweep"
+    logged = grid / "cells" / "reach-state-bc-seed1-a" / "run" / "reach" / "bc" / "seed1" / "t0"
+    old = grid / "cells" / "reach-state-ibc-seed1-b" / "run" / "reach" / "ibc" / "seed1" / "t0"
+    for d, head, row in ((logged, "step,success,demo_mse", "100,0.5,0.0125"), (old, "step,success", "100,0.1")):
+        d.mkdir(parents=True)
+        (d / "eval.csv").write_text(f"{head}\n{row}\n")
+    (grid / "il_compare.csv").write_text("task,modality,variant,seed,status,final,cell\n"
+                                         "reach,state,bc,1,done,0.5,reach-state-bc-seed1-a\n"
+                                         "reach,state,ibc,1,done,0.1,reach-state-ibc-seed1-b\n")
+    said = []
+    got = il_demo_mse.run(il_demo_mse.DemoMSEConfig(grid=str(grid), run_root=str(root)), progress=said.append)
+    assert [(r["variant"], r["demo_mse"], r["source"]) for r in got] == [("bc", 0.0125, "eval.csv")]
+    assert any("reach-state-ibc-seed1-b" in m and "no checkpoint" in m for m in said)
+    assert "1 of the grid's 2 finished runs have it" in il_demo_mse.markdown(got, il_demo_mse.DemoMSEConfig(
+        grid=str(grid), run_root=str(root)), finished=2)
+
+
 def test_il_final_eval_evaluates_a_finished_run_reproducibly_and_refuses_an_unfinished_one(tmp_path, capsys):
     import json
 

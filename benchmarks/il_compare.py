@@ -504,11 +504,13 @@ def run(cfg: CompareConfig) -> list[dict[str, Any]]:
                 raise ConfigError(f"task {task}: {exc}") from None
     grid = cells(cfg)
     archive = cfg.out / "cells"
-    # An archive keeps no checkpoints: a diffusion cell whose difftori cells are not all archived runs again here.
+    # An archive keeps no checkpoints: a diffusion cell whose difftori cells are not all archived runs again here,
+    # and so does its closing evaluation (the run DiffTORI refines is the one evaluated; its record replaces the old).
     archived = {p.name for p in archive.iterdir() if (p / "result.json").exists()} if archive.is_dir() else set()
     needed = {c.deps["base_policy"] for c in grid if "base_policy" in c.deps and c.id not in archived}
     closing = final_eval_cells(cfg, grid)
-    for cid in restore([c for c in grid if c.id not in needed] + list(closing.values()), cfg.run_root, archive):
+    keep = [c for c in grid if c.id not in needed] + [ev for tid, ev in closing.items() if tid not in needed]
+    for cid in restore(keep, cfg.run_root, archive):
         print(f"[il_compare] restored {cid} from the committed results in {archive}", flush=True)
     # A finished run without its checkpoint here (archived from another machine) cannot be evaluated again.
     closing = {tid: ev for tid, ev in closing.items() if read_state(cfg.run_root, ev.id)["status"] == "done"

@@ -100,14 +100,14 @@ def test_archived_cells_are_restored_except_a_base_whose_difftori_runs_are_missi
                               out=tmp_path / "out", report_only=True)
     grid = bench.cells(cfg)
     by = {c.variant: c for c in grid}
+    closing = bench.final_eval_cells(cfg, grid)
     for v in ("bc", "diffusion"):  # archived without the difftori cell that needs the diffusion checkpoint
-        d = cfg.out / "cells" / by[v].id
-        d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps({"run_dir": "run/x"}))
-        (d / "state.json").write_text(json.dumps({"status": "done", "run_dir": "run/x", "wall_s": 1.0}))
-        (d / "run" / "x").mkdir(parents=True)
-        (d / "run" / "x" / "eval.csv").write_text("step,success_rate,mean_return,mean_length,eval_time_s\n10,0.5,1,1,0.1\n")
+        _archive(cfg.out, by[v], {"eval.csv": "step,success_rate,mean_return,mean_length,eval_time_s\n10,0.5,1,1,0.1\n"})
+        _archive(cfg.out, closing[by[v].id], {"final.json": json.dumps({"success_rate": 0.8})})
     rows = {r["variant"]: r for r in bench.run(cfg)}
+    assert rows["bc"]["closing"] == 0.8
+    # the diffusion run DiffTORI will refine is evaluated again, not paired with the archived run's evaluation
+    assert rows["diffusion"]["closing_status"] == "pending" and "closing" not in rows["diffusion"]
     assert rows["bc"]["status"] == "done" and rows["bc"]["final"] == 0.5
     episodes = int(by["bc"].config["eval_episodes"])  # 0.1 s for `episodes` episodes of one step each
     assert rows["bc"]["eval_ms_per_env_step"] == pytest.approx(100.0 / episodes, abs=0.01)

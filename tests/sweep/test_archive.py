@@ -41,3 +41,23 @@ def test_archive_keeps_logs_not_checkpoints_and_restore_marks_done(tmp_path):
     assert (cell_dir(elsewhere, "a-done") / "run/task/tdmpc/seed1/t0/eval.csv").read_text().endswith("5.0\n")
     # never overwrites a cell that exists locally
     assert restore(grid, out, dest) == []
+
+
+def test_archiving_a_cell_run_again_replaces_its_record_without_a_stale_run_directory(tmp_path):
+    import shutil
+
+    out, dest = tmp_path / "out", tmp_path / "committed"
+    _cell(out, "a")
+    grid = [SimpleNamespace(id="a")]
+    archive_done(grid, out, dest)
+    shutil.rmtree(out)  # the next session runs the cell again: a new run directory
+    _cell(out, "a")
+    old_run, new_run = "run/task/tdmpc/seed1/t0", "run/task/tdmpc/seed1/t1"
+    (cell_dir(out, "a") / old_run).rename(cell_dir(out, "a") / new_run)
+    (cell_dir(out, "a") / "result.json").write_text(json.dumps({"run_dir": new_run}))
+    state = json.loads((cell_dir(out, "a") / "state.json").read_text())
+    (cell_dir(out, "a") / "state.json").write_text(json.dumps({**state, "run_dir": new_run}))
+    assert archive_done(grid, out, dest) == ["a"]
+    assert not (dest / "a" / old_run).exists() and not (dest / "a" / "run/task/tdmpc/seed1/t0").exists()
+    assert (dest / "a" / new_run / "eval.csv").exists()
+    assert json.loads((dest / "a" / "result.json").read_text())["run_dir"] == new_run

@@ -3,7 +3,8 @@ never re-runs a cell whose result is already committed.
 
 ``archive_done(grid, out, dest)`` copies each finished cell's records (``cell.json``, ``state.json``,
 ``result.json``) and its run's logs (``config.json``, ``train.csv``, ``eval.csv``, ``final.json``; no
-checkpoints, TensorBoard events or videos) to ``dest/<cell id>/``. ``restore(grid, out, dest)`` copies
+checkpoints, TensorBoard events or videos) to ``dest/<cell id>/``, replacing an earlier record of that cell (a cell
+run again leaves no stale run directory beside its new one). ``restore(grid, out, dest)`` copies
 them back into ``out/cells/<cell id>/`` where that cell has no directory yet: the runner then sees it
 done and reports read it as if it had run here.
 """
@@ -36,14 +37,22 @@ def archive_done(grid: Iterable, out: Path, dest: Path) -> list[str]:
             continue
         src, dst = cell_dir(out, c.id), Path(dest) / c.id
         run = (src / state["run_dir"]).resolve()
-        for name in _CELL_FILES:
-            if (src / name).exists():
-                _copy(src / name, dst / name)
-        for name in RUN_FILES:
-            if (run / name).exists():
-                _copy(run / name, dst / state["run_dir"] / name)
+        files = {dst / name: src / name for name in _CELL_FILES if (src / name).exists()}
+        files |= {dst / state["run_dir"] / name: run / name for name in RUN_FILES if (run / name).exists()}
+        for to, frm in files.items():
+            _copy(frm, to)
+        _prune(dst, set(files))  # only once the new record is complete: an interruption loses nothing
         done.append(c.id)
     return done
+
+
+def _prune(root: Path, keep: set[Path]) -> None:
+    """Remove the files under ``root`` not in ``keep`` (an earlier run's record), then the folders left empty."""
+    for p in sorted(root.rglob("*"), reverse=True):
+        if p.is_file() and p not in keep:
+            p.unlink()
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
 
 
 def restore(grid: Iterable, out: Path, dest: Path) -> list[str]:

@@ -84,11 +84,12 @@ def _measure(run_dir: Path, windows: int) -> tuple[dict[str, float] | None, str]
 def _run_dirs(run_root: Path, archive: Path, cell: str) -> list[Path]:
     """A finished cell's run directories: those with a checkpoint in the sweep, else its logs (``eval.csv``) in the
     sweep or in the grid's committed archive (runs trained elsewhere log ``demo_mse`` there)."""
-    found = cell_runs(run_root, cell)
+    if found := cell_runs(run_root, cell):
+        return found
     for root in (run_root / "cells" / cell / "run", archive / cell / "run"):
-        if not found and root.is_dir():
-            found = sorted(p.parent for p in root.rglob("eval.csv"))
-    return found
+        if root.is_dir() and (logged := sorted(p.parent for p in root.rglob("eval.csv"))):
+            return logged
+    return []
 
 
 def run(cfg: DemoMSEConfig, progress: Callable[[str], None] = lambda m: None) -> list[dict[str, Any]]:
